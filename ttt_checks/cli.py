@@ -1,0 +1,50 @@
+"""The ``ttt-checks`` command.
+
+Each subcommand lives next to the concept it drives and exposes ``register(subparsers)``;
+this module only lists them, so ``ttt-checks --help`` stays cheap (modules load lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+# name -> (module, one-line help). The module defines register(subparsers) -> None and a
+# handler stored with ``parser.set_defaults(func=...)`` that returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "figure5": ("ttt_checks.ttt.cli", "inspect a saved Figure-5 record (.npz)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ttt-checks",
+        description="Validation and regression checks for models with Test-Time-Training layers.",
+    )
+    from ttt_checks import __version__
+
+    parser.add_argument("--version", action="version", version=f"ttt-checks {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        mod.register(sub, name, help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Must precede any moshi import (see moshi-runtime notes): no torch.compile on CPU.
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

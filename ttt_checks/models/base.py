@@ -1,0 +1,99 @@
+"""The adapter interface between the health checks and a model family.
+
+The checks never import a model package: they receive an :class:`Adapter` and read
+:class:`TTTLayerInfo`, :class:`ForwardResult` and :class:`Generation` records from it. A new
+model family is one new adapter (the reference model, Moshi, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+GateValue = float | str  # a raw alpha value, or the string "learned"
+
+
+@dataclass(frozen=True)
+class TTTLayerInfo:
+    """Static facts about one TTT layer of a model, read from the checkpoint and config."""
+
+    name: str  # e.g. "layers.2.ttt" or "transformer.layers.29"
+    index: int  # transformer block index
+    num_heads: int
+    head_dim: int
+    mini_batch_size: int
+    causal: bool
+    inner: str  # "linear" or "mlp"
+    mlp_layers: int
+    base_lr: float
+    gate_alpha: np.ndarray  # learned raw alpha per channel (before tanh)
+
+
+@dataclass
+class ForwardResult:
+    """Teacher-forced pass over one input: per-position outer loss and the model's outputs."""
+
+    outer_loss: np.ndarray  # [T] mean cross-entropy per position (averaged over batch/streams)
+    outputs_finite: bool
+    positions: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    """What the model produced at one gate value of the sweep."""
+
+    gate: GateValue  # the requested value ("learned" or a raw alpha)
+    gate_alpha: float  # mean raw alpha actually applied
+    gate_tanh: float  # tanh(clamp(alpha, -3, 3)) averaged over channels and TTT layers
+    audio: np.ndarray  # mono float32 PCM
+    sample_rate: int
+    text: str | None  # the model's own text (reply text, inner monologue), where it has one
+    tokens: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter:
+    """Base class of model adapters. Subclasses implement every method below."""
+
+    name: str = "adapter"
+    checkpoint: Path | None = None
+
+    def ttt_layers(self) -> list[TTTLayerInfo]:
+        """The TTT layers the checkpoint declares, in block order."""
+        raise NotImplementedError(f"{type(self).__name__}.ttt_layers")
+
+    def state(self) -> Mapping[str, torch.Tensor]:
+        """Every tensor of the checkpoint as loaded (for key, finiteness and dead-parameter checks)."""
+        raise NotImplementedError(f"{type(self).__name__}.state")
+
+    def expected_ttt_keys(self) -> list[str]:
+        """The TTT tensor names the config says must be present."""
+        raise NotImplementedError(f"{type(self).__name__}.expected_ttt_keys")
+
+    def initial_state(self) -> Mapping[str, torch.Tensor]:
+        """TTT parameters as they were at initialisation, for the dead-parameter check."""
+        raise NotImplementedError(f"{type(self).__name__}.initial_state")
+
+    def ttt_modules(self) -> Mapping[str, torch.nn.Module]:
+        """The TTT layer modules by name, so a Figure5Probe can be attached to them."""
+        raise NotImplementedError(f"{type(self).__name__}.ttt_modules")
+
+    def teacher_forced(self, inputs: Any, probe: Any | None = None) -> ForwardResult:
+        """One teacher-forced pass; when ``probe`` is given, Figure-5 capture runs on every TTT layer."""
+        raise NotImplementedError(f"{type(self).__name__}.teacher_forced")
+
+    def generate(self, inputs: Any, gates: Sequence[GateValue]) -> list[Generation]:
+        """One generation per gate value; batched over gates where the model allows it."""
+        raise NotImplementedError(f"{type(self).__name__}.generate")
+
+    @contextlib.contextmanager
+    def set_gate(self, value: GateValue | None) -> Iterator[None]:
+        """Override every TTT gate with one raw alpha value; restores the learned values on exit."""
+        raise NotImplementedError(f"{type(self).__name__}.set_gate")
+        yield
