@@ -1,0 +1,294 @@
+"""The TTT layer (projections, step sizes, mini-batch scan, streaming state) and its tanh gate.
+
+``TTTLayer`` turns x [B, T, width] into per-head q, k, targets and step sizes, runs the inner
+loop of ``inner.py`` over mini-batches in fp32 whatever the model dtype, and projects back.
+``GatedTTT`` is the residual gate out = x + tanh(clamp(alpha, -3, 3)) * TTT(x) of the video
+paper (Eq. 6) and the user's Moshi layers.
+
+Streaming: inside ``with layer.stream():`` consecutive calls continue one sequence. The state
+carried between calls is the inner weights at the last mini-batch boundary, the weights at the
+start of the sequence (for l0), the absolute position, and the rows of a still-open
+mini-batch, which the next call recomputes together with its own tokens. Causal layers thus
+give exactly the one-pass outputs for any chunking; non-causal layers do when chunks are
+multiples of b (otherwise a row's output depends on which future rows had arrived).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ttt_checks.ttt import inner
+from ttt_checks.ttt.config import TTTConfig
+from ttt_checks.ttt.figure5 import Figure5Sink
+
+# (q, k, positions) -> (q, k); q, k: [B, H, n, d], positions: [n] absolute token indices.
+RopeHook = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def rope_within_minibatch(mini_batch_size: int, theta: float = 10000.0) -> RopeHook:
+    """RoPE on q and k with positions taken modulo the mini-batch size (ttt-lm, the user's code)."""
+
+    def apply(q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        d = q.shape[-1]
+        if d % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {d}")
+        pos = (positions % mini_batch_size).to(torch.float64)
+        freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=q.device) / d)
+        angles = pos[:, None] * freqs[None, :]
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+
+        def rotate(x: Tensor) -> Tensor:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+        return rotate(q), rotate(k)
+
+    return apply
+
+
+def inner_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """The inner loop runs in fp32 for bf16/fp16/fp32 models, and in fp64 for fp64 ones."""
+    return torch.promote_types(model_dtype, torch.float32)
+
+
+@dataclass
+class TTTState:
+    """Everything a streaming TTT layer carries from one call to the next (per batch element)."""
+
+    params: inner.InnerParams  # at the start of the open mini-batch
+    init_params: inner.InnerParams  # at the start of the sequence: W_0 of l0
+    position: int  # absolute index of the open mini-batch's first row
+    pending: dict[str, Tensor] | None = None  # xq, xk, target, sigma of the open mini-batch's rows
+
+    @property
+    def next_position(self) -> int:
+        return self.position + (0 if self.pending is None else int(self.pending["xk"].shape[-2]))
+
+
+class TTTLayer(nn.Module):
+    """One TTT layer: per-head inner model trained online on the sequence it reads."""
+
+    def __init__(self, config: TTTConfig, rope: RopeHook | None = None) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        inner_width = c.num_heads * c.head_dim
+        self.wq = nn.Linear(c.width, inner_width)
+        self.wk = nn.Linear(c.width, inner_width)
+        self.wv = nn.Linear(c.width, inner_width)
+        self.lr_weight = nn.Parameter(torch.randn(c.num_heads, c.width) * 0.02)
+        self.lr_bias = nn.Parameter(torch.zeros(c.num_heads))
+        self.ttt_norm_weight = nn.Parameter(torch.ones(c.num_heads, c.head_dim))
+        self.ttt_norm_bias = nn.Parameter(torch.zeros(c.num_heads, c.head_dim))
+        dims = c.inner_dims
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(c.num_heads, dims[i], dims[i + 1]) * 0.02) for i in range(len(dims) - 1)]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.zeros(c.num_heads, 1, dims[i + 1])) for i in range(len(dims) - 1)]
+        )
+        if c.output_projection:
+            self.post_norm = nn.LayerNorm(inner_width, eps=1e-6)
+            self.wo = nn.Linear(inner_width, c.width)
+        self.rope = rope
+        self.figure5_sink: Figure5Sink | None = None
+        self.reset_state_each_call = False  # True reproduces the "state not carried" bug
+        self._streaming = False
+        self._state: TTTState | None = None
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator["TTTLayer"]:
+        """Consecutive forward calls inside the block continue one sequence."""
+        self._close_sequence()
+        self._streaming, self._state = True, None
+        try:
+            yield self
+        finally:
+            self._close_sequence()
+            self._streaming, self._state = False, None
+
+    def reset_stream(self) -> None:
+        """Start a new sequence at the next call (streaming mode stays on)."""
+        self._close_sequence()
+        self._state = None
+
+    @property
+    def state(self) -> TTTState | None:
+        return self._state
+
+    def _close_sequence(self) -> None:
+        if self.figure5_sink is not None:
+            self.figure5_sink.close_sequence()
+
+    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> TTTState:
+        """The state at the start of a sequence: the learned W_0, b_0 for every batch element.
+
+        W_0 stays attached to the graph so the outer loop can train it (learnable W_0, §2.7).
+        """
+        params = inner.InnerParams(
+            [w.to(dtype)[None].expand(batch, *w.shape) for w in self.weights],
+            [b.to(dtype)[None].expand(batch, *b.shape) for b in self.biases],
+        )
+        return TTTState(params=params, init_params=params, position=0)
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def project(self, x: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """Per-head q, k, target and step size sigma for x [B, T, width], in fp32."""
+        c = self.config
+        B, T, _ = x.shape
+
+        dtype = inner_dtype(x.dtype)
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(B, T, c.num_heads, c.head_dim).transpose(1, 2).to(dtype)
+
+        xq, xk, xv = heads(self.wq(x)), heads(self.wk(x)), heads(self.wv(x))
+        if c.l2_normalize_qk:
+            xq = nn.functional.normalize(xq, dim=-1)
+            xk = nn.functional.normalize(xk, dim=-1)
+        if self.rope is not None:
+            xq, xk = self.rope(xq, xk, positions)
+        gamma, beta = self.ttt_norm_weight.to(dtype), self.ttt_norm_bias.to(dtype)
+        target = inner.reconstruction_target(xk, xv, c, gamma, beta)
+        logits = torch.einsum("btc,hc->bht", x.to(dtype), self.lr_weight.to(dtype)) + self.lr_bias.to(dtype)[:, None]
+        sigma = c.base_lr * torch.sigmoid(logits) / c.head_dim
+        return {"xq": xq, "xk": xk, "target": target, "sigma": sigma}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """TTT(x) for x [B, T, width]: the inner output, projected back to the model width."""
+        c = self.config
+        B, T, _ = x.shape
+        if self._state is None or not self._streaming:
+            self._close_sequence()
+            state = self.initial_state(B, inner_dtype(x.dtype))
+        elif self.reset_state_each_call:
+            # The bug this flag reproduces: positions run on, the inner weights restart at W_0.
+            self._close_sequence()
+            state = self.initial_state(B, inner_dtype(x.dtype))
+            state.position = self._state.next_position
+        else:
+            state = self._state
+            if state.params.weights[0].shape[0] != B:
+                raise ValueError(f"streaming TTT layer got batch {B}, the stream was started with {state.params.weights[0].shape[0]}")
+        start = state.next_position
+        positions = torch.arange(start, start + T, device=x.device)
+        new = self.project(x, positions)
+        rows = new if state.pending is None else {k: torch.cat([state.pending[k], new[k]], dim=-2) for k in new}
+        z, new_state = self._scan(rows, state)
+        z = z[..., -T:, :]
+
+        if not self._streaming:
+            self._close_sequence()
+            self._state = None
+        else:
+            self._state = new_state
+        out = z.transpose(1, 2).reshape(B, T, c.num_heads * c.head_dim).to(x.dtype)
+        if c.output_projection:
+            out = self.wo(self.post_norm(out))
+        return out
+
+    def _scan(self, rows: dict[str, Tensor], state: TTTState) -> tuple[Tensor, TTTState]:
+        """Run the mini-batches of ``rows`` (which start at ``state.position``) in order."""
+        c = self.config
+        b = c.mini_batch_size
+        dtype = rows["xk"].dtype
+        gamma, beta = self.ttt_norm_weight.to(dtype), self.ttt_norm_bias.to(dtype)
+        sink = self.figure5_sink
+        capture = sink is not None
+        n = rows["xk"].shape[-2]
+        if capture:
+            sink.set_meta(mini_batch_size=b, causal=c.causal, num_heads=c.num_heads, head_dim=c.head_dim,
+                          inner=c.inner, eta_weighting=c.eta_weighting, base_lr=c.base_lr)
+            l0_all = inner.predict_loss(rows["xk"], rows["target"], state.init_params, c, gamma, beta)
+        params = state.params
+        outputs, committed, pending = [], [], None
+        for lo in range(0, n, b):
+            hi = min(lo + b, n)
+            chunk = {k: v[..., lo:hi, :] if v.dim() == 4 else v[..., lo:hi] for k, v in rows.items()}
+            res = inner.minibatch_step(params, chunk["xq"], chunk["xk"], chunk["target"], chunk["sigma"],
+                                       c, gamma, beta, capture)
+            outputs.append(res.output)
+            if capture:
+                values = {"l0": l0_all[..., lo:hi], "lprev": res.lprev, "lafter": res.lafter}
+                pos = np.arange(state.position + lo, state.position + hi)
+                if res.end_params is not None:
+                    committed.append((pos, values))
+                    sink.add_minibatch(int(pos[-1]), values["l0"][..., -1], res.lstart[..., -1], res.lafter[..., -1])
+                else:
+                    pending = (pos, values)
+            if res.end_params is not None:
+                params = res.end_params
+        if capture:
+            for pos, values in committed:
+                sink.commit(pos, values)
+            sink.set_pending(*(pending if pending else (np.zeros(0, dtype=np.int64), None)))
+
+        full = (n // b) * b
+        tail = None if full == n else {k: v[..., full:, :] if v.dim() == 4 else v[..., full:] for k, v in rows.items()}
+        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
+        z = torch.cat(outputs, dim=-2)
+        if c.inner_residual:
+            z = rows["xq"] + z
+        return z, new_state
+
+
+class GatedTTT(nn.Module):
+    """out = x + tanh(clamp(alpha, -3, 3)) * TTT(x), alpha per channel.
+
+    ``gate_override`` replaces the learned alpha by raw values per batch row ([B] or [B, width])
+    or one value for all rows (a 0-d tensor or float), so a gating sweep is one batched pass.
+    """
+
+    ALPHA_CLAMP = 3.0
+
+    def __init__(self, config: TTTConfig, alpha_init: float = 0.1, rope: RopeHook | None = None) -> None:
+        super().__init__()
+        self.ttt = TTTLayer(config, rope=rope)
+        self.alpha = nn.Parameter(torch.full((config.width,), float(alpha_init)))
+        self.gate_override: Tensor | float | None = None
+
+    def gate(self, batch: int) -> Tensor:
+        """tanh(clamp(alpha)) broadcastable to [B, T, width]."""
+        if self.gate_override is None:
+            alpha = self.alpha[None, None, :]
+        else:
+            alpha = torch.as_tensor(self.gate_override, dtype=self.alpha.dtype, device=self.alpha.device)
+            if alpha.dim() == 0:
+                alpha = alpha.expand(1)[:, None, None]
+            elif alpha.dim() == 1:
+                if alpha.shape[0] != batch:
+                    raise ValueError(f"gate_override has {alpha.shape[0]} rows for a batch of {batch}")
+                alpha = alpha[:, None, None]
+            else:
+                alpha = alpha[:, None, :]
+        return torch.tanh(alpha.clamp(-self.ALPHA_CLAMP, self.ALPHA_CLAMP))
+
+    @contextlib.contextmanager
+    def override_gate(self, values: Tensor | float | None) -> Iterator[None]:
+        previous = self.gate_override
+        self.gate_override = values
+        try:
+            yield
+        finally:
+            self.gate_override = previous
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.gate(x.shape[0]).to(x.dtype) * self.ttt(x)
+
+
+def effective_gate(alpha: Tensor | np.ndarray | float) -> float:
+    """Mean tanh(clamp(alpha, -3, 3)): the fraction of TTT(x) that reaches the residual stream."""
+    a = torch.as_tensor(alpha, dtype=torch.float64)
+    return float(torch.tanh(a.clamp(-GatedTTT.ALPHA_CLAMP, GatedTTT.ALPHA_CLAMP)).mean())
+
+
+__all__ = ["TTTLayer", "GatedTTT", "TTTState", "rope_within_minibatch", "effective_gate"]
