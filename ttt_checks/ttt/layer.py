@@ -52,6 +52,15 @@ def rope_within_minibatch(mini_batch_size: int, theta: float = 10000.0) -> RopeH
     return apply
 
 
+def _row_dim(t: Tensor) -> int:
+    """Token rows are dim -2 of [B, H, n, d] features and dim -1 of [B, H, n] step sizes."""
+    return -2 if t.dim() == 4 else -1
+
+
+def _take_rows(t: Tensor, lo: int, hi: int) -> Tensor:
+    return t.narrow(_row_dim(t), lo, hi - lo)
+
+
 def inner_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """The inner loop runs in fp32 for bf16/fp16/fp32 models, and in fp64 for fp64 ones."""
     return torch.promote_types(model_dtype, torch.float32)
@@ -182,7 +191,7 @@ class TTTLayer(nn.Module):
         start = state.next_position
         positions = torch.arange(start, start + T, device=x.device)
         new = self.project(x, positions)
-        rows = new if state.pending is None else {k: torch.cat([state.pending[k], new[k]], dim=-2) for k in new}
+        rows = new if state.pending is None else {k: torch.cat([state.pending[k], new[k]], dim=_row_dim(new[k])) for k in new}
         z, new_state = self._scan(rows, state)
         z = z[..., -T:, :]
 
@@ -213,7 +222,7 @@ class TTTLayer(nn.Module):
         outputs, committed, pending = [], [], None
         for lo in range(0, n, b):
             hi = min(lo + b, n)
-            chunk = {k: v[..., lo:hi, :] if v.dim() == 4 else v[..., lo:hi] for k, v in rows.items()}
+            chunk = {k: _take_rows(v, lo, hi) for k, v in rows.items()}
             res = inner.minibatch_step(params, chunk["xq"], chunk["xk"], chunk["target"], chunk["sigma"],
                                        c, gamma, beta, capture)
             outputs.append(res.output)
@@ -233,7 +242,7 @@ class TTTLayer(nn.Module):
             sink.set_pending(*(pending if pending else (np.zeros(0, dtype=np.int64), None)))
 
         full = (n // b) * b
-        tail = None if full == n else {k: v[..., full:, :] if v.dim() == 4 else v[..., full:] for k, v in rows.items()}
+        tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
         new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
         z = torch.cat(outputs, dim=-2)
         if c.inner_residual:
