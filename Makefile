@@ -34,8 +34,11 @@ system-deps:
 demo: system-deps venv
 	$(VENV)/bin/ttt-checks demo
 
+# pytest's exit code 5 (no tests collected) is a failure here, said plainly.
 test: system-deps venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "ttt-checks: pytest collected no tests (exit 5): treated as a failure" >&2; fi; \
+	  exit $$rc
 
 test-gpu: system-deps venv
 	$(PY) -m pytest -m gpu tests_gpu $(PYTEST_ARGS)

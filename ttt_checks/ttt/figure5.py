@@ -180,12 +180,15 @@ class _LayerAccumulator:
             np.add.at(self.nonfinite, p["positions"], p["nonfinite"])
             self.pending = None
 
-    def add_minibatch(self, end_position: int, init: Tensor, step_0: Tensor, step_1: Tensor) -> None:
-        entry = self.minibatch.setdefault(end_position, np.zeros(4))
-        entry[0] += float(init.detach().double().sum())
-        entry[1] += float(step_0.detach().double().sum())
-        entry[2] += float(step_1.detach().double().sum())
-        entry[3] += init.numel()
+    def add_minibatches(self, end_positions: np.ndarray, init: Tensor, step_0: Tensor, step_1: Tensor) -> None:
+        """Per-mini-batch view; init, step_0, step_1: [B, H, m] for m complete mini-batches."""
+        stacked = torch.stack([init, step_0, step_1]).detach().to(torch.float64)
+        sums = stacked.reshape(3, -1, stacked.shape[-1]).sum(dim=1).cpu().numpy()
+        per_row = stacked[0].numel() // stacked.shape[-1]
+        for i, end in enumerate(end_positions):
+            entry = self.minibatch.setdefault(int(end), np.zeros(4))
+            entry[:3] += sums[:, i]
+            entry[3] += per_row
 
     def record(self, layer: str) -> Figure5Record:
         sums = {c: self.sums[c].copy() for c in CURVES}
@@ -237,8 +240,8 @@ class Figure5Sink:
     def close_sequence(self) -> None:
         self._acc.close_sequence()
 
-    def add_minibatch(self, end_position: int, init: Tensor, step_0: Tensor, step_1: Tensor) -> None:
-        self._acc.add_minibatch(end_position, init, step_0, step_1)
+    def add_minibatches(self, end_positions: np.ndarray, init: Tensor, step_0: Tensor, step_1: Tensor) -> None:
+        self._acc.add_minibatches(end_positions, init, step_0, step_1)
 
 
 class Figure5Probe:

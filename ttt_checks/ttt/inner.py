@@ -57,8 +57,8 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
-    """tanh-approximated GELU, as in the TTT code."""
-    return 0.5 * x * (1.0 + torch.tanh(_GELU_C * (x + 0.044715 * x**3)))
+    """tanh-approximated GELU, as in the TTT code: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return torch.nn.functional.gelu(x, approximate="tanh")  # the same formula, one fused kernel
 
 
 def gelu_tanh_grad(x: Tensor) -> Tensor:
@@ -189,16 +189,26 @@ def eta_matrix(sigma: Tensor, config: TTTConfig, rows: int | None = None) -> Ten
     ``rows`` (default n) lets a partial mini-batch keep the 1/b of a full one: missing rows
     simply contribute no gradient.
     """
-    n = sigma.shape[-1]
-    b = config.mini_batch_size
-    if config.eta_weighting == "token_index":
-        row_scale = 1.0 / torch.arange(1, n + 1, dtype=sigma.dtype, device=sigma.device)
-    else:
-        row_scale = torch.full((n,), 1.0 / b, dtype=sigma.dtype, device=sigma.device)
-    eta = row_scale[:, None] * sigma[..., None, :]
-    if config.causal:
-        eta = eta * torch.ones(n, n, dtype=sigma.dtype, device=sigma.device).tril()
-    return eta
+    return row_weights(sigma.shape[-1], config, sigma.dtype, sigma.device) * sigma[..., None, :]
+
+
+def row_weights(n: int, config: TTTConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[n, n]: eta[i, j] / sigma_j, i.e. 1/(i+1) or 1/b, times the causal mask (tril) when causal."""
+    key = (n, config.mini_batch_size, config.eta_weighting, config.causal, dtype, str(device))
+    cached = _ROW_WEIGHTS.get(key)
+    if cached is None:
+        if config.eta_weighting == "token_index":
+            scale = 1.0 / torch.arange(1, n + 1, dtype=dtype, device=device)
+        else:
+            scale = torch.full((n,), 1.0 / config.mini_batch_size, dtype=dtype, device=device)
+        cached = scale[:, None].expand(n, n).clone()
+        if config.causal:
+            cached = cached.tril()
+        _ROW_WEIGHTS[key] = cached
+    return cached
+
+
+_ROW_WEIGHTS: dict[tuple, Tensor] = {}
 
 
 def shift_rows_down(eta: Tensor) -> Tensor:
@@ -220,8 +230,12 @@ def dual_form(
     config: TTTConfig,
     gamma: Tensor,
     beta: Tensor,
+    first_layer: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """LN(f_res(query_i; W(row i))) for every query row, without materialising W(row i).
+
+    ``first_layer`` = (h W_1' + b_1', h X_1^T) when the caller already has them (the rows' own
+    keys, whose forward at W' the gradient step computed), saving the first layer's products.
 
     queries: [B, H, r, d]; eta: [B, H, r, n] (row i's weights over the n mini-batch rows).
     Layer l sees the query's own activation h (computed with the *updated* earlier layers) but
@@ -231,8 +245,11 @@ def dual_form(
     h = queries
     last = len(params.weights) - 1
     for layer, (w, b) in enumerate(zip(params.weights, params.biases)):
-        mix = eta * (h @ acts.inputs[layer].transpose(-1, -2) + 1.0)
-        z = h @ w + b - mix @ grads[layer]
+        if layer == 0 and first_layer is not None:
+            preact, gram = first_layer
+        else:
+            preact, gram = h @ w + b, h @ acts.inputs[layer].transpose(-1, -2)
+        z = preact - (eta * (gram + 1.0)) @ grads[layer]
         h = gelu_tanh(z) if layer < last else z
     if config.inner_norm:
         return layer_norm(h, gamma, beta, config.ln_eps)[0]
@@ -284,13 +301,15 @@ def minibatch_step(
         lprev = lafter = lstart = None
     else:
         # One stacked dual form evaluates the outputs (at q) and lafter (at k) and, causal
-        # only, lprev (at k with the rows shifted); non-causal lprev is the start loss.
-        queries = [xq, xk]
-        etas = [eta, eta]
-        if config.causal:
-            queries.append(xk)
-            etas.append(shift_rows_down(eta))
-        stacked = dual_form(torch.cat(queries, -2), torch.cat(etas, -2), params, acts, grads, config, gamma, beta)
+        # only, lprev (at k with the rows shifted); non-causal lprev is the start loss. The
+        # keys' first-layer products at W' are already in ``acts``: reuse them.
+        key_gram = xk @ xk.transpose(-1, -2)
+        copies = 2 if config.causal else 1
+        queries = torch.cat([xq] + [xk] * copies, -2)
+        etas = torch.cat([eta, eta] + ([shift_rows_down(eta)] if config.causal else []), -2)
+        preact = torch.cat([xq @ params.weights[0] + params.biases[0]] + [acts.preacts[0]] * copies, -2)
+        gram = torch.cat([xq @ xk.transpose(-1, -2)] + [key_gram] * copies, -2)
+        stacked = dual_form(queries, etas, params, acts, grads, config, gamma, beta, first_layer=(preact, gram))
         out = stacked[..., :rows, :]
         lstart = reconstruction_loss(acts.prediction, target)
         lafter = reconstruction_loss(stacked[..., rows : 2 * rows, :], target)

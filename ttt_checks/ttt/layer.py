@@ -219,7 +219,7 @@ class TTTLayer(nn.Module):
                           inner=c.inner, eta_weighting=c.eta_weighting, base_lr=c.base_lr)
             l0_all = inner.predict_loss(rows["xk"], rows["target"], state.init_params, c, gamma, beta)
         params = state.params
-        outputs, committed, pending = [], [], None
+        outputs, lprevs, lafters, step0s = [], [], [], []
         for lo in range(0, n, b):
             hi = min(lo + b, n)
             chunk = {k: _take_rows(v, lo, hi) for k, v in rows.items()}
@@ -227,27 +227,38 @@ class TTTLayer(nn.Module):
                                        c, gamma, beta, capture)
             outputs.append(res.output)
             if capture:
-                values = {"l0": l0_all[..., lo:hi], "lprev": res.lprev, "lafter": res.lafter}
-                pos = np.arange(state.position + lo, state.position + hi)
+                lprevs.append(res.lprev)
+                lafters.append(res.lafter)
                 if res.end_params is not None:
-                    committed.append((pos, values))
-                    sink.add_minibatch(int(pos[-1]), values["l0"][..., -1], res.lstart[..., -1], res.lafter[..., -1])
-                else:
-                    pending = (pos, values)
+                    step0s.append(res.lstart[..., -1])
             if res.end_params is not None:
                 params = res.end_params
-        if capture:
-            for pos, values in committed:
-                sink.commit(pos, values)
-            sink.set_pending(*(pending if pending else (np.zeros(0, dtype=np.int64), None)))
-
         full = (n // b) * b
+        if capture:
+            self._report(sink, state.position, b, full, l0_all, torch.cat(lprevs, -1), torch.cat(lafters, -1), step0s)
+
         tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
         new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
         z = torch.cat(outputs, dim=-2)
         if c.inner_residual:
             z = rows["xq"] + z
         return z, new_state
+
+    @staticmethod
+    def _report(sink: Figure5Sink, start: int, b: int, full: int, l0: Tensor, lprev: Tensor, lafter: Tensor,
+                step0s: list[Tensor]) -> None:
+        """Commit the rows of complete mini-batches once; keep the open mini-batch's rows pending."""
+        n = l0.shape[-1]
+        curves = {"l0": l0, "lprev": lprev, "lafter": lafter}
+        positions = np.arange(start, start + n)
+        if full:
+            sink.commit(positions[:full], {k: v[..., :full] for k, v in curves.items()})
+            ends = np.arange(b - 1, full, b)  # last row of each complete mini-batch
+            sink.add_minibatches(positions[ends], l0[..., ends], torch.stack(step0s, -1), lafter[..., ends])
+        if full < n:
+            sink.set_pending(positions[full:], {k: v[..., full:] for k, v in curves.items()})
+        else:
+            sink.set_pending(positions[:0], None)
 
 
 class GatedTTT(nn.Module):
