@@ -1,10 +1,21 @@
 """pytest plugin of ttt-checks (registered through the ``pytest11`` entry point).
 
-Registers the markers the suite uses so ``--strict-markers`` runs accept them from any
-directory once the package is installed.
+Everything pytest needs to run the health checks lives here, in one module: the ``ttt-checks``
+option group, the markers, the session-scoped :class:`~ttt_checks.run.HealthRun` that measures
+a checkpoint once, the ``ttt_check`` fixture that turns verdicts into assertions, JUnit
+properties and attachments, and the report written when the session ends.
+
+Exit codes follow pytest's contract, which is what a checkpoint gate reads: 0 every check
+passed, 1 some check failed (unhealthy), 2 interrupted, 3 internal error, 4 usage error
+(a bad option: unknown threshold, --device cuda without a GPU, ...), 5 no tests collected.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -13,7 +24,144 @@ MARKERS = {
     "slow": "long-running tests (training, long sequences)",
 }
 
+_RUN_KEY = pytest.StashKey["object"]()
+_OPTIONS_KEY = pytest.StashKey["object"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ttt-checks", "ttt-checks: health checks of a TTT checkpoint")
+    group.addoption("--ckpt", default=None, help="checkpoint to check (default: the embedded healthy reference model)")
+    group.addoption("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: cuda when available)")
+    group.addoption("--require-gpu", action="store_true", help="a missing GPU is a usage error (for gates on GPU nodes)")
+    group.addoption("--report-dir", default=None, help="where the run writes its report (default reports/<run-id>)")
+    group.addoption("--gates", default="0,learned,0.3,0.5,1",
+                    help="gating sweep: raw alpha values and 'learned' (reports show alpha and tanh(alpha))")
+    group.addoption("--input", default=None, help="input for the teacher-forced pass and the sweep (prompts file or wav)")
+    group.addoption("--max-positions", type=int, default=None, help="cut the teacher-forced input to this many positions")
+    group.addoption("--baseline", default=None, help="metrics.json of an earlier run to compare against")
+    group.addoption("--update-baseline", action="store_true", help="write this run's metrics to --baseline")
+    group.addoption("--ttt-layers", default=None, help="comma-separated TTT layer names or block indices to check")
+    group.addoption("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                    help="override one threshold (repeatable); names: see [tool.ttt_checks] in pyproject.toml")
+    group.addoption("--asr", default="default", help="Whisper backend: default | faster-whisper:PATH | openai-whisper:NAME")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if hasattr(config, "workerinput"):  # xdist worker: the controller validated the options
+        return
+    # Validate every option up front: a bad one is a usage error (exit 4), never a green run.
+    _options(config)
+
+
+def _device(config: pytest.Config) -> str:
+    import torch
+
+    requested = config.getoption("--device")
+    has_cuda = torch.cuda.is_available()
+    if config.getoption("--require-gpu") and not has_cuda:
+        raise pytest.UsageError("--require-gpu: no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES, the driver, --gres)")
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not has_cuda:
+            raise pytest.UsageError(f"--device {requested}: no CUDA GPU is visible; use --device cpu or run on a GPU node")
+        index = requested.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise pytest.UsageError(f"--device {requested}: {torch.cuda.device_count()} GPU(s) visible")
+        return requested
+    raise pytest.UsageError(f"--device {requested!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def _options(config: pytest.Config):
+    if _OPTIONS_KEY in config.stash:
+        return config.stash[_OPTIONS_KEY]
+    from ttt_checks import health
+    from ttt_checks.run import RunError, RunOptions, new_run_id, parse_gates
+
+    try:
+        overrides = health.parse_threshold_overrides(config.getoption("--threshold"))
+        thresholds = health.load_thresholds(config.rootpath / "pyproject.toml", overrides)
+        gates = parse_gates(config.getoption("--gates"))
+    except (health.ThresholdError, RunError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    max_positions = config.getoption("--max-positions")
+    if max_positions is not None and max_positions < 2:
+        raise pytest.UsageError(f"--max-positions {max_positions}: need at least 2 positions")
+    ckpt = config.getoption("--ckpt")
+    report_dir = config.getoption("--report-dir")
+    report_dir = Path(report_dir) if report_dir else config.rootpath / "reports" / new_run_id(Path(ckpt) if ckpt else None)
+    layers = config.getoption("--ttt-layers")
+    options = RunOptions(
+        report_dir=report_dir.resolve(),
+        gates=gates,
+        thresholds=thresholds,
+        input_path=Path(config.getoption("--input")) if config.getoption("--input") else None,
+        max_positions=max_positions,
+        ttt_layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None,
+        asr=config.getoption("--asr"),
+        baseline=Path(config.getoption("--baseline")) if config.getoption("--baseline") else None,
+        update_baseline=config.getoption("--update-baseline"),
+    )
+    config.stash[_OPTIONS_KEY] = options
+    return options
+
+
+@pytest.fixture(scope="session")
+def ttt_run(request: pytest.FixtureRequest):
+    """The health run of --ckpt: every check of the session reads the same measurements."""
+    from ttt_checks.models.registry import resolve
+    from ttt_checks.run import HealthRun
+
+    config = request.config
+    options = _options(config)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # each worker writes its own subfolder; the report merges them
+        options.report_dir = options.report_dir / worker
+    device = _device(config)
+    run = HealthRun(resolve(config.getoption("--ckpt"), device=device), options)
+    config.stash[_RUN_KEY] = run
+    yield run
+    run.write_metrics()
+
+
+@pytest.fixture
+def ttt_check(ttt_run, record_property, capsys) -> Callable[[str], list]:
+    """``ttt_check("figure5_ordering")``: judge one check, record measured vs threshold, attach
+    the evidence, and fail with every failing verdict's explanation."""
+
+    def check(name: str):
+        verdicts = ttt_run.judge(name)
+        for v in verdicts:
+            key = f"{name}[{v.layer}]" if v.layer else name
+            record_property(f"{key}.ok", v.ok)
+            record_property(f"{key}.measured", v.measured)
+            record_property(f"{key}.threshold", v.threshold)
+            print(v.line())
+        for path in ttt_run.artifacts.get(name, []):
+            print(f"[[ATTACHMENT|{Path(path).resolve()}]]")
+        failing = [v for v in verdicts if not v.ok]
+        if failing:
+            pytest.fail("\n".join(v.line() for v in failing), pytrace=False)
+        return verdicts
+
+    return check
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run = session.config.stash.get(_RUN_KEY, None)
+    if run is None:
+        return
+    from ttt_checks.report import write_report
+
+    try:
+        paths = write_report(run, incomplete=exitstatus == pytest.ExitCode.INTERRUPTED)
+    except Exception as exc:  # the report must not hide the test results; say what broke
+        print(f"\nttt-checks: writing the report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(f"ttt-checks report: {paths['report']}  (metrics: {paths['metrics']}, html: {paths['html']})")

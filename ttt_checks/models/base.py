@@ -58,6 +58,17 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ModelInputs:
+    """What a health run feeds the model: one teacher-forced sequence batch and the prompts of
+    the gating sweep (one generation per prompt and gate)."""
+
+    teacher_forced: Any
+    prompts: list[Any]
+    description: str
+    positions: int  # tokens (frames) per teacher-forced row
+
+
 class Adapter:
     """Base class of model adapters. Subclasses implement every method below."""
 
@@ -84,8 +95,15 @@ class Adapter:
         """The TTT layer modules by name, so a Figure5Probe can be attached to them."""
         raise NotImplementedError(f"{type(self).__name__}.ttt_modules")
 
-    def teacher_forced(self, inputs: Any, probe: Any | None = None) -> ForwardResult:
-        """One teacher-forced pass; when ``probe`` is given, Figure-5 capture runs on every TTT layer."""
+    def load_inputs(self, path: Path | None = None, max_positions: int | None = None) -> "ModelInputs":
+        """The inputs of a health run: the adapter's own fixture when ``path`` is None (held-out
+        dialogue and prompts for the reference model, a wav for Moshi), cut to ``max_positions``."""
+        raise NotImplementedError(f"{type(self).__name__}.load_inputs")
+
+    def teacher_forced(self, inputs: Any, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
+        """One teacher-forced pass; when ``probe`` is given, Figure-5 capture runs on every TTT
+        layer. ``chunk`` feeds the sequence in streaming calls of that many tokens, the TTT state
+        handled exactly as the model's own inference code handles it (carried, or not)."""
         raise NotImplementedError(f"{type(self).__name__}.teacher_forced")
 
     def generate(self, inputs: Any, gates: Sequence[GateValue]) -> list[Generation]:

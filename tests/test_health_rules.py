@@ -1,0 +1,165 @@
+"""Health rules on synthetic Figure-5 curves: each symptom fails its rule and only its rule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_checks import health
+from ttt_checks.metrics.figure5 import figure5_stats, smooth
+from ttt_checks.ttt.figure5 import Figure5Record
+
+ROOT = Path(__file__).resolve().parents[1]
+TH = health.load_thresholds()
+T = 256
+
+
+def record(l0, lprev, lafter, nonfinite=None, layer="layers.3.ttt") -> Figure5Record:
+    n = len(l0)
+    return Figure5Record(layer=layer, positions=np.arange(n), l0=np.asarray(l0, float), lprev=np.asarray(lprev, float),
+                         lafter=np.asarray(lafter, float), counts=np.full(n, 8),
+                         nonfinite=np.zeros(n, int) if nonfinite is None else nonfinite)
+
+
+def healthy_curves(seed: int = 0):
+    """The paper's shape: l0 flat-ish, lprev and lafter falling with t, gaps growing."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)
+    l0 = 1.0 + 0.02 * rng.standard_normal(T)
+    lprev = 0.9 - 0.3 * t / T + 0.01 * rng.standard_normal(T)
+    lafter = lprev - 0.1 - 0.05 * t / T
+    return l0, lprev, lafter
+
+
+def judge(rec: Figure5Record, expected: int = T) -> dict[str, list[health.Verdict]]:
+    stats = {rec.layer: figure5_stats(rec, expected)}
+    return {
+        "collected": health.figure5_collected(stats, [rec.layer], {}, TH),
+        "finite": health.figure5_finite(stats),
+        "bounded": health.figure5_bounded(stats, TH),
+        "ordering": health.figure5_ordering(stats, TH),
+        "improvement": health.figure5_improvement(stats, TH),
+        "adaptation": health.figure5_adaptation(stats, TH),
+    }
+
+
+def failing(verdicts: dict[str, list[health.Verdict]]) -> set[str]:
+    return {name for name, vs in verdicts.items() if not all(v.ok for v in vs)}
+
+
+def test_healthy_curves_pass_every_figure5_rule():
+    assert failing(judge(record(*healthy_curves()))) == set()
+
+
+def test_inner_lr_too_high_fails_ordering_and_improvement():
+    l0, lprev, _ = healthy_curves()
+    lafter = lprev * 1.5  # the step overshoots
+    assert failing(judge(record(l0, lprev, lafter))) >= {"ordering", "improvement"}
+
+
+def test_inner_lr_near_zero_fails_improvement_even_when_the_overlapping_curves_are_ordered():
+    l0, _, _ = healthy_curves()
+    verdicts = judge(record(l0, l0 - 1e-6, l0 - 2e-6))
+    assert "improvement" in failing(verdicts)
+    assert "MINIMAL" in verdicts["improvement"][0].explanation
+
+
+def test_exploding_losses_fail_bounded():
+    l0, lprev, lafter = (c * 40 for c in healthy_curves())
+    assert "bounded" in failing(judge(record(l0, lprev, lafter)))
+
+
+def test_nan_fails_finite_and_every_rule_that_reads_it_says_it_cannot_measure():
+    l0, lprev, lafter = healthy_curves()
+    lafter = lafter.copy()
+    lafter[10] = np.nan
+    nonfinite = np.zeros(T, int)
+    nonfinite[10] = 1
+    verdicts = judge(record(l0, lprev, lafter, nonfinite))
+    assert {"finite", "ordering", "improvement", "adaptation"} <= failing(verdicts)
+    assert "cannot measure" in verdicts["ordering"][0].explanation
+
+
+def test_missing_positions_fail_collected():
+    l0, lprev, lafter = healthy_curves()
+    assert failing(judge(record(l0[:100], lprev[:100], lafter[:100]), expected=T)) >= {"collected"}
+
+
+def test_layer_without_data_fails_collected_with_its_name():
+    stats = {"layers.2.ttt": figure5_stats(record(*healthy_curves(), layer="layers.2.ttt"))}
+    verdicts = health.figure5_collected(stats, ["layers.2.ttt", "layers.3.ttt"], {"layers.3.ttt": "never ran"}, TH)
+    bad = [v for v in verdicts if not v.ok]
+    assert [v.layer for v in bad] == ["layers.3.ttt"] and "NO DATA COLLECTED" in bad[0].explanation
+
+
+def test_no_adaptation_fails_adaptation_only():
+    rng = np.random.default_rng(1)
+    l0 = 1.0 + 0.02 * rng.standard_normal(T)
+    lprev = 0.8 + 0.01 * rng.standard_normal(T)
+    lafter = lprev - 0.1
+    lprev[-T // 4 :] += 0.05  # rises late in the context
+    assert failing(judge(record(l0, lprev, lafter))) == {"adaptation"}
+
+
+def test_no_layers_at_all_cannot_pass():
+    assert not health.figure5_collected({}, [], {}, TH)[0].ok
+    assert not health.gate_stats({}, TH)[0].ok
+
+
+@pytest.mark.parametrize("alpha, ok", [(0.5, True), (0.09, False), (0.0002, False), (-0.5, True)])
+def test_gate_collapse_is_flagged_with_its_layer(alpha, ok):
+    [v] = health.gate_stats({"layers.3.ttt": np.full(16, alpha)}, TH)
+    assert v.ok is ok and v.layer == "layers.3.ttt"
+    assert v.measured == pytest.approx(abs(math.tanh(alpha)))
+
+
+def test_ttt_that_raises_the_outer_loss_fails():
+    assert health.ttt_helps(np.full(10, 2.0), np.full(10, 2.0), TH).ok
+    assert not health.ttt_helps(np.full(10, 2.2), np.full(10, 2.0), TH).ok
+    assert not health.ttt_helps(np.array([np.nan]), np.full(10, 2.0), TH).ok
+
+
+def test_dead_parameters_are_named():
+    init = {"a": torch.zeros(3), "b": torch.ones(3), "wo": torch.ones(2)}
+    current = {"a": torch.tensor([0.0, 0.1, 0.0]), "b": torch.ones(3), "wo": torch.ones(2)}
+    v = health.dead_parameters(current, init, used=["a", "b"], th=TH)
+    assert not v.ok and v.details["unchanged"] == ["b"] and v.details["unused"] == ["wo"]
+    assert not health.dead_parameters(current, {}, None, TH).ok
+
+
+def test_missing_keys_and_nonfinite_tensors_fail_checkpoint_checks():
+    assert not health.checkpoint_keys(["x.ttt.W1", "x.ttt.b1"], ["x.ttt.W1"]).ok
+    assert health.checkpoint_keys(["x.ttt.W1"], ["x.ttt.W1", "base"]).ok
+    assert not health.checkpoint_finite({"w": torch.tensor([1.0, float("inf")])}).ok
+    assert health.checkpoint_finite({"w": torch.ones(2), "i": torch.arange(3)}).ok
+
+
+def test_state_not_carried_fails_persistence():
+    l0 = np.linspace(1.0, 0.8, 64)
+    carried = record(l0, l0 - 0.1, l0 - 0.2)
+    reset = record(l0, l0.copy(), l0 - 0.2)
+    assert health.state_persistence({"l": carried}, 16, TH)[0].ok
+    assert not health.state_persistence({"l": reset}, 16, TH)[0].ok
+
+
+def test_smoothing_is_a_trailing_mean_of_the_same_length():
+    x = np.arange(5, dtype=float)
+    np.testing.assert_allclose(smooth(x, 2), [0, 0.5, 1.5, 2.5, 3.5])
+    assert np.isnan(smooth(np.array([1.0, np.nan, 1.0]), 2)[1])
+
+
+def test_pyproject_table_lists_exactly_the_code_defaults():
+    table = health.read_pyproject_table(ROOT / "pyproject.toml")
+    assert table == {name: t.default for name, t in health.THRESHOLDS.items()}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("nonsense=1", "unknown threshold"), ("ordering_min_fraction=high", "must be a number"), ("ordering_min_fraction", "NAME=VALUE"),
+])
+def test_invalid_threshold_override_is_refused(item, message):
+    with pytest.raises(health.ThresholdError, match=message):
+        health.load_thresholds(None, health.parse_threshold_overrides([item]))

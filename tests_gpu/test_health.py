@@ -1,0 +1,59 @@
+"""The health checks of one checkpoint, one test per symptom.
+
+Run against any checkpoint:  pytest -m gpu tests_gpu --ckpt PATH [--device cpu]
+Each test judges one rule of ttt_checks.health on measurements taken once per session
+(the ``ttt_run`` fixture), records measured value and threshold as JUnit properties, attaches
+its evidence, and fails with the explanation of every failing verdict.
+"""
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_checkpoint_has_every_ttt_key(ttt_check):
+    ttt_check("checkpoint_keys")
+
+
+def test_checkpoint_tensors_are_finite(ttt_check):
+    ttt_check("checkpoint_finite")
+
+
+def test_figure5_data_collected_for_every_ttt_layer(ttt_check):
+    ttt_check("figure5_collected")
+
+
+def test_inner_losses_are_finite(ttt_check):
+    ttt_check("figure5_finite")
+
+
+def test_inner_losses_are_bounded(ttt_check):
+    ttt_check("figure5_bounded")
+
+
+def test_inner_losses_are_ordered_l0_lprev_lafter(ttt_check):
+    ttt_check("figure5_ordering")
+
+
+def test_each_inner_step_improves_the_loss(ttt_check):
+    ttt_check("figure5_improvement")
+
+
+def test_inner_model_adapts_over_the_context(ttt_check):
+    ttt_check("figure5_adaptation")
+
+
+def test_gates_have_not_collapsed(ttt_check):
+    ttt_check("gate_stats")
+
+
+def test_ttt_does_not_hurt_the_outer_loss(ttt_check):
+    ttt_check("ttt_helps")
+
+
+def test_no_dead_ttt_parameters(ttt_check):
+    ttt_check("dead_parameters")
+
+
+def test_ttt_state_persists_across_streaming_calls(ttt_check):
+    ttt_check("state_persistence")

@@ -1,0 +1,62 @@
+"""Which adapter reads a checkpoint path: decided by what the path holds, not by flags.
+
+- a reference checkpoint: a directory whose ``config.json`` has ``"format": "ttt-checks-reference/..."``;
+- no path: the embedded default, the healthy reference checkpoint shipped in ``fixtures/zoo``.
+
+Adding a model family means adding one detector and one loader here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ttt_checks.models.base import Adapter
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ZOO_DIR = REPO_ROOT / "fixtures" / "zoo"
+DEFAULT_CHECKPOINT = "healthy-seed0"
+
+
+class CheckpointResolutionError(RuntimeError):
+    """The path is not a checkpoint any adapter reads; the message says what was found."""
+
+
+def default_checkpoint() -> Path:
+    path = ZOO_DIR / DEFAULT_CHECKPOINT
+    if not (path / "config.json").is_file():
+        raise CheckpointResolutionError(
+            f"the embedded default checkpoint is missing ({path}); it ships with a clone of ttt-checks. "
+            "Pass --ckpt PATH, or rebuild it with `ttt-checks zoo build`."
+        )
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointResolutionError(f"{path}: not readable JSON ({exc}); the checkpoint's config is corrupt") from exc
+    return data if isinstance(data, dict) else None
+
+
+def resolve(ckpt: str | Path | None, **adapter_options: Any) -> Adapter:
+    """The adapter for ``ckpt`` (None: the embedded default)."""
+    path = default_checkpoint() if ckpt is None else Path(ckpt).expanduser()
+    if not path.exists():
+        raise CheckpointResolutionError(f"--ckpt {path}: no such file or directory")
+    if path.is_dir():
+        config = _read_json(path / "config.json")
+        if config and str(config.get("format", "")).startswith("ttt-checks-reference/"):
+            from ttt_checks.models.reference.adapter import ReferenceAdapter
+
+            return ReferenceAdapter(path, **adapter_options)
+        contents = sorted(p.name for p in path.iterdir())[:12]
+        raise CheckpointResolutionError(
+            f"--ckpt {path}: not a checkpoint ttt-checks can read. Expected a reference checkpoint "
+            f"(config.json with format ttt-checks-reference/*); the directory holds {contents or 'nothing'}."
+        )
+    raise CheckpointResolutionError(f"--ckpt {path}: a file; pass the checkpoint directory that contains it")

@@ -1,0 +1,306 @@
+"""One health run over one checkpoint: measure once, judge many times, keep the evidence.
+
+``HealthRun`` computes each expensive result once (lazily, so a pytest ``-k`` selection only
+pays for what it reads): the checkpoint's tensors, the teacher-forced pass with Figure-5
+capture at the learned gate and at gate 0, a streamed pass for state persistence, and the
+gating sweep. The health rules turn those into verdicts; every artifact is written under the
+run's report directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ttt_checks import health
+from ttt_checks.health import Verdict
+from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
+from ttt_checks.models.base import Adapter, ForwardResult, GateValue, ModelInputs
+from ttt_checks.ttt.figure5 import Figure5Error, Figure5Probe, Figure5Record
+
+LEARNED = "learned"
+DEFAULT_GATES: tuple[GateValue, ...] = (0.0, LEARNED, 0.3, 0.5, 1.0)
+
+
+class RunError(RuntimeError):
+    """A health run cannot start (bad option, unreadable checkpoint): the message says what to do."""
+
+
+def parse_gates(text: str) -> list[GateValue]:
+    """``0,learned,0.3`` -> [0.0, 'learned', 0.3]; raw alpha values, clamped to [-3, 3] by the gate."""
+    gates: list[GateValue] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if item == LEARNED:
+            gates.append(LEARNED)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise RunError(f"--gates: {item!r} is neither a number nor 'learned' (example: --gates 0,learned,0.3,1)") from None
+        if not np.isfinite(value) or abs(value) > 3.0:
+            raise RunError(f"--gates: raw alpha {item} is outside [-3, 3], where the gate clamps it (tanh(3) = 0.995)")
+        gates.append(value)
+    if not gates:
+        raise RunError("--gates is empty: give at least one value, e.g. --gates 0,learned")
+    return gates
+
+
+def gate_label(gate: GateValue) -> str:
+    return "learned" if gate == LEARNED else f"{float(gate):g}"
+
+
+def new_run_id(checkpoint: Path | None) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoint.name if checkpoint else "default")
+    return f"{stamp}-{name}-{os.getpid()}"
+
+
+@dataclass
+class RunOptions:
+    report_dir: Path
+    gates: list[GateValue] = field(default_factory=lambda: list(DEFAULT_GATES))
+    thresholds: dict[str, float] = field(default_factory=lambda: health.load_thresholds())
+    input_path: Path | None = None
+    max_positions: int | None = None
+    ttt_layers: list[str] | None = None
+    asr: str = "default"
+    baseline: Path | None = None
+    update_baseline: bool = False
+
+
+class HealthRun:
+    """Lazily measured results of one checkpoint and the verdicts of every health rule."""
+
+    def __init__(self, adapter: Adapter, options: RunOptions) -> None:
+        self.adapter = adapter
+        self.options = options
+        self.th = options.thresholds
+        self.report_dir = Path(options.report_dir)
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        self.verdicts: dict[str, list[Verdict]] = {}
+        self.artifacts: dict[str, list[Path]] = {}
+        self.timings: dict[str, float] = {}
+        self.started = time.time()
+
+    # -- what the model declares ----------------------------------------------------------------
+
+    @cached_property
+    def layers(self):
+        infos = self.adapter.ttt_layers()
+        wanted = self.options.ttt_layers
+        if wanted:
+            known = [i.name for i in infos] + [str(i.index) for i in infos]
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise RunError(f"--ttt-layers {unknown}: the model has no such TTT layer; it has {[i.name for i in infos]}")
+            infos = [i for i in infos if i.name in wanted or str(i.index) in wanted]
+        return infos
+
+    @cached_property
+    def inputs(self) -> ModelInputs:
+        return self._timed("load_inputs", lambda: self.adapter.load_inputs(self.options.input_path, self.options.max_positions))
+
+    # -- measurements ---------------------------------------------------------------------------
+
+    def _timed(self, name: str, fn):
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    @cached_property
+    def teacher_forced(self) -> tuple[ForwardResult, dict[str, Figure5Record], dict[str, str]]:
+        """Figure-5 records at the learned gate, plus why a layer has none."""
+        probe = Figure5Probe()
+        result = self._timed("teacher_forced", lambda: self.adapter.teacher_forced(self.inputs.teacher_forced, probe=probe))
+        records, missing = {}, {}
+        for info in self.layers:
+            try:
+                records[info.name] = probe.record(info.name)
+            except Figure5Error as exc:
+                missing[info.name] = str(exc)
+        from ttt_checks.report.plots import plot_figure5
+
+        for name, rec in records.items():
+            stem = f"figure5_{_slug(name)}"
+            paths = [rec.save(self.report_dir / f"{stem}.npz"), plot_figure5(rec, self.report_dir / f"{stem}.png")]
+            for check in FIGURE5_CHECKS:
+                for path in paths:
+                    self.add_artifact(check, path)
+        return result, records, missing
+
+    @cached_property
+    def figure5(self) -> dict[str, Figure5Stats]:
+        _, records, _ = self.teacher_forced
+        return {name: figure5_stats(rec, self.inputs.positions) for name, rec in records.items()}
+
+    @cached_property
+    def outer_gate0(self) -> ForwardResult:
+        from ttt_checks.report.plots import plot_outer_loss
+
+        def run():
+            with self.adapter.set_gate(0.0):
+                return self.adapter.teacher_forced(self.inputs.teacher_forced)
+        result = self._timed("teacher_forced_gate0", run)
+        learned = self.teacher_forced[0]
+        if len(learned.outer_loss) == len(result.outer_loss):
+            self.add_artifact("ttt_helps", plot_outer_loss(learned.outer_loss, result.outer_loss, self.report_dir / "outer_loss.png"))
+        return result
+
+    @cached_property
+    def streamed(self) -> dict[str, Figure5Record]:
+        """Figure-5 records of a pass fed one token per call, as streaming inference does."""
+        probe = Figure5Probe()
+        self._timed("streamed", lambda: self.adapter.teacher_forced(self.inputs.teacher_forced, probe=probe, chunk=1))
+        out = {}
+        for info in self.layers:
+            try:
+                out[info.name] = probe.record(info.name)
+            except Figure5Error:
+                continue
+        return out
+
+    # -- verdicts -------------------------------------------------------------------------------
+
+    def judge(self, check: str) -> list[Verdict]:
+        """The verdicts of one named check (computed once, then cached)."""
+        if check not in self.verdicts:
+            fn = getattr(self, f"_check_{check}", None)
+            if fn is None:
+                raise KeyError(f"unknown check {check!r}; known: {sorted(CHECKS)}")
+            try:
+                verdicts = fn()
+            except (RunError, Figure5Error) as exc:
+                verdicts = [health.cannot_measure(check, str(exc))]
+            self.verdicts[check] = verdicts
+        return self.verdicts[check]
+
+    def _check_checkpoint_keys(self):
+        return [health.checkpoint_keys(self.adapter.expected_ttt_keys(), self.adapter.state().keys())]
+
+    def _check_checkpoint_finite(self):
+        return [health.checkpoint_finite(self.adapter.state())]
+
+    def _check_figure5_collected(self):
+        _, _, missing = self.teacher_forced
+        return health.figure5_collected(self.figure5, [i.name for i in self.layers], missing, self.th)
+
+    def _check_figure5_finite(self):
+        return self._per_layer(health.figure5_finite(self.figure5), "figure5_finite")
+
+    def _check_figure5_bounded(self):
+        return self._per_layer(health.figure5_bounded(self.figure5, self.th), "figure5_bounded")
+
+    def _check_figure5_ordering(self):
+        return self._per_layer(health.figure5_ordering(self.figure5, self.th), "figure5_ordering")
+
+    def _check_figure5_improvement(self):
+        return self._per_layer(health.figure5_improvement(self.figure5, self.th), "figure5_improvement")
+
+    def _check_figure5_adaptation(self):
+        return self._per_layer(health.figure5_adaptation(self.figure5, self.th), "figure5_adaptation")
+
+    def _check_gate_stats(self):
+        return health.gate_stats({i.name: i.gate_alpha for i in self.layers}, self.th)
+
+    def _check_ttt_helps(self):
+        learned, _, _ = self.teacher_forced
+        return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th)]
+
+    def _check_dead_parameters(self):
+        unused = set(getattr(self.adapter, "unused_ttt_keys", lambda: [])())
+        state = self.adapter.state()
+        used = [k for k in state if k not in unused]
+        return [health.dead_parameters(state, self.adapter.initial_state(), used, self.th)]
+
+    def _check_state_persistence(self):
+        records = self.streamed
+        out = health.state_persistence(records, min(i.mini_batch_size for i in self.layers) if self.layers else 1, self.th)
+        missing = [i.name for i in self.layers if i.name not in records]
+        out += [health.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
+        return out or [health.cannot_measure("state_persistence", "the model reports no TTT layers")]
+
+    def _per_layer(self, verdicts: list[Verdict], name: str) -> list[Verdict]:
+        """Layers with no Figure-5 data fail every Figure-5 rule too (never a silent pass)."""
+        have = {v.layer for v in verdicts}
+        _, _, missing = self.teacher_forced
+        extra = [health.cannot_measure(name, f"no Figure-5 data for this layer ({missing.get(i.name, 'not reported')})", i.name)
+                 for i in self.layers if i.name not in have]
+        out = verdicts + extra
+        return out or [health.cannot_measure(name, "the model reports no TTT layers")]
+
+    # -- evidence -------------------------------------------------------------------------------
+
+    def add_artifact(self, check: str, path: Path) -> Path:
+        self.artifacts.setdefault(check, [])
+        if path not in self.artifacts[check]:
+            self.artifacts[check].append(Path(path))
+        return path
+
+    def metrics(self) -> dict[str, Any]:
+        """Everything measured so far, as JSON-ready data."""
+        data: dict[str, Any] = {
+            "checkpoint": str(self.adapter.checkpoint) if self.adapter.checkpoint else None,
+            "adapter": self.adapter.name,
+            "thresholds": self.th,
+            "gates": [gate_label(g) for g in self.options.gates],
+            "timings_s": self.timings,
+            "verdicts": {k: [v.to_dict() for v in vs] for k, vs in self.verdicts.items()},
+        }
+        if "figure5" in self.__dict__:
+            data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
+        if "teacher_forced" in self.__dict__:
+            learned = self.teacher_forced[0]
+            data["outer_loss"] = {"learned": float(np.mean(learned.outer_loss))}
+            if "outer_gate0" in self.__dict__:
+                data["outer_loss"]["gate0"] = float(np.mean(self.outer_gate0.outer_loss))
+        data["layers"] = [
+            {"name": i.name, "index": i.index, "mini_batch_size": i.mini_batch_size, "causal": i.causal,
+             "inner": i.inner, "mlp_layers": i.mlp_layers, "base_lr": i.base_lr,
+             "gate_mean_tanh": float(np.tanh(np.clip(i.gate_alpha, -3, 3)).mean())}
+            for i in (self.layers if "layers" in self.__dict__ else [])
+        ]
+        return health._jsonable(data)
+
+    def write_metrics(self, incomplete: bool = False) -> Path:
+        data = self.metrics()
+        data["complete"] = not incomplete
+        return write_json_atomic(self.report_dir / "metrics.json", data)
+
+
+FIGURE5_CHECKS = ("figure5_collected", "figure5_finite", "figure5_bounded", "figure5_ordering",
+                  "figure5_improvement", "figure5_adaptation")
+
+CHECKS = [
+    "checkpoint_keys", "checkpoint_finite", "figure5_collected", "figure5_finite", "figure5_bounded",
+    "figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats", "ttt_helps",
+    "dead_parameters", "state_persistence",
+]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def run_all(run: HealthRun, checks: Sequence[str] = CHECKS) -> list[Verdict]:
+    return [v for check in checks for v in run.judge(check)]
