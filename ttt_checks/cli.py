@@ -15,7 +15,11 @@ from typing import Sequence
 # name -> (module, one-line help). The module defines register(subparsers) -> None and a
 # handler stored with ``parser.set_defaults(func=...)`` that returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ttt_checks.gate", "run the full health suite on the embedded default model (CPU, offline)"),
+    "gate": ("ttt_checks.gate", "run the health suite on a checkpoint; exit 0 healthy, 1 unhealthy"),
+    "matrix": ("ttt_checks.detection", "regenerate docs/detection-matrix.md from the zoo (runs the suite on each)"),
     "figure5": ("ttt_checks.ttt.cli", "inspect a saved Figure-5 record (.npz)"),
+    "zoo": ("ttt_checks.models.reference.zoo_cli", "list or rebuild the reference checkpoint zoo"),
 }
 
 

@@ -56,9 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _device(config: pytest.Config) -> str:
+    requested = config.getoption("--device")
+    if requested == "cpu" and not config.getoption("--require-gpu"):
+        return "cpu"  # no need to import torch just to validate options
     import torch
 
-    requested = config.getoption("--device")
     has_cuda = torch.cuda.is_available()
     if config.getoption("--require-gpu") and not has_cuda:
         raise pytest.UsageError("--require-gpu: no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES, the driver, --gres)")
@@ -106,6 +108,7 @@ def _options(config: pytest.Config):
         baseline=Path(config.getoption("--baseline")) if config.getoption("--baseline") else None,
         update_baseline=config.getoption("--update-baseline"),
     )
+    options.device = _device(config)
     config.stash[_OPTIONS_KEY] = options
     return options
 
@@ -121,8 +124,7 @@ def ttt_run(request: pytest.FixtureRequest):
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:  # each worker writes its own subfolder; the report merges them
         options.report_dir = options.report_dir / worker
-    device = _device(config)
-    run = HealthRun(resolve(config.getoption("--ckpt"), device=device), options)
+    run = HealthRun(resolve(config.getoption("--ckpt"), device=options.device), options)
     config.stash[_RUN_KEY] = run
     yield run
     run.write_metrics()

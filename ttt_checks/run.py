@@ -77,6 +77,7 @@ class RunOptions:
     asr: str = "default"
     baseline: Path | None = None
     update_baseline: bool = False
+    device: str = "cpu"
 
 
 class HealthRun:

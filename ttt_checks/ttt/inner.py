@@ -270,13 +270,15 @@ def end_of_minibatch_params(
 
 @dataclass
 class MiniBatchResult:
-    """Outputs and Figure-5 losses of one (possibly partial) mini-batch."""
+    """One (possibly partial) mini-batch: its outputs, its carried state, and what the Figure-5
+    losses need (the start weights, activations, gradients and step sizes), kept by reference."""
 
     output: Tensor  # [B, H, r, d]: f(q) without the residual q (added by the caller)
     end_params: InnerParams | None  # None for a partial mini-batch (state not committed)
-    lprev: Tensor | None  # [B, H, r]
-    lafter: Tensor | None
-    lstart: Tensor | None  # loss at the mini-batch start for every row (ttt-lm-jax step_0)
+    start_params: InnerParams
+    acts: InnerActivations
+    grads: list[Tensor]
+    eta: Tensor
 
 
 def minibatch_step(
@@ -288,37 +290,68 @@ def minibatch_step(
     config: TTTConfig,
     gamma: Tensor,
     beta: Tensor,
-    capture: bool,
 ) -> MiniBatchResult:
-    """One mini-batch of r <= b rows: outputs, optional Figure-5 losses, the carried state."""
+    """One mini-batch of r <= b rows: gradients at its start W', outputs, the carried state."""
     rows = xk.shape[-2]
     acts = inner_forward(xk, params, config, gamma, beta)
     grads = inner_output_grads(acts, target, params, gamma)
     eta = eta_matrix(sigma, config)
-
-    if not capture:
-        out = dual_form(xq, eta, params, acts, grads, config, gamma, beta)
-        lprev = lafter = lstart = None
-    else:
-        # One stacked dual form evaluates the outputs (at q) and lafter (at k) and, causal
-        # only, lprev (at k with the rows shifted); non-causal lprev is the start loss. The
-        # keys' first-layer products at W' are already in ``acts``: reuse them.
-        key_gram = xk @ xk.transpose(-1, -2)
-        copies = 2 if config.causal else 1
-        queries = torch.cat([xq] + [xk] * copies, -2)
-        etas = torch.cat([eta, eta] + ([shift_rows_down(eta)] if config.causal else []), -2)
-        preact = torch.cat([xq @ params.weights[0] + params.biases[0]] + [acts.preacts[0]] * copies, -2)
-        gram = torch.cat([xq @ xk.transpose(-1, -2)] + [key_gram] * copies, -2)
-        stacked = dual_form(queries, etas, params, acts, grads, config, gamma, beta, first_layer=(preact, gram))
-        out = stacked[..., :rows, :]
-        lstart = reconstruction_loss(acts.prediction, target)
-        lafter = reconstruction_loss(stacked[..., rows : 2 * rows, :], target)
-        lprev = reconstruction_loss(stacked[..., 2 * rows :, :], target) if config.causal else lstart
-
+    out = dual_form(xq, eta, params, acts, grads, config, gamma, beta)
     end = None
     if rows == config.mini_batch_size:
         end = end_of_minibatch_params(params, acts, grads, sigma / config.mini_batch_size)
-    return MiniBatchResult(out, end, lprev, lafter, lstart)
+    return MiniBatchResult(out, end, params, acts, grads, eta)
+
+
+def figure5_losses(
+    params: InnerParams,
+    xk: Tensor,
+    target: Tensor,
+    acts: InnerActivations,
+    grads: list[Tensor],
+    eta: Tensor,
+    config: TTTConfig,
+    gamma: Tensor,
+    beta: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(lprev, lafter, lstart) per row, each [B, H, r], from the mini-batch's own gradients.
+
+    lafter evaluates the dual form at k with the rows' own eta; lprev (causal) with the eta rows
+    shifted by one, i.e. the weights before the row's token; non-causal lprev is the loss at the
+    mini-batch start. The keys' first-layer products at W' are already in ``acts``. Several
+    mini-batches can be evaluated at once by stacking them along the batch dimension.
+    """
+    rows = xk.shape[-2]
+    copies = 2 if config.causal else 1
+    gram = xk @ xk.transpose(-1, -2)
+    queries = torch.cat([xk] * copies, -2)
+    etas = torch.cat([eta] + ([shift_rows_down(eta)] if config.causal else []), -2)
+    preact = torch.cat([acts.preacts[0]] * copies, -2)
+    stacked = dual_form(queries, etas, params, acts, grads, config, gamma, beta,
+                        first_layer=(preact, torch.cat([gram] * copies, -2)))
+    lstart = reconstruction_loss(acts.prediction, target)
+    lafter = reconstruction_loss(stacked[..., :rows, :], target)
+    lprev = reconstruction_loss(stacked[..., rows:, :], target) if config.causal else lstart
+    return lprev, lafter, lstart
+
+
+def stack_minibatches(results: list[MiniBatchResult]) -> tuple[InnerParams, InnerActivations, list[Tensor], Tensor]:
+    """Concatenate complete mini-batches along the batch dimension for one batched evaluation."""
+    cat = lambda ts: torch.cat(ts, dim=0)  # noqa: E731
+    params = InnerParams(
+        [cat([r.start_params.weights[i] for r in results]) for i in range(len(results[0].start_params.weights))],
+        [cat([r.start_params.biases[i] for r in results]) for i in range(len(results[0].start_params.biases))],
+    )
+    a0 = results[0].acts
+    acts = InnerActivations(
+        inputs=[cat([r.acts.inputs[i] for r in results]) for i in range(len(a0.inputs))],
+        preacts=[cat([r.acts.preacts[i] for r in results]) for i in range(len(a0.preacts))],
+        x_hat=None if a0.x_hat is None else cat([r.acts.x_hat for r in results]),
+        inv_std=None if a0.inv_std is None else cat([r.acts.inv_std for r in results]),
+        prediction=cat([r.acts.prediction for r in results]),
+    )
+    grads = [cat([r.grads[i] for r in results]) for i in range(len(results[0].grads))]
+    return params, acts, grads, cat([r.eta for r in results])
 
 
 def predict_loss(xk: Tensor, target: Tensor, params: InnerParams, config: TTTConfig, gamma: Tensor, beta: Tensor) -> Tensor:

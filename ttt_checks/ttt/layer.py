@@ -219,23 +219,24 @@ class TTTLayer(nn.Module):
                           inner=c.inner, eta_weighting=c.eta_weighting, base_lr=c.base_lr)
             l0_all = inner.predict_loss(rows["xk"], rows["target"], state.init_params, c, gamma, beta)
         params = state.params
-        outputs, lprevs, lafters, step0s = [], [], [], []
+        outputs, waiting = [], []
+        curves: dict[str, list[Tensor]] = {"lprev": [], "lafter": [], "step_0": []}
         for lo in range(0, n, b):
             hi = min(lo + b, n)
             chunk = {k: _take_rows(v, lo, hi) for k, v in rows.items()}
-            res = inner.minibatch_step(params, chunk["xq"], chunk["xk"], chunk["target"], chunk["sigma"],
-                                       c, gamma, beta, capture)
+            res = inner.minibatch_step(params, chunk["xq"], chunk["xk"], chunk["target"], chunk["sigma"], c, gamma, beta)
             outputs.append(res.output)
             if capture:
-                lprevs.append(res.lprev)
-                lafters.append(res.lafter)
-                if res.end_params is not None:
-                    step0s.append(res.lstart[..., -1])
+                waiting.append((res, chunk["xk"], chunk["target"]))
+                if len(waiting) == self.CAPTURE_GROUP or hi == n:
+                    self._figure5_losses(waiting, gamma, beta, curves)
+                    waiting = []
             if res.end_params is not None:
                 params = res.end_params
         full = (n // b) * b
         if capture:
-            self._report(sink, state.position, b, full, l0_all, torch.cat(lprevs, -1), torch.cat(lafters, -1), step0s)
+            self._report(sink, state.position, b, full, l0_all, torch.cat(curves["lprev"], -1),
+                         torch.cat(curves["lafter"], -1), curves["step_0"])
 
         tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
         new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
@@ -243,6 +244,31 @@ class TTTLayer(nn.Module):
         if c.inner_residual:
             z = rows["xq"] + z
         return z, new_state
+
+    CAPTURE_GROUP = 32  # complete mini-batches evaluated together (bounds the memory kept)
+
+    def _figure5_losses(self, group: list, gamma: Tensor, beta: Tensor, curves: dict[str, list[Tensor]]) -> None:
+        """Append lprev and lafter of every row of ``group`` (in order) and step_0 of each
+        complete mini-batch to ``curves``.
+
+        The scan keeps references to up to CAPTURE_GROUP mini-batches; their Figure-5 dual
+        forms then run as one batched evaluation (stacked along the batch dimension), so capture
+        adds a few large operations instead of many small ones per mini-batch.
+        """
+        c = self.config
+        complete = [g for g in group if g[0].end_params is not None]
+        if complete:
+            params, acts, grads, eta = inner.stack_minibatches([r for r, _, _ in complete])
+            xk = torch.cat([x for _, x, _ in complete], dim=0)
+            target = torch.cat([t for _, _, t in complete], dim=0)
+            lprev, lafter, lstart = inner.figure5_losses(params, xk, target, acts, grads, eta, c, gamma, beta)
+            curves["lprev"] += list(lprev.chunk(len(complete), dim=0))
+            curves["lafter"] += list(lafter.chunk(len(complete), dim=0))
+            curves["step_0"] += [s[..., -1] for s in lstart.chunk(len(complete), dim=0)]
+        for res, xk, target in group[len(complete):]:  # the open mini-batch comes last, if any
+            lprev, lafter, _ = inner.figure5_losses(res.start_params, xk, target, res.acts, res.grads, res.eta, c, gamma, beta)
+            curves["lprev"].append(lprev)
+            curves["lafter"].append(lafter)
 
     @staticmethod
     def _report(sink: Figure5Sink, start: int, b: int, full: int, l0: Tensor, lprev: Tensor, lafter: Tensor,
