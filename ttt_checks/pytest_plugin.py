@@ -95,6 +95,8 @@ def _options(config: pytest.Config):
         raise pytest.UsageError(f"--max-positions {max_positions}: need at least 2 positions")
     ckpt = config.getoption("--ckpt")
     report_dir = config.getoption("--report-dir")
+    if hasattr(config, "workerinput") and "ttt_report_dir" in config.workerinput:
+        report_dir = config.workerinput["ttt_report_dir"]  # the controller's run directory
     report_dir = Path(report_dir) if report_dir else config.rootpath / "reports" / new_run_id(Path(ckpt) if ckpt else None)
     layers = config.getoption("--ttt-layers")
     options = RunOptions(
@@ -113,6 +115,12 @@ def _options(config: pytest.Config):
     return options
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist controller: every worker writes under the controller's run directory."""
+    node.workerinput["ttt_report_dir"] = str(_options(node.config).report_dir)
+
+
 @pytest.fixture(scope="session")
 def ttt_run(request: pytest.FixtureRequest):
     """The health run of --ckpt: every check of the session reads the same measurements."""
@@ -126,8 +134,7 @@ def ttt_run(request: pytest.FixtureRequest):
         options.report_dir = options.report_dir / worker
     run = HealthRun(resolve(config.getoption("--ckpt"), device=options.device), options)
     config.stash[_RUN_KEY] = run
-    yield run
-    run.write_metrics()
+    return run
 
 
 @pytest.fixture
@@ -154,16 +161,21 @@ def ttt_check(ttt_run, record_property, capsys) -> Callable[[str], list]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    run = session.config.stash.get(_RUN_KEY, None)
-    if run is None:
-        return
-    from ttt_checks.report import write_report
+    """Write the report: this process's run, or (xdist controller) the merge of the workers'."""
+    from ttt_checks.report import merge_workers, write_report
 
-    try:
-        paths = write_report(run, incomplete=exitstatus == pytest.ExitCode.INTERRUPTED)
-    except Exception as exc:  # the report must not hide the test results; say what broke
-        print(f"\nttt-checks: writing the report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        raise
+    complete = exitstatus != pytest.ExitCode.INTERRUPTED
+    run = session.config.stash.get(_RUN_KEY, None)
+    if run is not None:
+        paths = write_report(run.metrics(complete=complete), run.report_dir)
+    elif not hasattr(session.config, "workerinput") and _OPTIONS_KEY in session.config.stash:
+        report_dir = session.config.stash[_OPTIONS_KEY].report_dir
+        merged = merge_workers(report_dir, complete=complete) if report_dir.is_dir() else None
+        if merged is None:
+            return
+        paths = write_report(merged, report_dir)
+    else:
+        return
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(f"ttt-checks report: {paths['report']}  (metrics: {paths['metrics']}, html: {paths['html']})")
+    if tr is not None and not hasattr(session.config, "workerinput"):
+        tr.write_line(f"ttt-checks report: {paths['report']}  (html: {paths['html']}, metrics: {paths['metrics']})")

@@ -10,7 +10,6 @@ run's report directory.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 import time
@@ -250,35 +249,35 @@ class HealthRun:
             self.artifacts[check].append(Path(path))
         return path
 
-    def metrics(self) -> dict[str, Any]:
-        """Everything measured so far, as JSON-ready data."""
+    def metrics(self, complete: bool = True) -> dict[str, Any]:
+        """Everything measured so far, as JSON-ready data (the report renders from this)."""
         data: dict[str, Any] = {
             "checkpoint": str(self.adapter.checkpoint) if self.adapter.checkpoint else None,
             "adapter": self.adapter.name,
+            "report_dir": str(self.report_dir),
+            "complete": complete,
             "thresholds": self.th,
             "gates": [gate_label(g) for g in self.options.gates],
             "timings_s": self.timings,
             "verdicts": {k: [v.to_dict() for v in vs] for k, vs in self.verdicts.items()},
+            "artifacts": {k: [str(p) for p in ps] for k, ps in self.artifacts.items()},
         }
         if "figure5" in self.__dict__:
             data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
         if "teacher_forced" in self.__dict__:
-            learned = self.teacher_forced[0]
-            data["outer_loss"] = {"learned": float(np.mean(learned.outer_loss))}
+            data["outer_loss"] = {"learned": float(np.mean(self.teacher_forced[0].outer_loss))}
             if "outer_gate0" in self.__dict__:
                 data["outer_loss"]["gate0"] = float(np.mean(self.outer_gate0.outer_loss))
-        data["layers"] = [
-            {"name": i.name, "index": i.index, "mini_batch_size": i.mini_batch_size, "causal": i.causal,
-             "inner": i.inner, "mlp_layers": i.mlp_layers, "base_lr": i.base_lr,
-             "gate_mean_tanh": float(np.tanh(np.clip(i.gate_alpha, -3, 3)).mean())}
-            for i in (self.layers if "layers" in self.__dict__ else [])
-        ]
+        if "sweep" in self.__dict__:
+            data["sweep"] = self.sweep
+        if "layers" in self.__dict__:
+            data["layers"] = [
+                {"name": i.name, "index": i.index, "mini_batch_size": i.mini_batch_size, "causal": i.causal,
+                 "inner": i.inner, "mlp_layers": i.mlp_layers, "base_lr": i.base_lr,
+                 "gate_mean_tanh": float(np.tanh(np.clip(i.gate_alpha, -3, 3)).mean())}
+                for i in self.layers
+            ]
         return health._jsonable(data)
-
-    def write_metrics(self, incomplete: bool = False) -> Path:
-        data = self.metrics()
-        data["complete"] = not incomplete
-        return write_json_atomic(self.report_dir / "metrics.json", data)
 
 
 FIGURE5_CHECKS = ("figure5_collected", "figure5_finite", "figure5_bounded", "figure5_ordering",
@@ -295,12 +294,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
-def write_json_atomic(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def run_all(run: HealthRun, checks: Sequence[str] = CHECKS) -> list[Verdict]:

@@ -1,11 +1,16 @@
-"""A self-contained index.html: verdicts, plots embedded as data URIs, the sweep with audio players."""
+"""A self-contained index.html: verdicts, plots embedded as data URIs, the sweep with audio players.
+
+Rendered from metrics.json plus the files it names, like the text report.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
+from typing import Any
+
+from ttt_checks.report.files import write_text_atomic
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -14,7 +19,7 @@ table{border-collapse:collapse;width:100%;margin:1em 0} td,th{border:1px solid #
 th{background:#f4f4f4;text-align:left} .PASS{color:#137333;font-weight:600} .FAIL{color:#c5221f;font-weight:600}
 .banner{padding:.6em 1em;border-radius:6px;font-weight:600;display:inline-block}
 .ok{background:#e6f4ea;color:#137333} .bad{background:#fce8e6;color:#c5221f} .warn{background:#fef7e0;color:#8a6100}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0} audio{height:28px}
 """
 
 
@@ -22,53 +27,52 @@ def _data_uri(path: Path, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def render(run, incomplete: bool = False) -> str:
-    e = html.escape
-    verdicts = [v for vs in run.verdicts.values() for v in vs]
-    failed = [v for v in verdicts if not v.ok]
-    if incomplete:
-        banner = '<span class="banner warn">INCOMPLETE: the run was interrupted</span>'
-    elif failed:
-        banner = f'<span class="banner bad">UNHEALTHY: {len(failed)} of {len(verdicts)} verdicts failed</span>'
-    else:
-        banner = f'<span class="banner ok">HEALTHY: all {len(verdicts)} verdicts passed</span>'
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ttt-checks report</title><style>{_CSS}</style></head><body>",
-             "<h1>ttt-checks health report</h1>",
-             f"<p class='sub'>checkpoint <code>{e(str(run.adapter.checkpoint or 'embedded default'))}</code> · adapter {e(run.adapter.name)}</p>",
-             banner,
-             "<h2>Verdicts</h2><table><tr><th>check</th><th>layer</th><th>result</th><th>measured</th><th>threshold</th><th>explanation</th></tr>"]
-    for v in verdicts:
-        status = "PASS" if v.ok else "FAIL"
-        parts.append(f"<tr><td>{e(v.name)}</td><td>{e(v.layer or '')}</td><td class='{status}'>{status}</td>"
-                     f"<td>{e(_fmt(v.measured))}</td><td>{e(_fmt(v.threshold))}</td><td>{e(v.explanation)}</td></tr>")
-    parts.append("</table>")
-    pngs = sorted({p for paths in run.artifacts.values() for p in paths if Path(p).suffix == ".png" and Path(p).is_file()})
-    if pngs:
-        parts.append("<h2>Plots</h2>")
-        for p in pngs:
-            parts.append(f"<figure><img alt='{e(Path(p).name)}' src='{_data_uri(p, 'image/png')}'><figcaption>{e(Path(p).name)}</figcaption></figure>")
-    sweep = run.__dict__.get("sweep")
-    if sweep:
-        parts.append("<h2>Gating sweep</h2><table><tr><th>raw alpha</th><th>tanh(alpha)</th><th>words</th><th>transcript (Whisper)</th><th>model text</th><th>audio</th></tr>")
-        for row in sweep:
-            wav = row.get("wav")
-            audio = f"<audio controls src='{_data_uri(wav, 'audio/wav')}'></audio>" if wav and Path(wav).is_file() else "(no audio)"
-            parts.append(f"<tr><td>{e(row['label'])}</td><td>{row['gate_tanh']:.3f}</td><td>{row['words']}</td>"
-                         f"<td>{e(row['transcript'])}</td><td>{e(str(row.get('model_text') or ''))}</td><td>{audio}</td></tr>")
-        parts.append("</table>")
-    parts.append(f"<p class='sub'>Files: <code>{e(str(run.report_dir))}</code></p></body></html>")
-    return "\n".join(parts)
-
-
-def _fmt(value) -> str:
+def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
 
 
-def write_html(run, path: Path, incomplete: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render(run, incomplete))
-    tmp.replace(path)
-    return path
+def render(metrics: dict[str, Any], report_dir: Path) -> str:
+    e = html.escape
+    verdicts = [v for vs in metrics.get("verdicts", {}).values() for v in vs]
+    failed = [v for v in verdicts if not v["ok"]]
+    if not metrics.get("complete", True):
+        banner = '<span class="banner warn">INCOMPLETE: the run was interrupted</span>'
+    elif failed:
+        banner = f'<span class="banner bad">UNHEALTHY: {len(failed)} of {len(verdicts)} verdicts failed</span>'
+    elif verdicts:
+        banner = f'<span class="banner ok">HEALTHY: all {len(verdicts)} verdicts passed</span>'
+    else:
+        banner = '<span class="banner warn">NO CHECK RAN</span>'
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ttt-checks report</title><style>{_CSS}</style></head><body>",
+             "<h1>ttt-checks health report</h1>",
+             f"<p class='sub'>checkpoint <code>{e(str(metrics.get('checkpoint') or 'embedded default'))}</code> · adapter {e(str(metrics.get('adapter')))}</p>",
+             banner,
+             "<h2>Verdicts</h2><table><tr><th>check</th><th>layer</th><th>result</th><th>measured</th><th>threshold</th><th>explanation</th></tr>"]
+    for v in verdicts:
+        status = "PASS" if v["ok"] else "FAIL"
+        parts.append(f"<tr><td>{e(v['name'])}</td><td>{e(v.get('layer') or '')}</td><td class='{status}'>{status}</td>"
+                     f"<td>{e(_fmt(v['measured']))}</td><td>{e(_fmt(v['threshold']))}</td><td>{e(v['explanation'])}</td></tr>")
+    parts.append("</table>")
+    sweep = metrics.get("sweep")
+    if sweep:
+        parts.append("<h2>Gating sweep</h2><table><tr><th>raw alpha</th><th>tanh(alpha)</th><th>words</th>"
+                     "<th>transcript (Whisper)</th><th>model text</th><th>audio</th></tr>")
+        for row in sweep:
+            wav = report_dir / row["wav"] if row.get("wav") else None
+            audio = f"<audio controls src='{_data_uri(wav, 'audio/wav')}'></audio>" if wav and wav.is_file() else "(no audio)"
+            parts.append(f"<tr><td>{e(row['label'])}</td><td>{row['gate_tanh']:.3f}</td><td>{row['words']}</td>"
+                         f"<td>{e(row['transcript'])}</td><td>{e(str(row.get('model_text') or ''))}</td><td>{audio}</td></tr>")
+        parts.append("</table>")
+    pngs = sorted(report_dir.rglob("*.png"))
+    if pngs:
+        parts.append("<h2>Plots</h2>")
+        for p in pngs:
+            parts.append(f"<figure><img alt='{e(p.name)}' src='{_data_uri(p, 'image/png')}'><figcaption>{e(str(p.relative_to(report_dir)))}</figcaption></figure>")
+    parts.append(f"<p class='sub'>Files: <code>{e(str(report_dir))}</code></p></body></html>")
+    return "\n".join(parts)
+
+
+def write_html(metrics: dict[str, Any], report_dir: Path) -> Path:
+    return write_text_atomic(report_dir / "index.html", render(metrics, report_dir))

@@ -1,63 +1,68 @@
 """The text report: one section per TTT layer, measured vs threshold per rule, in the spirit of
-the user's ttt_diagnostic_report.txt, then the model-level checks and the sweep."""
+the user's ttt_diagnostic_report.txt, then the model-level checks and the gating sweep.
+
+It renders metrics.json (what a run measured), so a merged report of parallel workers is
+rendered exactly like a serial one.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from pathlib import Path
+from typing import Any
+
+from ttt_checks.report.files import write_text_atomic
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def render(run, incomplete: bool = False) -> str:
+def verdict_line(v: dict[str, Any]) -> str:
+    where = f" [{v['layer']}]" if v.get("layer") else ""
+    return (f"{'PASS' if v['ok'] else 'FAIL'} {v['name']}{where}: measured {_fmt(v['measured'])} "
+            f"vs threshold {_fmt(v['threshold'])}. {v['explanation']}")
+
+
+def render(metrics: dict[str, Any]) -> str:
     lines = ["=" * 78, "TTT DIAGNOSTIC REPORT (ttt-checks)", "=" * 78]
-    lines.append(f"checkpoint : {run.adapter.checkpoint or 'embedded default'} (adapter: {run.adapter.name})")
+    lines.append(f"checkpoint : {metrics.get('checkpoint') or 'embedded default'} (adapter: {metrics.get('adapter')})")
     lines.append(f"written    : {_dt.datetime.now().isoformat(timespec='seconds')}")
-    if incomplete:
-        lines.append("STATUS     : INCOMPLETE (the run was interrupted; checks below are those that finished)")
-    verdicts = [v for vs in run.verdicts.values() for v in vs]
-    failed = [v for v in verdicts if not v.ok]
+    if not metrics.get("complete", True):
+        lines.append("STATUS     : INCOMPLETE (the run was interrupted; the checks below are those that finished)")
+    verdicts = [v for vs in metrics.get("verdicts", {}).values() for v in vs]
+    failed = [v for v in verdicts if not v["ok"]]
     lines.append(f"verdict    : {'UNHEALTHY' if failed else 'HEALTHY' if verdicts else 'NO CHECK RAN'}"
                  f" ({len(verdicts) - len(failed)} passed, {len(failed)} failed)")
-    lines.append("")
-    layer_names = sorted({v.layer for v in verdicts if v.layer}, key=str)
-    for layer in layer_names:
-        lines.append("-" * 78)
-        lines.append(f"Layer {layer}")
-        stats = getattr(run, "__dict__", {}).get("figure5", {}).get(layer)
-        if stats is not None:
-            lines.append(f"  Data coverage: {stats.positions} / {stats.expected_positions} positions")
-            lines.append(f"  mean l0 {stats.mean_l0:.4g}   mean lprev {stats.mean_lprev:.4g}   mean lafter {stats.mean_lafter:.4g}")
-            lines.append(f"  l0>lprev at {stats.frac_l0_gt_lprev:.0%}, lprev>lafter at {stats.frac_lprev_gt_lafter:.0%} of smoothed positions")
-            lines.append(f"  avg per-step improvement (lprev-lafter) {stats.improvement_abs:.4g} ({stats.improvement_rel:.1%})")
-            lines.append(f"  trend first->last quarter: lprev {stats.lprev_first_quarter:.4g} -> {stats.lprev_last_quarter:.4g}, "
-                         f"gap l0-lafter {stats.gap_first_quarter:.4g} -> {stats.gap_last_quarter:.4g}")
-        for v in verdicts:
-            if v.layer == layer:
-                lines.append("  " + v.line())
-    model_level = [v for v in verdicts if not v.layer]
+    figure5 = metrics.get("figure5", {})
+    layers = [l["name"] for l in metrics.get("layers", [])]
+    layers += sorted({v["layer"] for v in verdicts if v.get("layer") and v["layer"] not in layers})
+    for layer in layers:
+        lines += ["", "-" * 78, f"Layer {layer}"]
+        s = figure5.get(layer)
+        if s:
+            lines.append(f"  Data coverage: {s['positions']} / {s['expected_positions']} positions")
+            lines.append(f"  mean l0 {_fmt(s['mean_l0'])}   mean lprev {_fmt(s['mean_lprev'])}   mean lafter {_fmt(s['mean_lafter'])}")
+            lines.append(f"  smoothed positions with l0>lprev {_fmt(s['frac_l0_gt_lprev'])}, lprev>lafter {_fmt(s['frac_lprev_gt_lafter'])}")
+            lines.append(f"  avg per-step improvement (lprev-lafter) {_fmt(s['improvement_abs'])} (relative {_fmt(s['improvement_rel'])})")
+            lines.append(f"  first -> last quarter: lprev {_fmt(s['lprev_first_quarter'])} -> {_fmt(s['lprev_last_quarter'])}, "
+                         f"gap l0-lafter {_fmt(s['gap_first_quarter'])} -> {_fmt(s['gap_last_quarter'])}")
+        elif layer in layers:
+            lines.append("  NO DATA COLLECTED")
+        lines += ["  " + verdict_line(v) for v in verdicts if v.get("layer") == layer]
+    model_level = [v for v in verdicts if not v.get("layer")]
     if model_level:
-        lines.append("-" * 78)
-        lines.append("Model-level checks")
-        lines.extend("  " + v.line() for v in model_level)
-    sweep = getattr(run, "__dict__", {}).get("sweep")
+        lines += ["", "-" * 78, "Model-level checks"] + ["  " + verdict_line(v) for v in model_level]
+    sweep = metrics.get("sweep")
     if sweep:
-        lines.append("-" * 78)
-        lines.append("Gating sweep (raw alpha -> tanh(alpha)): words heard by Whisper")
+        lines += ["", "-" * 78, "Gating sweep: raw alpha -> tanh(alpha), words Whisper heard (speech guard on)"]
         for row in sweep:
-            lines.append(f"  {row['label']:>8} -> {row['gate_tanh']:.3f}: {row['words']:>4} words  "
-                         f"transcript {row['transcript']!r}  model text {row.get('model_text')!r}")
-    lines.append("-" * 78)
-    lines.append("Artifacts: " + str(run.report_dir))
+            lines.append(f"  {row['label']:>8} -> {row['gate_tanh']:.3f}: {row['words']:>4} words  transcript {row['transcript']!r}")
+            if row.get("model_text") is not None:
+                lines.append(f"  {'':>8}    model text {row['model_text']!r}")
+    lines += ["", "-" * 78, f"Artifacts: {metrics.get('report_dir', '')}"]
     return "\n".join(lines) + "\n"
 
 
-def write_text_report(run, path: Path, incomplete: bool = False) -> Path:
-    return _write_atomic(path, render(run, incomplete))
+def write_text_report(metrics: dict[str, Any], path: Path) -> Path:
+    return write_text_atomic(path, render(metrics))
