@@ -57,3 +57,10 @@ def test_no_dead_ttt_parameters(ttt_check):
 
 def test_ttt_state_persists_across_streaming_calls(ttt_check):
     ttt_check("state_persistence")
+
+
+def test_no_regression_against_the_baseline(ttt_run, ttt_check):
+    """Runs last: compares every metric of this run with --baseline (skipped when none is given)."""
+    if ttt_run.options.baseline is None:
+        pytest.skip("no --baseline given: nothing to compare against")
+    ttt_check("baseline_regression")

@@ -109,7 +109,10 @@ def _options(config: pytest.Config):
         asr=config.getoption("--asr"),
         baseline=Path(config.getoption("--baseline")) if config.getoption("--baseline") else None,
         update_baseline=config.getoption("--update-baseline"),
+        pyproject=config.rootpath / "pyproject.toml",
     )
+    if options.update_baseline and options.baseline is None:
+        raise pytest.UsageError("--update-baseline needs --baseline PATH (the file to write)")
     options.device = _device(config)
     config.stash[_OPTIONS_KEY] = options
     return options
@@ -167,7 +170,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     complete = exitstatus != pytest.ExitCode.INTERRUPTED
     run = session.config.stash.get(_RUN_KEY, None)
     if run is not None:
-        paths = write_report(run.metrics(complete=complete), run.report_dir)
+        metrics = run.metrics(complete=complete)
+        paths = write_report(metrics, run.report_dir)
+        if run.options.update_baseline and complete and not hasattr(session.config, "workerinput"):
+            from ttt_checks.report.files import write_json_atomic
+
+            write_json_atomic(run.options.baseline, metrics)  # only ever rewritten on request
     elif not hasattr(session.config, "workerinput") and _OPTIONS_KEY in session.config.stash:
         report_dir = session.config.stash[_OPTIONS_KEY].report_dir
         merged = merge_workers(report_dir, complete=complete) if report_dir.is_dir() else None

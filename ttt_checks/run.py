@@ -77,6 +77,7 @@ class RunOptions:
     baseline: Path | None = None
     update_baseline: bool = False
     device: str = "cpu"
+    pyproject: Path | None = None  # where [tool.ttt_checks] was read (per-metric baseline tolerances)
 
 
 class HealthRun:
@@ -231,6 +232,24 @@ class HealthRun:
         missing = [i.name for i in self.layers if i.name not in records]
         out += [health.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
         return out or [health.cannot_measure("state_persistence", "the model reports no TTT layers")]
+
+    def _check_baseline_regression(self):
+        from ttt_checks import baseline
+
+        if self.options.baseline is None:
+            return []
+        for check in CHECKS:  # the comparison needs every measurement of this run
+            self.judge(check)
+        if not Path(self.options.baseline).exists() and self.options.update_baseline:
+            return [Verdict("baseline_regression", True, 0, 0, f"no baseline yet: {self.options.baseline} is written from this run")]
+        try:
+            reference = baseline.load_baseline(self.options.baseline)
+        except baseline.BaselineError as exc:
+            return [health.cannot_measure("baseline_regression", str(exc))]
+        per_metric = {}
+        if self.options.pyproject is not None and Path(self.options.pyproject).is_file():
+            per_metric = health.read_pyproject_table(Path(self.options.pyproject)).get("baseline_tolerances", {})
+        return [baseline.compare(self.metrics(), reference, self.th["baseline_rel_tolerance"], per_metric)]
 
     def _per_layer(self, verdicts: list[Verdict], name: str) -> list[Verdict]:
         """Layers with no Figure-5 data fail every Figure-5 rule too (never a silent pass)."""
