@@ -135,7 +135,14 @@ def ttt_run(request: pytest.FixtureRequest):
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:  # each worker writes its own subfolder; the report merges them
         options.report_dir = options.report_dir / worker
-    run = HealthRun(resolve(config.getoption("--ckpt"), device=options.device), options)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(message: str) -> None:
+        if tr is not None and config.getoption("verbose") >= 0 and not os.environ.get("PYTEST_XDIST_WORKER"):
+            tr.write_line(f"[ttt-checks] {message}")
+
+    progress(f"loading checkpoint {config.getoption('--ckpt') or '(embedded default)'} on {options.device}")
+    run = HealthRun(resolve(config.getoption("--ckpt"), device=options.device), options, progress=progress)
     config.stash[_RUN_KEY] = run
     return run
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -83,8 +83,9 @@ class RunOptions:
 class HealthRun:
     """Lazily measured results of one checkpoint and the verdicts of every health rule."""
 
-    def __init__(self, adapter: Adapter, options: RunOptions) -> None:
+    def __init__(self, adapter: Adapter, options: RunOptions, progress: Callable[[str], None] | None = None) -> None:
         self.adapter = adapter
+        self.progress = progress or (lambda message: None)
         self.options = options
         self.th = options.thresholds
         self.report_dir = Path(options.report_dir)
@@ -115,11 +116,15 @@ class HealthRun:
     # -- measurements ---------------------------------------------------------------------------
 
     def _timed(self, name: str, fn):
+        """Run one long step, timing it and saying so (model passes, generation, transcription)."""
+        self.progress(f"{name} ...")
         t0 = time.perf_counter()
         try:
             return fn()
         finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self.timings[name] = self.timings.get(name, 0.0) + elapsed
+            self.progress(f"{name} done in {elapsed:.1f} s")
 
     @cached_property
     def teacher_forced(self) -> tuple[ForwardResult, dict[str, Figure5Record], dict[str, str]]:
