@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "matrix": ("ttt_checks.detection", "regenerate docs/detection-matrix.md from the zoo (runs the suite on each)"),
     "figure5": ("ttt_checks.ttt.cli", "inspect a saved Figure-5 record (.npz)"),
     "zoo": ("ttt_checks.models.reference.zoo_cli", "list or rebuild the reference checkpoint zoo"),
+    "transcribe": ("ttt_checks.asr.cli", "transcribe WAV files with Whisper: text, guarded word count, duration, speech seconds"),
 }
 
 
