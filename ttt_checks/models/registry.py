@@ -1,6 +1,8 @@
 """Which adapter reads a checkpoint path: decided by what the path holds, not by flags.
 
 - a reference checkpoint: a directory whose ``config.json`` has ``"format": "ttt-checks-reference/..."``;
+- a moshi-finetune TTT checkpoint: a run dir (``checkpoints/checkpoint_NNNNNN``), a
+  ``checkpoint_NNNNNN`` dir, or its ``consolidated/`` dir holding ``training_config.json``;
 - no path: the embedded default, the healthy reference checkpoint shipped in ``fixtures/zoo``.
 
 Adding a model family means adding one detector and one loader here.
@@ -54,9 +56,16 @@ def resolve(ckpt: str | Path | None, **adapter_options: Any) -> Adapter:
             from ttt_checks.models.reference.adapter import ReferenceAdapter
 
             return ReferenceAdapter(path, **adapter_options)
+        from ttt_checks.models.moshi.checkpoint import is_moshi_checkpoint
+
+        if is_moshi_checkpoint(path):
+            from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+            return MoshiAdapter(path, **adapter_options)
         contents = sorted(p.name for p in path.iterdir())[:12]
         raise CheckpointResolutionError(
             f"--ckpt {path}: not a checkpoint ttt-checks can read. Expected a reference checkpoint "
-            f"(config.json with format ttt-checks-reference/*); the directory holds {contents or 'nothing'}."
+            f"(config.json with format ttt-checks-reference/*) or a moshi-finetune checkpoint (a run dir with "
+            f"checkpoints/checkpoint_NNNNNN, a checkpoint_NNNNNN dir, or its consolidated/ dir); the directory holds {contents or 'nothing'}."
         )
     raise CheckpointResolutionError(f"--ckpt {path}: a file; pass the checkpoint directory that contains it")

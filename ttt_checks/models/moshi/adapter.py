@@ -1,0 +1,406 @@
+"""The Moshi+TTT model of a moshi-finetune checkpoint behind the :class:`Adapter` interface.
+
+- ``teacher_forced``: the input wav is encoded with Mimi (24 kHz, 1920-sample frames) and put in
+  Moshi's own audio stream (the stream the LM predicts), the user stream holds Mimi's codes of
+  silence, the text stream holds the padding token (no transcript). The LM runs over the whole
+  sequence in one pass, or frame by frame in moshi streaming mode (``chunk=1``: KV cache and TTT
+  state carried from frame to frame, as at inference). Outer loss per frame = text cross-entropy
+  + the weighted mean cross-entropy of Moshi's audio codebooks, codebook 0 weighted by the run's
+  ``first_codebook_weight_multiplier`` (moshi-finetune's own loss weighting).
+- ``generate``: moshi's LMGen frame by frame (the first frame fed twice, as run_inference does),
+  every gate value one batch row, Mimi decoding to 24 kHz, the inner-monologue text kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ttt_checks.models.base import Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo
+from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
+from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
+
+SAMPLE_RATE = 24000
+FRAME_SIZE = 1920  # 80 ms at 12.5 Hz
+LEARNED = "learned"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SPEECH_FIXTURES = REPO_ROOT / "fixtures" / "speech"
+
+
+class MoshiInputError(ValueError):
+    """Input audio the adapter cannot use; the message says what it needs."""
+
+
+def read_wav_24k(path: str | Path) -> np.ndarray:
+    """Mono float32 at 24 kHz, as moshi's run_inference reads it (sphn, channel 0)."""
+    import sphn
+
+    try:
+        pcm, _ = sphn.read(str(path), sample_rate=SAMPLE_RATE)
+    except Exception as exc:  # sphn raises plain exceptions for unreadable files
+        raise MoshiInputError(f"{path}: cannot read it as audio ({exc})") from exc
+    return np.ascontiguousarray(pcm[0], dtype=np.float32)
+
+
+def default_speech() -> tuple[np.ndarray, str]:
+    """The repo's espeak-ng speech clips (fixtures/speech, kind 'speech'), concatenated at 24 kHz."""
+    manifest = SPEECH_FIXTURES / "manifest.json"
+    if not manifest.is_file():
+        raise MoshiInputError(f"{manifest}: missing; pass --input a.wav (speech, any rate; it is resampled to 24 kHz)")
+    clips = [c for c in json.loads(manifest.read_text())["clips"] if c.get("kind") == "speech"]
+    parts, names = [], []
+    for clip in clips:
+        path = SPEECH_FIXTURES / clip["file"]
+        if path.is_file():
+            parts += [read_wav_24k(path), np.zeros(SAMPLE_RATE // 4, dtype=np.float32)]
+            names.append(clip["file"])
+    if not parts:
+        raise MoshiInputError(f"{SPEECH_FIXTURES}: none of the speech clips in its manifest exists")
+    return np.concatenate(parts), f"espeak-ng speech fixtures {', '.join(names)}"
+
+
+def _as_pcm(inputs: Any) -> torch.Tensor:
+    """[B, 1, N] float32 from a path, an array or a tensor (1-D, [1, N] or [B, 1, N])."""
+    if isinstance(inputs, (str, Path)):
+        inputs = read_wav_24k(inputs)
+    pcm = torch.as_tensor(np.asarray(inputs, dtype=np.float32) if not isinstance(inputs, torch.Tensor) else inputs).float()
+    if pcm.dim() == 1:
+        pcm = pcm[None, None]
+    elif pcm.dim() == 2:
+        pcm = pcm[:, None]
+    if pcm.dim() != 3 or pcm.shape[1] != 1:
+        raise MoshiInputError(f"audio must be mono: [N], [B, N] or [B, 1, N] samples at 24 kHz, got {tuple(pcm.shape)}")
+    frames = pcm.shape[-1] // FRAME_SIZE
+    if frames < 2:
+        raise MoshiInputError(f"need at least 2 frames of {FRAME_SIZE} samples (160 ms at 24 kHz), got {pcm.shape[-1]} samples")
+    return pcm[..., : frames * FRAME_SIZE]  # a trailing partial frame is dropped, as run_inference does
+
+
+def _env_flag(name: str) -> bool | None:
+    import os
+
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class MoshiAdapter(Adapter):
+    """Adapter of a moshi-finetune TTT checkpoint (lora.safetensors or consolidated.safetensors).
+
+    Base weights come from ``hf_repo`` in the local Hugging Face cache, or from explicit
+    ``moshi_weight`` / ``mimi_weight`` / ``tokenizer`` paths (or the TTT_CHECKS_* environment
+    variables, see docs/moshi.md). ``carry_state``: whether the TTT state survives from one
+    streaming call to the next; default from training_config.json ``ttt.persistent_states``
+    (True for the user's runs), overridable with TTT_CHECKS_MOSHI_CARRY_STATE=0/1.
+    """
+
+    name = "moshi"
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                 hf_repo: str | None = None, moshi_weight: str | Path | None = None,
+                 mimi_weight: str | Path | None = None, tokenizer: str | Path | None = None,
+                 mimi_config: str | Path | None = None, carry_state: bool | None = None,
+                 sampling: bool = True, seed: int = 4242, temp: float | None = None, temp_text: float | None = None,
+                 reply_seconds: float = 4.0) -> None:
+        self.files = locate(checkpoint)
+        self.checkpoint = self.files.root
+        self.base = BaseWeights.from_options(hf_repo, moshi_weight, mimi_weight, tokenizer, mimi_config)
+        if carry_state is None:
+            carry_state = _env_flag("TTT_CHECKS_MOSHI_CARRY_STATE")
+        if carry_state is None:
+            carry_state = bool(self.files.ttt["persistent_states"])
+        self.carry_state = carry_state
+        self.loaded: LoadedMoshi = load_moshi(self.files, self.base, device=device, dtype=dtype, carry_state=carry_state)
+        self.lm, self.mimi = self.loaded.lm, self.loaded.mimi
+        self.device = self.loaded.device
+        self.sampling, self.seed = sampling, seed
+        gen_cfg = dict(self.loaded.info.lm_gen_config or {})
+        self.lm_gen_kwargs: dict[str, Any] = {**gen_cfg, "use_sampling": sampling}
+        if temp is not None:
+            self.lm_gen_kwargs["temp"] = temp
+        if temp_text is not None:
+            self.lm_gen_kwargs["temp_text"] = temp_text
+        self.reply_seconds = reply_seconds
+        self.first_codebook_weight = float(self.files.training_config.get("first_codebook_weight_multiplier", 1.0) or 1.0)
+        self._codes_cache: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def load_report(self):
+        """Missing/unexpected TTT tensors, detected layouts, load time."""
+        return self.loaded.report
+
+    # -- static ---------------------------------------------------------------------------------
+
+    def ttt_layers(self) -> list[TTTLayerInfo]:
+        out = []
+        for i, h in self.loaded.hybrids.items():
+            c = h.ttt.config
+            out.append(TTTLayerInfo(
+                name=f"transformer.layers.{i}", index=i, num_heads=c.num_heads, head_dim=c.head_dim,
+                mini_batch_size=c.mini_batch_size, causal=c.causal, inner=c.inner,
+                mlp_layers=c.mlp_layers if c.inner == "mlp" else 1, base_lr=c.base_lr,
+                gate_alpha=h.ttt_block.alpha.detach().float().cpu().numpy().copy(),
+            ))
+        return out
+
+    def state(self) -> Mapping[str, torch.Tensor]:
+        return dict(self.loaded.tensors)
+
+    def expected_ttt_keys(self) -> list[str]:
+        return [k for lk in self.loaded.keys.values() for k in lk.expected]
+
+    def unused_ttt_keys(self) -> list[str]:
+        """Tensors the user's module holds but its forward never applies (post_norm, wo, backward gate)."""
+        return [k for lk in self.loaded.keys.values() for k in lk.unused]
+
+    def initial_state(self) -> Mapping[str, torch.Tensor]:
+        """TTT tensors whose initial value is known without the training seed.
+
+        Norm scales start at 1 and biases (norm, inner, step-size) at 0; both gates start at
+        ``initial_gating_alpha``. Projections and inner weights are random at init and are not
+        listed (their training cannot be judged from one checkpoint). Values are rounded to the
+        stored dtype, so a bf16 checkpoint compares exactly.
+        """
+        alpha = float(self.files.ttt["initial_gating_alpha"])
+        out: dict[str, torch.Tensor] = {}
+        stored = self.loaded.tensors
+        for lk in self.loaded.keys.values():
+            p, b = lk.ttt_prefix, lk.block_prefix
+            rules = {
+                p + "post_norm.weight": 1.0, p + "post_norm.bias": 0.0, p + "ttt_norm_weight": 1.0,
+                p + "ttt_norm_bias": 0.0, p + "learnable_ttt_lr_bias": 0.0, p + "wo.bias": 0.0,
+                b + "forward_ssm_gating.gating_alpha": alpha, b + "backward_ssm_gating.gating_alpha": alpha,
+            }
+            rules.update({k: 0.0 for k in lk.mapping if k[len(p):] in ("b1", "b2") or k[len(p):].startswith("biases.")})
+            for key, value in rules.items():
+                if key in stored:
+                    ref = stored[key]
+                    out[key] = torch.full(ref.shape, value, dtype=torch.float32).to(ref.dtype)
+        return out
+
+    def ttt_modules(self) -> Mapping[str, torch.nn.Module]:
+        return {f"transformer.layers.{i}": h.ttt for i, h in self.loaded.hybrids.items()}
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def load_inputs(self, path: Path | None = None, max_positions: int | None = None) -> ModelInputs:
+        """A wav (default: the repo's speech fixtures), cut to ``max_positions`` frames of 80 ms."""
+        if path is None:
+            pcm, what = default_speech()
+        else:
+            pcm, what = read_wav_24k(path), str(path)
+        frames = len(pcm) // FRAME_SIZE
+        if max_positions is not None:
+            frames = min(frames, int(max_positions))
+        if frames < 2:
+            raise MoshiInputError(f"{what}: shorter than 2 frames of 80 ms")
+        pcm = pcm[: frames * FRAME_SIZE]
+        return ModelInputs(teacher_forced=pcm, prompts=[pcm], positions=frames,
+                           description=f"{what}: {frames} frames ({frames * FRAME_SIZE / SAMPLE_RATE:.2f} s at 24 kHz)")
+
+    @torch.no_grad()
+    def encode(self, inputs: Any) -> torch.Tensor:
+        """Mimi codes [B, K, T] of the input audio (one-shot encode equals streaming encode)."""
+        pcm = _as_pcm(inputs)
+        key = hash((tuple(pcm.shape), float(pcm.double().sum()), float(pcm.double().abs().sum())))
+        if self._codes_cache is not None and self._codes_cache[0] == key:
+            return self._codes_cache[1]
+        codes = self.mimi.encode(pcm.to(self.device))
+        self._codes_cache = (key, codes)
+        return codes
+
+    def lm_codes(self, inputs: Any) -> torch.Tensor:
+        """[B, 1 + n_q, T]: padding text, the input in Moshi's stream, Mimi silence in the user's."""
+        lm = self.lm
+        audio = self.encode(inputs)
+        B, _, T = audio.shape
+        dep_q, n_q = lm.dep_q, lm.n_q
+        user_q = n_q - dep_q
+        if audio.shape[1] < max(dep_q, user_q):
+            raise MoshiInputError(f"Mimi gave {audio.shape[1]} codebooks, the LM needs {max(dep_q, user_q)}")
+        with torch.no_grad():
+            silence = self.mimi.encode(torch.zeros(B, 1, T * FRAME_SIZE, device=self.device))
+        text = torch.full((B, 1, T), lm.text_padding_token_id, dtype=torch.long, device=self.device)
+        return torch.cat([text, audio[:, :dep_q], silence[:, :user_q]], dim=1)
+
+    # -- teacher-forced -------------------------------------------------------------------------
+
+    def teacher_forced(self, inputs: Any, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
+        """Per-frame outer loss; ``chunk`` feeds that many frames per streaming call (None: one pass)."""
+        codes = self.lm_codes(inputs)
+        with contextlib.ExitStack() as stack:
+            if probe is not None:
+                stack.enter_context(probe.attach(self.ttt_modules()))
+            text_ce, audio_ce, finite = self._losses(codes, chunk)
+        w = torch.ones(audio_ce.shape[1], dtype=torch.float64)
+        w[0] = self.first_codebook_weight
+        valid_a = torch.isfinite(audio_ce)
+        audio = (torch.where(valid_a, audio_ce, 0.0) * w[None, :, None]).sum(1) / (valid_a * w[None, :, None]).sum(1).clamp_min(1e-12)
+        audio = torch.where(valid_a.any(1), audio, torch.nan)
+        text = torch.where(torch.isfinite(text_ce), text_ce, 0.0)
+        per_pos = (text + audio).mean(0)  # [T]
+        # positions where no audio codebook can be scored (the last frame of delayed codebooks)
+        # keep the text loss only
+        per_pos = torch.where(torch.isfinite(per_pos), per_pos, text.mean(0))
+        return ForwardResult(
+            outer_loss=per_pos.numpy(), outputs_finite=finite, positions=int(codes.shape[-1]),
+            extra={"chunk": chunk, "text_loss": float(text.mean()), "audio_loss": float(torch.nanmean(audio)),
+                   "audio_loss_per_codebook": [float(torch.nanmean(audio_ce[:, k])) for k in range(audio_ce.shape[1])],
+                   "first_codebook_weight": self.first_codebook_weight,
+                   "weighting": "text CE + (w0*CE_0 + sum_k>0 CE_k) / (w0 + K - 1) over Moshi's audio codebooks"},
+        )
+
+    @torch.no_grad()
+    def transformer_outputs(self, codes: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(delayed input codes [B, K, T+1], transformer_out [B, T, D], text_logits [B, 1, T, card])."""
+        from moshi.models.lm import _delay_sequence
+
+        lm = self.lm
+        B, K, T = codes.shape
+        initial = lm._get_initial_token().expand(B, -1, -1)
+        delayed = torch.cat([initial, _delay_sequence(lm.delays, codes, initial)], dim=2)
+        seq = delayed[:, :, :-1]
+        if chunk is None:
+            out, text_logits = lm.forward_text(seq)
+        else:
+            if chunk < 1:
+                raise ValueError(f"chunk must be >= 1, got {chunk}")
+            outs, texts = [], []
+            with lm.streaming(B):
+                for lo in range(0, T, chunk):
+                    o, tl = lm.forward_text(seq[:, :, lo: lo + chunk])
+                    outs.append(o)
+                    texts.append(tl)
+            out, text_logits = torch.cat(outs, 1), torch.cat(texts, 2)
+        return delayed, out, text_logits
+
+    @torch.no_grad()
+    def logits(self, codes: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Undelayed (audio_logits [B, dep_q, T, card], audio_mask, text_logits [B, 1, T, text_card], text_mask)."""
+        from moshi.models.lm import _undelay_sequence
+
+        lm = self.lm
+        delayed, out, text_logits = self.transformer_outputs(codes, chunk)
+        audio_logits = lm.forward_depformer_training(delayed[:, :, 1:], out)
+        audio_logits, audio_mask = _undelay_sequence(lm.delays[1: 1 + lm.dep_q], audio_logits, fill_value=float("nan"))
+        audio_mask &= codes[:, 1: 1 + lm.dep_q] != lm.zero_token_id
+        text_logits, text_mask = _undelay_sequence(lm.delays[:1], text_logits, fill_value=float("nan"))
+        text_mask &= codes[:, :1] != lm.zero_token_id
+        return audio_logits, audio_mask, text_logits, text_mask
+
+    def _losses(self, codes: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Per-position CE: text [B, T] and audio [B, dep_q, T] (NaN where a position is not scored)."""
+        audio_logits, audio_mask, text_logits, text_mask = self.logits(codes, chunk)
+        finite = bool(torch.isfinite(audio_logits[audio_mask]).all() and torch.isfinite(text_logits[text_mask]).all())
+
+        def ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            logp = torch.log_softmax(logits.double().nan_to_num(0.0), dim=-1)
+            nll = -logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+            return torch.where(mask, nll, torch.nan).cpu()
+
+        lm = self.lm
+        audio_ce = ce(audio_logits, codes[:, 1: 1 + lm.dep_q], audio_mask)
+        text_ce = ce(text_logits, codes[:, :1], text_mask)[:, 0]
+        return text_ce, audio_ce, finite
+
+    # -- gates ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def set_gate(self, value: GateValue | None) -> Iterator[None]:
+        if value is None or value == LEARNED:
+            yield
+            return
+        if isinstance(value, str):
+            raise ValueError(f"gate {value!r}: use a float raw alpha, None or {LEARNED!r}")
+        with contextlib.ExitStack() as stack:
+            for h in self.loaded.hybrids.values():
+                stack.enter_context(h.ttt_block.override_gate(float(value)))
+            yield
+
+    def _gate_rows(self, gates: Sequence[GateValue]) -> contextlib.ExitStack:
+        """Per batch row raw alpha [B, width] on every TTT layer ('learned' rows keep the learned alpha)."""
+        stack = contextlib.ExitStack()
+        for h in self.loaded.hybrids.values():
+            alpha = h.ttt_block.alpha.detach()
+            rows = [alpha if g == LEARNED else torch.full_like(alpha, float(g)) for g in gates]
+            stack.enter_context(h.ttt_block.override_gate(torch.stack(rows)))
+        return stack
+
+    def _applied(self, gate: GateValue) -> tuple[float, float]:
+        alphas = [h.ttt_block.alpha.detach().double().cpu() for h in self.loaded.hybrids.values()]
+        if not alphas:
+            return float("nan"), 0.0
+        a = torch.cat(alphas) if gate == LEARNED else torch.full((sum(x.numel() for x in alphas),), float(gate), dtype=torch.float64)
+        return float(a.mean()), float(torch.tanh(a.clamp(-3, 3)).mean())
+
+    # -- generation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, inputs: Any, gates: Sequence[GateValue]) -> list[Generation]:
+        """One reply per gate, all gates in one batched streaming pass.
+
+        The prompt is followed by ``reply_seconds`` of silence so the model has room to answer;
+        output length equals that input length (one 80 ms frame out per frame in).
+        """
+        from moshi.models import LMGen
+
+        gates = list(gates)
+        if not gates:
+            raise ValueError("generate() needs at least one gate value")
+        for g in gates:
+            if isinstance(g, str) and g != LEARNED:
+                raise ValueError(f"gate {g!r}: use a float raw alpha or {LEARNED!r}")
+        pcm = _as_pcm(inputs)[:1]
+        if self.reply_seconds > 0:
+            pad = int(round(self.reply_seconds * SAMPLE_RATE / FRAME_SIZE)) * FRAME_SIZE
+            pcm = torch.cat([pcm, torch.zeros(1, 1, pad)], dim=-1)
+        B = len(gates)
+        lm, mimi = self.lm, self.mimi
+        user_q = lm.n_q - lm.dep_q
+        codes = mimi.encode(pcm.to(self.device))[:, :user_q]  # [1, user_q, T]
+        T = codes.shape[-1]
+        torch.manual_seed(self.seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(self.seed)
+        lm_gen = LMGen(lm, **self.lm_gen_kwargs)
+        text_ids: list[list[int]] = [[] for _ in range(B)]
+        pieces: list[list[str]] = [[] for _ in range(B)]
+        audio: list[torch.Tensor] = []
+        tok = self.loaded.tokenizer
+        with self._gate_rows(gates), mimi.streaming(B), lm_gen.streaming(B):
+            for t in range(T):
+                frame = codes[:, :, t: t + 1].expand(B, -1, -1)
+                if t == 0:
+                    lm_gen.step(frame)  # returns None: the first frame is replaced by the initial token
+                tokens = lm_gen.step(frame)
+                if tokens is None:
+                    continue
+                audio.append(mimi.decode(tokens[:, 1: 1 + lm.dep_q]).float().cpu())
+                for b in range(B):
+                    t_id = int(tokens[b, 0, 0])
+                    text_ids[b].append(t_id)
+                    if t_id not in (0, 3):
+                        pieces[b].append(tok.id_to_piece(t_id).replace("\u2581", " "))
+        pcm_out = torch.cat(audio, dim=-1) if audio else torch.zeros(B, 1, 0)
+        results = []
+        for b, gate in enumerate(gates):
+            alpha, tanh = self._applied(gate)
+            wav = pcm_out[b, 0].numpy().astype(np.float32)
+            results.append(Generation(
+                gate=gate, gate_alpha=alpha, gate_tanh=tanh, audio=wav, sample_rate=SAMPLE_RATE,
+                text="".join(pieces[b]).strip(), tokens=text_ids[b],
+                extra={"frames": len(text_ids[b]), "finite": bool(np.isfinite(wav).all()),
+                       "sampling": self.sampling, "seed": self.seed, "batch_row": b},
+            ))
+        return results
+
+
+def load_adapter(checkpoint: str | Path, **options: Any) -> MoshiAdapter:
+    """The adapter for a moshi-finetune checkpoint (run dir, checkpoint_NNNNNN or consolidated/)."""
+    return MoshiAdapter(checkpoint, **options)
