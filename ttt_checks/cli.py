@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figure5": ("ttt_checks.ttt.cli", "inspect a saved Figure-5 record (.npz)"),
     "zoo": ("ttt_checks.models.reference.zoo_cli", "list or rebuild the reference checkpoint zoo"),
     "transcribe": ("ttt_checks.asr.cli", "transcribe WAV files with Whisper: text, guarded word count, duration, speech seconds"),
+    "watch": ("ttt_checks.watch", "gate each new checkpoint of a training run as it appears"),
 }
 
 
