@@ -1,0 +1,316 @@
+"""``ttt-checks watch RUN_DIR``: gate each new checkpoint of a training run as it appears.
+
+A run directory holds checkpoints in one of these shapes (first match wins):
+
+- ``RUN_DIR/checkpoints/checkpoint_<step>/`` or ``RUN_DIR/checkpoint_<step>/`` (moshi-finetune
+  writes ``checkpoints/checkpoint_033000/consolidated/``; the ``consolidated/`` folder is the
+  checkpoint when present), in order of the step number;
+- zoo-style: every subdirectory holding a ``config.json``, in name order.
+
+A directory that is itself a checkpoint (``config.json`` or ``consolidated/`` inside) is listed
+as the only one. A checkpoint is gated once it has settled (no file in it modified for
+``--settle`` seconds, so a checkpoint still being written is not judged half-written), with the
+same pytest health suite as ``ttt-checks gate``; each gets its own report directory
+``OUT/<checkpoint name>/``. ``OUT/watch-state.json`` remembers what was gated, so a restarted
+watcher, or ``--once`` from cron or CI, only gates what is new.
+
+With ``--baseline-chain`` each checkpoint is compared with the metrics.json of the last
+*healthy* checkpoint gated before it (an unhealthy checkpoint never becomes the reference; the
+first one uses ``--baseline`` when given).
+
+Exit codes (``--once``, or when stopped with Ctrl-C): 0 every checkpoint gated in this
+invocation is healthy (or there was nothing new), 1 one is unhealthy, 2 a gate could not judge
+one (pytest exit code 2 or more), 4 usage error, 5 the run directory holds no checkpoint at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+CHECKPOINT_PREFIX = "checkpoint_"
+STATE_FILE = "watch-state.json"
+
+# gate(checkpoint, report_dir, baseline or None) -> pytest exit code
+GateFn = Callable[[Path, Path, "Path | None"], int]
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A directory the health suite can be pointed at: it holds config.json or consolidated/."""
+    return (path / "config.json").is_file() or (path / "consolidated").is_dir()
+
+
+def _step(path: Path) -> tuple[int, str]:
+    """Sort key of ``checkpoint_<step>`` folders: the step as a number, then the name."""
+    match = re.search(r"(\d+)$", path.name)
+    return (int(match.group(1)) if match else -1, path.name)
+
+
+def _consolidated(path: Path) -> Path:
+    return path / "consolidated" if (path / "consolidated").is_dir() else path
+
+
+def find_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints of a run directory, oldest first (see the module docstring for the shapes)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such directory")
+    if is_checkpoint(run_dir):
+        return [_consolidated(run_dir)]
+    stepped = [p for parent in (run_dir / "checkpoints", run_dir) if parent.is_dir()
+               for p in parent.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    if stepped:
+        return [_consolidated(p) for p in sorted(stepped, key=_step)]
+    return sorted((p for p in run_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()),
+                  key=lambda p: p.name)
+
+
+def checkpoint_name(checkpoint: Path) -> str:
+    """``.../checkpoint_001000/consolidated`` -> ``checkpoint_001000``; other paths: their folder name."""
+    return checkpoint.parent.name if checkpoint.name == "consolidated" else checkpoint.name
+
+
+def newest_mtime(path: Path) -> float:
+    """The latest modification time of the folder or anything in it (following links)."""
+    latest = path.stat().st_mtime
+    for item in path.rglob("*"):
+        try:
+            latest = max(latest, item.stat().st_mtime)
+        except FileNotFoundError:  # removed while we looked: it is still being written or pruned
+            latest = time.time()
+    return latest
+
+
+def is_settled(checkpoint: Path, settle_s: float, now: float | None = None) -> bool:
+    """True when the checkpoint has its config.json and nothing in it changed for ``settle_s`` seconds."""
+    if not (checkpoint / "config.json").is_file():
+        return False
+    now = time.time() if now is None else now
+    return now - newest_mtime(checkpoint) >= settle_s
+
+
+@dataclass
+class GateRecord:
+    """What the watcher did with one checkpoint."""
+
+    checkpoint: str
+    name: str
+    report_dir: str
+    code: int
+    seconds: float
+    baseline: str | None
+    finished: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.code == 0
+
+
+class Watcher:
+    """Finds new checkpoints of a run and gates each one, remembering what it gated in ``out``."""
+
+    def __init__(self, run_dir: Path, out: Path, gate: GateFn, settle_s: float = 30.0,
+                 baseline_chain: bool = False, baseline: Path | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.run_dir = Path(run_dir)
+        self.out = Path(out)
+        self.gate = gate
+        self.settle_s = settle_s
+        self.baseline_chain = baseline_chain
+        self.initial_baseline = baseline
+        self.log = log
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, GateRecord] = self._load_state()
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def _load_state(self) -> dict[str, GateRecord]:
+        if not self.state_path.exists():
+            return {}
+        try:
+            data = json.loads(self.state_path.read_text())
+            return {key: GateRecord(**value) for key, value in data["gated"].items()}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"{self.state_path}: unreadable watch state ({exc}); move it away to gate every "
+                               "checkpoint again") from exc
+
+    def _save_state(self) -> None:
+        data = {"run_dir": str(self.run_dir.resolve()), "gated": {k: asdict(v) for k, v in self.records.items()}}
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.state_path)
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def _report_dir(self, checkpoint: Path) -> Path:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoint_name(checkpoint))
+        taken = {Path(r.report_dir).name for r in self.records.values()}
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}-{n}"
+        return self.out / candidate
+
+    def _baseline(self) -> Path | None:
+        if self.baseline_chain:
+            healthy = [r for r in self.records.values() if r.healthy]
+            if healthy:
+                last = max(healthy, key=lambda r: r.finished)
+                metrics = Path(last.report_dir) / "metrics.json"
+                if metrics.is_file():
+                    return metrics
+        return self.initial_baseline
+
+    def pending(self) -> tuple[list[Path], list[Path]]:
+        """(settled checkpoints not gated yet, checkpoints still being written), oldest first."""
+        ready, unsettled = [], []
+        for ckpt in find_checkpoints(self.run_dir):
+            if str(ckpt.resolve()) in self.records:
+                continue
+            (ready if is_settled(ckpt, self.settle_s) else unsettled).append(ckpt)
+        return ready, unsettled
+
+    def poll_once(self) -> list[GateRecord]:
+        """Gate every settled new checkpoint, oldest first; return what was gated in this pass."""
+        ready, unsettled = self.pending()
+        for ckpt in unsettled:
+            self.log(f"watch: {ckpt} is still being written (changed less than {self.settle_s:g} s ago); later")
+        done = []
+        for ckpt in ready:
+            if not ckpt.exists():
+                self.log(f"watch: {ckpt} disappeared before it was gated (pruned?); skipped")
+                continue
+            report_dir = self._report_dir(ckpt)
+            baseline = self._baseline()
+            self.log(f"watch: gating {ckpt} -> {report_dir}" + (f" (baseline {baseline})" if baseline else ""))
+            t0 = time.perf_counter()
+            code = int(self.gate(ckpt, report_dir, baseline))
+            record = GateRecord(checkpoint=str(ckpt.resolve()), name=checkpoint_name(ckpt), report_dir=str(report_dir),
+                                code=code, seconds=round(time.perf_counter() - t0, 2),
+                                baseline=str(baseline) if baseline else None,
+                                finished=_dt.datetime.now().isoformat(timespec="microseconds"))
+            self.records[record.checkpoint] = record
+            self._save_state()
+            done.append(record)
+        return done
+
+
+def exit_code(records: Sequence[GateRecord]) -> int:
+    """0 all healthy, 1 one unhealthy, 2 one could not be judged (errors dominate: nothing was proven)."""
+    if any(r.code >= 2 for r in records):
+        return 2
+    return 1 if any(r.code == 1 for r in records) else 0
+
+
+def describe(code: int) -> str:
+    return {0: "healthy", 1: "UNHEALTHY"}.get(code, f"ERROR (pytest exit code {code})")
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[1] if __doc__ else help_text,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="training run directory (or one checkpoint)")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between looks at the run (default 60)")
+    parser.add_argument("--once", action="store_true", help="gate what is there now, then exit with the verdict")
+    parser.add_argument("--baseline-chain", action="store_true",
+                        help="compare each checkpoint with the last healthy one before it (its metrics.json)")
+    parser.add_argument("--baseline", type=Path, help="metrics.json the first checkpoint is compared with")
+    parser.add_argument("--settle", type=float, default=30.0,
+                        help="a checkpoint is gated once nothing in it changed for this many seconds (default 30)")
+    parser.add_argument("--out", type=Path, help="report root, one folder per checkpoint (default reports/watch-<run name>)")
+    parser.add_argument("--list", action="store_true", help="print the run's checkpoints, one per line, and exit")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--gates", help="gating sweep values (default 0,learned,0.3,0.5,1)")
+    parser.add_argument("--max-positions", type=int, help="cut the teacher-forced input to this many positions")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE", help="override a threshold")
+    parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for the pytest run of each gate (repeatable)")
+    parser.set_defaults(func=run_command)
+
+
+def subprocess_gate(args: argparse.Namespace) -> GateFn:
+    """A gate that runs the health suite of one checkpoint in a fresh pytest process.
+
+    A fresh process per checkpoint: the model of one checkpoint never leaks into the next, and
+    a crash ends one gate, not the watcher. Prints the gate's one-screen summary.
+    """
+    from ttt_checks import gate as gate_module
+
+    def run(checkpoint: Path, report_dir: Path, baseline: Path | None) -> int:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        options = argparse.Namespace(device=args.device, gates=args.gates, threshold=args.threshold, keyword=None,
+                                     verbose=False, baseline=str(baseline) if baseline else None, update_baseline=False)
+        argv = gate_module.pytest_args(str(checkpoint), report_dir.resolve(), options)
+        if args.max_positions is not None:
+            argv += ["--max-positions", str(args.max_positions)]
+        argv += list(args.pytest_arg)
+        t0 = time.perf_counter()
+        with open(report_dir / "pytest.log", "w") as log:
+            code = subprocess.call([sys.executable, "-m", "pytest", *argv], cwd=gate_module.REPO_ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        print(gate_module.summary(report_dir.resolve(), code, time.perf_counter() - t0), flush=True)
+        return code
+
+    return run
+
+
+def run_command(args: argparse.Namespace) -> int:
+    run_dir: Path = args.run_dir
+    try:
+        checkpoints = find_checkpoints(run_dir)
+    except FileNotFoundError as exc:
+        print(f"ttt-checks watch: {exc}", file=sys.stderr)
+        return 4
+    if args.list:
+        for ckpt in checkpoints:
+            print(ckpt.resolve())
+        return 0
+    if args.interval <= 0 or args.settle < 0:
+        print("ttt-checks watch: --interval must be positive and --settle not negative", file=sys.stderr)
+        return 4
+    if args.baseline is not None and not args.baseline.is_file():
+        print(f"ttt-checks watch: --baseline {args.baseline}: no such file", file=sys.stderr)
+        return 4
+    from ttt_checks.gate import REPO_ROOT
+
+    out = args.out or REPO_ROOT / "reports" / f"watch-{run_dir.resolve().name}"
+    try:
+        watcher = Watcher(run_dir, out, subprocess_gate(args), settle_s=args.settle,
+                          baseline_chain=args.baseline_chain, baseline=args.baseline)
+    except RuntimeError as exc:
+        print(f"ttt-checks watch: {exc}", file=sys.stderr)
+        return 4
+    gated: list[GateRecord] = []
+    try:
+        if args.once:
+            if not checkpoints:
+                print(f"ttt-checks watch: {run_dir} holds no checkpoint (checkpoint_* folders, or folders with "
+                      "config.json)", file=sys.stderr)
+                return 5
+            gated = watcher.poll_once()
+        else:
+            print(f"watch: watching {run_dir} every {args.interval:g} s; reports in {out} (Ctrl-C stops)", flush=True)
+            while True:
+                gated += watcher.poll_once()
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print("watch: stopped", flush=True)
+    code = exit_code(gated)
+    print(f"watch: {len(gated)} checkpoint(s) gated now, {len(watcher.records)} in total; "
+          + ", ".join(f"{r.name} {describe(r.code)}" for r in gated) + f"; state in {watcher.state_path}")
+    return code
