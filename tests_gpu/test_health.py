@@ -59,6 +59,18 @@ def test_ttt_state_persists_across_streaming_calls(ttt_check):
     ttt_check("state_persistence")
 
 
+def test_base_model_talks_at_gate_zero(ttt_check):
+    ttt_check("talk_base")
+
+
+def test_learned_gate_keeps_the_model_talkative(ttt_check):
+    ttt_check("talk_learned")
+
+
+def test_no_collapse_at_any_gate_of_the_sweep(ttt_check):
+    ttt_check("talk_collapse")
+
+
 def test_no_regression_against_the_baseline(ttt_run, ttt_check):
     """Runs last: compares every metric of this run with --baseline (skipped when none is given)."""
     if ttt_run.options.baseline is None:

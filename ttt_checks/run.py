@@ -178,6 +178,62 @@ class HealthRun:
                 continue
         return out
 
+    @cached_property
+    def sweep(self) -> list[dict[str, Any]]:
+        """The gating sweep: one batched generation per prompt over every gate, then per gate one
+        wav (the prompts' replies in a row), its Whisper transcript and the talk metrics."""
+        from ttt_checks.asr import get_transcriber
+        from ttt_checks.audio import write_wav
+        from ttt_checks.metrics.talk import judge_collapse, talk_metrics
+        from ttt_checks.report.files import write_text_atomic
+        from ttt_checks.report.plots import plot_words_vs_gate
+
+        gates = self.options.gates
+        prompts = self.inputs.prompts
+        if not prompts:
+            raise RunError("the input has no prompts for the gating sweep")
+        per_prompt = self._timed("generate", lambda: [self.adapter.generate(p, gates) for p in prompts])
+        transcriber = self._timed("load_asr", lambda: get_transcriber(self.options.asr))
+        out_dir = self.report_dir / "sweep"
+        rows = []
+        for index, gate in enumerate(gates):
+            clips = [gens[index] for gens in per_prompt]
+            rate = clips[0].sample_rate
+            pause = np.zeros(int(0.5 * rate), dtype=np.float32)
+            audio = np.concatenate([part for c in clips for part in (np.asarray(c.audio, np.float32), pause)])
+            label = gate_label(gate)
+            wav = write_wav(out_dir / f"gate_{label}.wav", audio, rate)
+            transcript = self._timed("transcribe", lambda: transcriber.transcribe(audio, rate))
+            talk = talk_metrics(audio, rate, transcript)
+            collapse = judge_collapse(talk, min_words=int(self.th["talk_min_base_words"]),
+                                      max_seq_rep_4=self.th["talk_max_repeat_rate"])
+            texts = [c.text for c in clips if c.text is not None]
+            row = {
+                "label": label, "gate": label, "gate_alpha": float(np.mean([c.gate_alpha for c in clips])),
+                "gate_tanh": float(np.mean([c.gate_tanh for c in clips])), "words": int(talk.words),
+                "transcript": transcript.text, "model_text": " | ".join(texts) if texts else None,
+                "wav": str(wav), "talk": talk.to_dict(), "collapse": collapse.to_dict(),
+            }
+            txt = write_text_atomic(out_dir / f"gate_{label}.txt",
+                                    f"gate {label} (tanh {row['gate_tanh']:.3f})\nmodel text: {row['model_text']}\n"
+                                    f"transcript: {transcript.text}\nwords counted: {talk.words}\n"
+                                    f"collapse: {', '.join(collapse.reasons) or 'none'}\n")
+            rows.append(row)
+            for check in TALK_CHECKS:
+                self.add_artifact(check, Path(wav))
+                self.add_artifact(check, txt)
+        plot = plot_words_vs_gate([r["label"] for r in rows], [r["gate_tanh"] for r in rows], [r["words"] for r in rows],
+                                  self.report_dir / "words_vs_gate.png")
+        for check in TALK_CHECKS:
+            self.add_artifact(check, plot)
+        return rows
+
+    def _sweep_row(self, label: str, purpose: str) -> dict[str, Any]:
+        for row in self.sweep:
+            if row["label"] == label:
+                return row
+        raise RunError(f"the gating sweep has no gate {label!r}, needed for {purpose}; add it to --gates")
+
     # -- verdicts -------------------------------------------------------------------------------
 
     def judge(self, check: str) -> list[Verdict]:
@@ -237,6 +293,36 @@ class HealthRun:
         missing = [i.name for i in self.layers if i.name not in records]
         out += [health.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
         return out or [health.cannot_measure("state_persistence", "the model reports no TTT layers")]
+
+    def _check_talk_base(self):
+        base = self._sweep_row("0", "the base model's talkativeness")
+        ok = base["words"] >= self.th["talk_min_base_words"]
+        return [Verdict("talk_base", ok, base["words"], self.th["talk_min_base_words"],
+                        f"at gate 0 (TTT off) Whisper heard {base['words']} words: {base['transcript']!r}" if ok else
+                        f"the base model produced no speech at gate 0 ({base['words']} words heard; "
+                        f"{'; '.join(base['collapse']['reasons']) or 'no words'}): without a talking base the sweep "
+                        "cannot say whether TTT keeps the model talkative", details={"row": base["label"]})]
+
+    def _check_talk_learned(self):
+        base = self._sweep_row("0", "the words ratio learned / gate 0")
+        learned = self._sweep_row(LEARNED, "the words ratio learned / gate 0")
+        if base["words"] < self.th["talk_min_base_words"]:
+            return [health.cannot_measure("talk_learned", f"the base produced no speech at gate 0 ({base['words']} words), so there is nothing to keep")]
+        ratio = learned["words"] / base["words"]
+        ok = ratio >= self.th["talk_min_learned_ratio"]
+        return [Verdict("talk_learned", ok, ratio, self.th["talk_min_learned_ratio"],
+                        f"the learned gate (tanh {learned['gate_tanh']:.3f}) keeps {learned['words']} of {base['words']} words "
+                        f"({ratio:.0%}): {learned['transcript']!r}" + ("" if ok else ": the model went quiet with TTT on"))]
+
+    def _check_talk_collapse(self):
+        out = []
+        for row in self.sweep:
+            c = row["collapse"]
+            out.append(Verdict("talk_collapse", not c["collapsed"], ", ".join(c["kinds"]) or "none", "none",
+                               f"gate {row['label']} (tanh {row['gate_tanh']:.3f}): " +
+                               ("; ".join(c["reasons"]) if c["collapsed"] else f"{row['words']} words, no collapse: {row['transcript']!r}"),
+                               layer=f"gate {row['label']}"))
+        return out
 
     def _check_baseline_regression(self):
         from ttt_checks import baseline
@@ -307,10 +393,12 @@ class HealthRun:
 FIGURE5_CHECKS = ("figure5_collected", "figure5_finite", "figure5_bounded", "figure5_ordering",
                   "figure5_improvement", "figure5_adaptation")
 
+TALK_CHECKS = ("talk_base", "talk_learned", "talk_collapse")
+
 CHECKS = [
     "checkpoint_keys", "checkpoint_finite", "figure5_collected", "figure5_finite", "figure5_bounded",
     "figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats", "ttt_helps",
-    "dead_parameters", "state_persistence",
+    "dead_parameters", "state_persistence", *TALK_CHECKS,
 ]
 
 

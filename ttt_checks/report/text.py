@@ -36,7 +36,8 @@ def render(metrics: dict[str, Any]) -> str:
                  f" ({len(verdicts) - len(failed)} passed, {len(failed)} failed)")
     figure5 = metrics.get("figure5", {})
     layers = [l["name"] for l in metrics.get("layers", [])]
-    layers += sorted({v["layer"] for v in verdicts if v.get("layer") and v["layer"] not in layers})
+    per_gate = lambda v: str(v.get("layer") or "").startswith("gate ")  # noqa: E731  (sweep verdicts)
+    layers += sorted({v["layer"] for v in verdicts if v.get("layer") and not per_gate(v) and v["layer"] not in layers})
     for layer in layers:
         lines += ["", "-" * 78, f"Layer {layer}"]
         s = figure5.get(layer)
@@ -50,7 +51,7 @@ def render(metrics: dict[str, Any]) -> str:
         elif layer in layers:
             lines.append("  NO DATA COLLECTED")
         lines += ["  " + verdict_line(v) for v in verdicts if v.get("layer") == layer]
-    model_level = [v for v in verdicts if not v.get("layer")]
+    model_level = [v for v in verdicts if not v.get("layer") or per_gate(v)]
     if model_level:
         lines += ["", "-" * 78, "Model-level checks"] + ["  " + verdict_line(v) for v in model_level]
     sweep = metrics.get("sweep")
