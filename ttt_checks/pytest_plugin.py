@@ -47,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from ttt_checks.xdist_gpu import pin_xdist_worker_gpu
+
+    pin_xdist_worker_gpu()  # xdist worker: one GPU of the inherited CUDA_VISIBLE_DEVICES, before CUDA starts
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     if hasattr(config, "workerinput"):  # xdist worker: the controller validated the options
