@@ -173,6 +173,7 @@ def write_wav(
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a wav is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
