@@ -13,7 +13,6 @@ scores near 1.0.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
