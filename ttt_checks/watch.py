@@ -177,7 +177,7 @@ class Watcher:
         """(settled checkpoints not gated yet, checkpoints still being written), oldest first."""
         ready, unsettled = [], []
         for ckpt in find_checkpoints(self.run_dir):
-            if str(ckpt.resolve()) in self.records:
+            if str(ckpt.absolute()) in self.records:
                 continue
             (ready if is_settled(ckpt, self.settle_s) else unsettled).append(ckpt)
         return ready, unsettled
@@ -197,7 +197,7 @@ class Watcher:
             self.log(f"watch: gating {ckpt} -> {report_dir}" + (f" (baseline {baseline})" if baseline else ""))
             t0 = time.perf_counter()
             code = int(self.gate(ckpt, report_dir, baseline))
-            record = GateRecord(checkpoint=str(ckpt.resolve()), name=checkpoint_name(ckpt), report_dir=str(report_dir),
+            record = GateRecord(checkpoint=str(ckpt.absolute()), name=checkpoint_name(ckpt), report_dir=str(report_dir),
                                 code=code, seconds=round(time.perf_counter() - t0, 2),
                                 baseline=str(baseline) if baseline else None,
                                 finished=_dt.datetime.now().isoformat(timespec="microseconds"))
@@ -222,7 +222,7 @@ def describe(code: int) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[1] if __doc__ else help_text,
+    parser = subparsers.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="training run directory (or one checkpoint)")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between looks at the run (default 60)")
@@ -241,6 +241,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for the pytest run of each gate (repeatable)")
     parser.set_defaults(func=run_command)
+
+
+_EPILOG = """\
+checkpoints: RUN_DIR/checkpoints/checkpoint_<step>[/consolidated], RUN_DIR/checkpoint_<step>, or
+folders holding config.json; each is gated once it has settled, reports in OUT/<checkpoint name>/,
+what was gated in OUT/watch-state.json.
+exit codes (--once, or Ctrl-C): 0 healthy or nothing new, 1 a checkpoint is unhealthy, 2 a gate
+could not judge one, 4 usage error, 5 no checkpoint in RUN_DIR."""
 
 
 def subprocess_gate(args: argparse.Namespace) -> GateFn:
@@ -277,8 +285,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"ttt-checks watch: {exc}", file=sys.stderr)
         return 4
     if args.list:
-        for ckpt in checkpoints:
-            print(ckpt.resolve())
+        for ckpt in checkpoints:  # absolute, not resolved: a linked checkpoint keeps its name in the run
+            print(ckpt.absolute())
         return 0
     if args.interval <= 0 or args.settle < 0:
         print("ttt-checks watch: --interval must be positive and --settle not negative", file=sys.stderr)
