@@ -27,11 +27,13 @@ venv: $(VENV)/.deps-ok
 	@if [ "$$(cat $(VENV)/.project-path 2>/dev/null)" != "$(CURDIR)" ]; then \
 	  $(PY) -m pip install -q --no-deps --no-build-isolation -e . && echo "$(CURDIR)" > $(VENV)/.project-path; fi
 
-# Debian packages the tests use (espeak-ng for speech fixtures). Needs root; skipped when present.
+# Debian packages (espeak-ng for speech; Slurm, munge and Chromium for the tests). Needs root;
+# skipped when present.
 system-deps:
-	@bash .ci/system-deps
+	@bash .ci/system-deps test
 
-demo: system-deps venv
+demo: venv
+	@bash .ci/system-deps demo
 	$(VENV)/bin/ttt-checks demo
 
 # pytest's exit code 5 (no tests collected) is a failure here, said plainly.
