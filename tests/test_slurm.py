@@ -1,0 +1,299 @@
+"""The sbatch scripts of slurm/ under a real single-node Slurm started on localhost.
+
+The session fixture ``cluster`` starts munged, slurmctld and slurmd under a temporary directory
+(tests/slurm_cluster.py) and stops them by their pid files at the end. Where Slurm cannot start
+(packages missing, not root) the tests skip with the reason; with CI=true that is a failure,
+because CI must prove the scripts work. The jobs check the embedded default checkpoint and a
+broken zoo checkpoint with a short configuration (--gates 0,learned, --max-positions 64).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import SlurmCluster, SlurmUnavailable, start_cluster, wait_for_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM = REPO / "slurm"
+SCRIPTS = ["health.sbatch", "array.sbatch", "merge_junit.sbatch", "submit.sh", "common.sh"]
+FAST = ["--gates", "0,learned", "--max-positions", "64"]
+STATIC_CHECKS = {"checkpoint_keys", "checkpoint_finite", "dead_parameters", "gate_stats"}
+
+
+# -- static properties of the scripts (no cluster needed) --------------------------------------
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_fail_on_errors_and_in_pipes(name):
+    text = (SLURM / name).read_text()
+    assert "set -euo pipefail" in text
+    subprocess.run(["bash", "-n", str(SLURM / name)], check=True)
+
+
+@pytest.mark.parametrize("name", ["health.sbatch", "array.sbatch"])
+def test_check_jobs_ask_for_usr1_before_the_time_limit_and_request_no_gpu_themselves(name):
+    text = (SLURM / name).read_text()
+    assert "#SBATCH --signal=B:USR1@120" in text
+    assert "--gres" not in "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
+
+
+def test_array_names_outputs_per_task():
+    assert "#SBATCH --output=%x_%A_%a.out" in (SLURM / "array.sbatch").read_text()
+
+
+def _dry_run(tmp_path: Path, *args: str) -> list[str]:
+    proc = subprocess.run(["bash", str(SLURM / "submit.sh"), "--dry-run", "--report-root", str(tmp_path / "r"), *args],
+                          capture_output=True, text=True, env=_job_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def _zoo_run(tmp_path: Path, names: dict[str, Path]) -> Path:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name, target in names.items():
+        (run / "checkpoints" / name).symlink_to(target)
+    return run
+
+
+def test_submit_requests_gpus_only_when_asked(tmp_path, default_ckpt):
+    cpu = _dry_run(tmp_path, str(default_ckpt))
+    assert "--gres" not in cpu[0] and "--array=0-0" in cpu[0]
+    gpu = _dry_run(tmp_path, "--gpus", "2", "--partition", "gpu", "--time", "00:30:00", "--max-parallel", "3",
+                   "--sbatch-arg=--account=lab", str(default_ckpt), "--", "-k", "figure5")
+    array, merge = gpu
+    for option in ("--gres=gpu:2", "--partition=gpu", "--time=00:30:00", "--account=lab", "--array=0-0%3"):
+        assert option in array
+    assert array.rstrip().endswith("-k figure5")
+    assert "--dependency=afterok:ARRAY_JOB_ID" in merge and "--gres" not in merge and "--account=lab" in merge
+
+
+def test_submit_rejects_bad_arguments(tmp_path):
+    for args, message in ((["--gpus", "two", str(tmp_path)], "--gpus two"),
+                          ([str(tmp_path / "missing")], "no such directory"),
+                          (["--bogus", str(tmp_path)], "unknown option"),
+                          ([str(tmp_path)], "holds no checkpoint")):
+        proc = subprocess.run(["bash", str(SLURM / "submit.sh"), "--report-root", str(tmp_path / "r"), *args],
+                              capture_output=True, text=True, env=_job_env(tmp_path), timeout=120)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    root = Path(tempfile.mkdtemp(prefix="ttt-slurm-"))
+    try:
+        started = start_cluster(root)
+    except SlurmUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the local Slurm cluster cannot start: {exc}", pytrace=False)
+        pytest.skip(f"no local Slurm cluster: {exc}")
+    print(f"slurm cluster up in {started.startup_s:.1f} s under {root}")
+    yield started
+    started.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def default_ckpt() -> Path:
+    from ttt_checks.models.registry import default_checkpoint
+
+    return default_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def broken_ckpt() -> tuple[Path, set[str]]:
+    """A broken zoo checkpoint whose failure the static checks show, and the checks it must fail."""
+    from ttt_checks.models.reference.zoo import list_zoo
+
+    for entry, path in list_zoo(broken=True):
+        failing = set(entry.expected_failures) & STATIC_CHECKS
+        if failing:
+            return path, failing
+    pytest.fail("the zoo has no broken checkpoint that fails a checkpoint-level check")
+
+
+def _job_env(report_root: Path, **extra: str) -> dict[str, str]:
+    """Environment the jobs inherit (sbatch exports it): this interpreter, this clone, no pytest worker state."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "CUDA_VISIBLE_DEVICES"}
+    env.update(TTT_PYTHON=sys.executable, TTT_CHECKS_REPO=str(REPO), TTT_REPORT_ROOT=str(report_root), **extra)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
+    return env
+
+
+def _sbatch(cluster: SlurmCluster, args: list[str], env: dict[str, str], cwd: Path) -> str:
+    proc = cluster.run(["sbatch", "--parsable", *args], env=env, cwd=cwd, timeout=60)
+    assert proc.returncode == 0, f"sbatch failed: {proc.stderr}"
+    return proc.stdout.strip().split(";")[0]
+
+
+def _junit(path: Path):
+    from junitparser import JUnitXml
+
+    xml = JUnitXml.fromfile(str(path))
+    return list(xml) if not hasattr(xml, "tests") or xml._tag == "testsuites" else [xml]
+
+
+def _properties(suite) -> dict[str, str]:
+    return {p.name: p.value for case in suite for p in getattr(case, "properties", lambda: [])()}
+
+
+def _case_results(suite) -> dict[str, str]:
+    out = {}
+    for case in suite:
+        kinds = {type(r).__name__ for r in case.result}
+        out[case.name] = "failure" if "Failure" in kinds else "error" if "Error" in kinds else \
+            "skipped" if "Skipped" in kinds else "passed"
+    return out
+
+
+def _health_test_count() -> int:
+    return len(re.findall(r"^def test_", (REPO / "tests_gpu" / "test_health.py").read_text(), re.M))
+
+
+def test_health_jobs_judge_a_healthy_and_a_broken_checkpoint(cluster, default_ckpt, broken_ckpt, tmp_path):
+    broken, must_fail = broken_ckpt
+    env = _job_env(tmp_path)
+    t0 = time.perf_counter()
+    jobs = {label: _sbatch(cluster, ["--time=00:15:00", str(SLURM / "health.sbatch"), str(ckpt), *FAST], env, tmp_path)
+            for label, ckpt in (("healthy", default_ckpt), ("broken", broken))}
+    finished = {label: wait_for_jobs(cluster, job)[0] for label, job in jobs.items()}
+    print(f"two health jobs in {time.perf_counter() - t0:.1f} s")
+    for label, record in finished.items():
+        log = (tmp_path / f"ttt-health-{jobs[label]}.out")
+        assert log.is_file(), f"{label}: no job output {log}"
+        want = "0:0" if label == "healthy" else "1:0"
+        assert record["ExitCode"] == want, f"{label}: ExitCode {record['ExitCode']}, expected {want}\n{log.read_text()[-3000:]}"
+
+    count = _health_test_count()
+    for label, ckpt in (("healthy", default_ckpt), ("broken", broken)):
+        job = jobs[label]
+        report = tmp_path / job
+        (suite,) = _junit(report / f"junit-{job}.xml")
+        assert suite.name == f"ckpt-{ckpt.name}"
+        results = _case_results(suite)
+        assert len(results) == count, f"{label}: {len(results)} test cases, tests_gpu has {count}"
+        props = _properties(suite)
+        assert "checkpoint_keys.ok" in props and "checkpoint_keys.measured" in props and "checkpoint_keys.threshold" in props
+        assert (report / "exit_code").read_text().strip() == ("0" if label == "healthy" else "1")
+        assert json.loads((report / "metrics.json").read_text())["complete"] is True
+        if label == "healthy":
+            assert set(results.values()) <= {"passed", "skipped"}, results
+            assert results["test_no_regression_against_the_baseline"] == "skipped"  # no --baseline given
+        else:
+            failed_checks = {name.rsplit(".", 1)[0].split("[")[0] for name, value in props.items()
+                             if name.endswith(".ok") and value in ("False", "false")}
+            assert must_fail <= failed_checks, f"expected {must_fail} to fail, failing: {failed_checks}"
+            assert "failure" in results.values()
+
+
+def test_array_over_a_run_writes_junit_per_task_and_the_merge_gives_the_verdict(cluster, default_ckpt, broken_ckpt, tmp_path):
+    broken, _ = broken_ckpt
+    run = _zoo_run(tmp_path, {"checkpoint_000100": default_ckpt, "checkpoint_000200": broken})
+    root = tmp_path / "reports"
+    t0 = time.perf_counter()
+    proc = cluster.run(["bash", str(SLURM / "submit.sh"), "--report-root", str(root), "--time", "00:15:00", str(run),
+                        "--", *FAST], env=_job_env(root), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    array_id = re.search(r"array job (\d+)", proc.stdout).group(1)
+    merge_id = re.search(r"merge job (\d+)", proc.stdout).group(1)
+    tasks = wait_for_jobs(cluster, array_id)
+    (merge,) = wait_for_jobs(cluster, merge_id)
+    print(f"array of 2 + merge in {time.perf_counter() - t0:.1f} s")
+
+    assert sorted(t["ArrayTaskId"] for t in tasks) == ["0", "1"]
+    assert all(t["ExitCode"] == "0:0" for t in tasks), tasks  # both judged (one unhealthy): the array succeeded
+    assert merge["JobState"] == "FAILED" and merge["ExitCode"] == "1:0", merge  # ... and the merge says unhealthy
+    assert (root / "checkpoints.txt").read_text().split() == [str(run / "checkpoints" / n)
+                                                                 for n in ("checkpoint_000100", "checkpoint_000200")]
+    for task in ("0", "1"):
+        assert (root / f"{array_id}_{task}" / f"junit-{array_id}_{task}.xml").is_file()
+        assert (root / "logs" / f"ttt-array_{array_id}_{task}.out").is_file()
+    suites = {s.name: s for s in _junit(root / "merged.junit.xml")}
+    assert sorted(suites) == ["ckpt-checkpoint_000100", "ckpt-checkpoint_000200"]
+    assert set(_case_results(suites["ckpt-checkpoint_000100"]).values()) <= {"passed", "skipped"}
+    assert "failure" in _case_results(suites["ckpt-checkpoint_000200"]).values()
+    summary = (root / "summary.txt").read_text()
+    assert "HEALTHY   ckpt-checkpoint_000100" in summary and "UNHEALTHY ckpt-checkpoint_000200" in summary
+    assert "1 of 2 checkpoints healthy" in summary
+
+
+def test_a_task_that_cannot_run_leaves_error_junit_and_the_merge_never_runs(cluster, default_ckpt, tmp_path):
+    root = tmp_path / "reports"
+    proc = cluster.run(["bash", str(SLURM / "submit.sh"), "--report-root", str(root), "--wait", str(default_ckpt),
+                        "--", "--gates", "not-a-gate"], env=_job_env(root), cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0, proc.stdout
+    assert "wrote no summary" in proc.stderr
+    (junit,) = list(root.glob("*_0/junit-*_0.xml"))
+    (suite,) = _junit(junit)
+    assert _case_results(suite) == {"pytest_session": "error"}
+    assert "exited with code 4" in junit.read_text()  # pytest's usage error, said in the JUnit
+    assert not (root / "merged.junit.xml").exists()
+
+
+SLEEPER = """
+    import os, time
+    import pytest
+
+    pytestmark = pytest.mark.gpu
+
+    def test_hangs():
+        open(os.environ["SLEEPER_STARTED"], "w").close()
+        time.sleep(600)
+"""
+
+
+def _sleeper(tmp_path: Path) -> Path:
+    path = tmp_path / "test_sleeper.py"
+    path.write_text(textwrap.dedent(SLEEPER))
+    return path
+
+
+def test_a_hung_test_times_out_and_still_yields_junit(cluster, default_ckpt, tmp_path):
+    env = _job_env(tmp_path, TTT_TEST_TIMEOUT="3", SLEEPER_STARTED=str(tmp_path / "started"))
+    job = _sbatch(cluster, ["--time=00:05:00", str(SLURM / "health.sbatch"), str(default_ckpt),
+                            str(_sleeper(tmp_path)), "-k", "hangs"], env, tmp_path)
+    (record,) = wait_for_jobs(cluster, job, timeout_s=120)
+    assert record["ExitCode"] == "1:0", (tmp_path / f"ttt-health-{job}.out").read_text()
+    junit = tmp_path / job / f"junit-{job}.xml"
+    (suite,) = _junit(junit)
+    assert _case_results(suite) == {"test_hangs": "failure"}
+    assert "Timeout" in junit.read_text()
+
+
+def test_usr1_before_the_time_limit_stops_pytest_and_flushes_its_reports(cluster, default_ckpt, tmp_path):
+    """Slurm sends USR1 to the batch shell (--signal=B:USR1@120); here scancel sends it at a known moment."""
+    started = tmp_path / "started"
+    env = _job_env(tmp_path, SLEEPER_STARTED=str(started))
+    job = _sbatch(cluster, ["--time=00:05:00", str(SLURM / "health.sbatch"), str(default_ckpt),
+                            str(_sleeper(tmp_path)), "-k", "hangs or checkpoint_has_every_ttt_key"], env, tmp_path)
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert started.exists(), "the hanging test never started"
+    signalled = cluster.run(["scancel", "--batch", "--signal=USR1", job])
+    assert signalled.returncode == 0, signalled.stderr
+    t0 = time.perf_counter()
+    (record,) = wait_for_jobs(cluster, job, timeout_s=120)
+    log = (tmp_path / f"ttt-health-{job}.out").read_text()
+    assert record["ExitCode"] == "2:0", log  # pytest's "interrupted"
+    assert time.perf_counter() - t0 < 60, "pytest did not stop promptly on USR1"
+    assert "USR1" in log
+    report = tmp_path / job
+    assert (report / "TIME_LIMIT_REACHED").is_file() and (report / "exit_code").read_text().strip() == "2"
+    (suite,) = _junit(report / f"junit-{job}.xml")  # pytest's own JUnit, with the test that finished
+    assert _case_results(suite).get("test_checkpoint_has_every_ttt_key") == "passed", _case_results(suite)
+    assert json.loads((report / "metrics.json").read_text())["complete"] is False
