@@ -174,7 +174,7 @@ def train_ttt(adapter: Any, steps: int = 300, window: int = 64, batch: int = 8, 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ttt_params + alphas, 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if log and step % 50 == 0:
                 log(f"step {step} loss {loss.item():.4f} ({time.perf_counter() - t0:.1f} s)")
     finally:

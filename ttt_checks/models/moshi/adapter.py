@@ -47,8 +47,9 @@ def read_wav_24k(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(pcm[0], dtype=np.float32)
 
 
-def default_speech() -> tuple[np.ndarray, str]:
-    """The repo's espeak-ng speech clips (fixtures/speech, kind 'speech'), concatenated at 24 kHz."""
+def default_speech(first_only: bool = False) -> tuple[np.ndarray, str]:
+    """The repo's espeak-ng speech clips (fixtures/speech, kind 'speech'), concatenated at 24 kHz
+    (``first_only``: the first clip alone, one sentence: the prompt of the gating sweep)."""
     manifest = SPEECH_FIXTURES / "manifest.json"
     if not manifest.is_file():
         raise MoshiInputError(f"{manifest}: missing; pass --input a.wav (speech, any rate; it is resampled to 24 kHz)")
@@ -59,6 +60,8 @@ def default_speech() -> tuple[np.ndarray, str]:
         if path.is_file():
             parts += [read_wav_24k(path), np.zeros(SAMPLE_RATE // 4, dtype=np.float32)]
             names.append(clip["file"])
+            if first_only:
+                break
     if not parts:
         raise MoshiInputError(f"{SPEECH_FIXTURES}: none of the speech clips in its manifest exists")
     return np.concatenate(parts), f"espeak-ng speech fixtures {', '.join(names)}"
@@ -190,18 +193,25 @@ class MoshiAdapter(Adapter):
     # -- inputs ---------------------------------------------------------------------------------
 
     def load_inputs(self, path: Path | None = None, max_positions: int | None = None) -> ModelInputs:
-        """A wav (default: the repo's speech fixtures), cut to ``max_positions`` frames of 80 ms."""
+        """A wav (default: the repo's speech fixtures), cut to ``max_positions`` frames of 80 ms.
+
+        The default sweep prompt is the first speech clip alone (one sentence, then
+        ``reply_seconds`` of silence for the answer); with ``path`` the prompt is the input itself.
+        """
         if path is None:
             pcm, what = default_speech()
+            prompt = default_speech(first_only=True)[0]
         else:
             pcm, what = read_wav_24k(path), str(path)
+            prompt = None
         frames = len(pcm) // FRAME_SIZE
         if max_positions is not None:
             frames = min(frames, int(max_positions))
         if frames < 2:
             raise MoshiInputError(f"{what}: shorter than 2 frames of 80 ms")
         pcm = pcm[: frames * FRAME_SIZE]
-        return ModelInputs(teacher_forced=pcm, prompts=[pcm], positions=frames,
+        prompt = pcm if prompt is None else prompt[: frames * FRAME_SIZE]
+        return ModelInputs(teacher_forced=pcm, prompts=[prompt], positions=frames,
                            description=f"{what}: {frames} frames ({frames * FRAME_SIZE / SAMPLE_RATE:.2f} s at 24 kHz)")
 
     @torch.no_grad()
