@@ -45,27 +45,41 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def resolve(ckpt: str | Path | None, **adapter_options: Any) -> Adapter:
-    """The adapter for ``ckpt`` (None: the embedded default)."""
+def detect(ckpt: str | Path | None) -> tuple[str, Path]:
+    """(family, path) for ``ckpt`` without loading anything: cheap enough to validate options.
+
+    Raises :class:`CheckpointResolutionError` naming what the path holds when no adapter reads it.
+    """
     path = default_checkpoint() if ckpt is None else Path(ckpt).expanduser()
     if not path.exists():
         raise CheckpointResolutionError(f"--ckpt {path}: no such file or directory")
-    if path.is_dir():
-        config = _read_json(path / "config.json")
-        if config and str(config.get("format", "")).startswith("ttt-checks-reference/"):
-            from ttt_checks.models.reference.adapter import ReferenceAdapter
+    if not path.is_dir():
+        hint = (" It looks like a pickle checkpoint: ttt-checks loads safetensors only (pickle can run code)."
+                if path.suffix in (".pt", ".pth", ".bin", ".ckpt") else "")
+        raise CheckpointResolutionError(f"--ckpt {path}: a file; pass the checkpoint directory that contains it.{hint}")
+    config = _read_json(path / "config.json")
+    if config and str(config.get("format", "")).startswith("ttt-checks-reference/"):
+        return "reference", path
+    from ttt_checks.models.moshi.checkpoint import is_moshi_checkpoint
 
-            return ReferenceAdapter(path, **adapter_options)
-        from ttt_checks.models.moshi.checkpoint import is_moshi_checkpoint
+    if is_moshi_checkpoint(path):
+        return "moshi", path
+    contents = sorted(p.name for p in path.iterdir())[:12]
+    raise CheckpointResolutionError(
+        f"--ckpt {path}: not a checkpoint ttt-checks can read. Expected a reference checkpoint "
+        f"(config.json with format ttt-checks-reference/*) or a moshi-finetune checkpoint (a run dir with "
+        f"checkpoints/checkpoint_NNNNNN, a checkpoint_NNNNNN dir, or its consolidated/ dir); "
+        f"the directory holds {contents or 'nothing'}."
+    )
 
-        if is_moshi_checkpoint(path):
-            from ttt_checks.models.moshi.adapter import MoshiAdapter
 
-            return MoshiAdapter(path, **adapter_options)
-        contents = sorted(p.name for p in path.iterdir())[:12]
-        raise CheckpointResolutionError(
-            f"--ckpt {path}: not a checkpoint ttt-checks can read. Expected a reference checkpoint "
-            f"(config.json with format ttt-checks-reference/*) or a moshi-finetune checkpoint (a run dir with "
-            f"checkpoints/checkpoint_NNNNNN, a checkpoint_NNNNNN dir, or its consolidated/ dir); the directory holds {contents or 'nothing'}."
-        )
-    raise CheckpointResolutionError(f"--ckpt {path}: a file; pass the checkpoint directory that contains it")
+def resolve(ckpt: str | Path | None, **adapter_options: Any) -> Adapter:
+    """The adapter for ``ckpt`` (None: the embedded default), loaded."""
+    family, path = detect(ckpt)
+    if family == "reference":
+        from ttt_checks.models.reference.adapter import ReferenceAdapter
+
+        return ReferenceAdapter(path, **adapter_options)
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+    return MoshiAdapter(path, **adapter_options)
