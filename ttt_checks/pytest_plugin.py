@@ -117,8 +117,44 @@ def _options(config: pytest.Config):
     if options.update_baseline and options.baseline is None:
         raise pytest.UsageError("--update-baseline needs --baseline PATH (the file to write)")
     options.device = _device(config)
+    _check_cheap_inputs(config, options)
     config.stash[_OPTIONS_KEY] = options
     return options
+
+
+def _check_cheap_inputs(config: pytest.Config, options) -> None:
+    """What can be checked without loading a model is checked before any test runs (exit 4)."""
+    from ttt_checks.models.registry import CheckpointResolutionError, detect
+
+    if config.getoption("--ckpt") is not None or _runs_health_checks(config):
+        try:
+            detect(config.getoption("--ckpt"))
+        except CheckpointResolutionError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if options.input_path is not None and not options.input_path.exists():
+        raise pytest.UsageError(f"--input {options.input_path}: no such file")
+    if options.asr != "default":
+        from ttt_checks.asr import AsrSpec, parse_asr_spec
+        from ttt_checks.asr.transcript import AsrError
+
+        try:
+            spec: AsrSpec = parse_asr_spec(options.asr)
+        except AsrError as exc:
+            raise pytest.UsageError(f"--asr {options.asr}: {exc}") from None
+        if spec.model != "default" and ("/" in spec.model or spec.model.startswith(".")) and not Path(spec.model).exists():
+            raise pytest.UsageError(f"--asr {options.asr}: the model path {spec.model} does not exist")
+    try:
+        options.report_dir.mkdir(parents=True, exist_ok=True)
+        probe = options.report_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise pytest.UsageError(f"--report-dir {options.report_dir}: not writable ({exc}); pass a writable --report-dir") from None
+
+
+def _runs_health_checks(config: pytest.Config) -> bool:
+    """True when the selection includes the health checks (so the default checkpoint is needed)."""
+    return any("tests_gpu" in str(a) for a in config.args) or config.getoption("markexpr") == "gpu"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -145,7 +181,12 @@ def ttt_run(request: pytest.FixtureRequest):
             tr.write_line(f"[ttt-checks] {message}")
 
     progress(f"loading checkpoint {config.getoption('--ckpt') or '(embedded default)'} on {options.device}")
-    run = HealthRun(resolve(config.getoption("--ckpt"), device=options.device), options, progress=progress)
+    try:
+        adapter = resolve(config.getoption("--ckpt"), device=options.device)
+    except Exception as exc:  # every test of the run fails with the cause, not a bare traceback
+        pytest.fail(f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
+                    f"{type(exc).__name__}: {exc}", pytrace=False)
+    run = HealthRun(adapter, options, progress=progress)
     config.stash[_RUN_KEY] = run
     return run
 
