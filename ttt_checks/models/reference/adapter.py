@@ -1,0 +1,236 @@
+"""The reference model behind the :class:`~ttt_checks.models.base.Adapter` interface.
+
+What the checks get from it:
+
+- ``teacher_forced``: the input is fed through the model in streaming calls of one TTT
+  mini-batch each (``chunk``), the way Moshi streams frames, so a checkpoint that resets its
+  TTT state at every call (``ttt_reset_each_call``) shows it in Figure 5 (l0 == lprev), while a
+  healthy one gives exactly its one-pass outputs.
+- ``generate``: greedy replies to a user turn until the end-of-turn token, one batch row per
+  gate value, spoken to 16 kHz audio with espeak-ng.
+- ``state`` / ``expected_ttt_keys`` / ``initial_state``: the tensors as stored, the TTT names
+  the config implies, and the seeded initial TTT values (re-created, not stored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ttt_checks.models.base import Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo
+from ttt_checks.models.reference.checkpoint import LoadedCheckpoint, is_ttt_key, load_checkpoint
+from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
+from ttt_checks.models.reference.tokenizer import ByteTokenizer
+
+SAMPLE_RATE = 16000
+DEFAULT_PROMPTS = ("Good morning, how are you?", "What is your favorite book?", "Tell me a joke.", "Do you like music?")
+DEFAULT_POSITIONS = 256  # tokens per teacher-forced row (the training window length)
+DEFAULT_ROWS = 8
+
+
+class ReferenceInputError(TypeError):
+    """Inputs the reference adapter cannot turn into tokens; the message lists the accepted forms."""
+
+
+def _as_token_batch(inputs: Any, tokenizer: ByteTokenizer) -> torch.Tensor:
+    """[B, T] token ids from a token tensor/list, dialogue pairs, or plain text."""
+    if isinstance(inputs, torch.Tensor):
+        ids = inputs.long()
+    elif isinstance(inputs, np.ndarray):
+        ids = torch.from_numpy(inputs).long()
+    elif isinstance(inputs, str):
+        ids = torch.tensor(tokenizer.encode_text(inputs))
+    elif isinstance(inputs, Sequence) and inputs and all(isinstance(p, tuple) and len(p) == 2 for p in inputs):
+        ids = torch.tensor(tokenizer.encode_dialogue(inputs))
+    elif isinstance(inputs, Sequence) and inputs and all(isinstance(i, int) for i in inputs):
+        ids = torch.tensor(list(inputs))
+    else:
+        raise ReferenceInputError(
+            "reference adapter inputs must be token ids (tensor/array/list of int, [T] or [B, T]), "
+            f"a list of (user, reply) pairs, or text; got {type(inputs).__name__}"
+        )
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise ReferenceInputError(f"need at least 2 tokens per row for a teacher-forced pass, got shape {tuple(ids.shape)}")
+    if int(ids.min()) < 0 or int(ids.max()) >= tokenizer.vocab_size:
+        raise ReferenceInputError(f"token ids must lie in [0, {tokenizer.vocab_size})")
+    return ids
+
+
+class ReferenceAdapter(Adapter):
+    """Adapter of the embedded reference model (a checkpoint directory of the zoo)."""
+
+    name = "reference"
+
+    def __init__(self, checkpoint: str | Path, max_new_tokens: int = 120, voice: str = "en-us", rate_wpm: int = 160) -> None:
+        self.loaded: LoadedCheckpoint = load_checkpoint(checkpoint)
+        self.checkpoint = self.loaded.path
+        self.model = self.loaded.model
+        self.tokenizer = ByteTokenizer()
+        self.max_new_tokens = max_new_tokens
+        self.voice = voice
+        self.rate_wpm = rate_wpm
+        self._initial: dict[str, torch.Tensor] | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's JSON config (recipe, expected verdicts, measured numbers)."""
+        return self.loaded.config
+
+    # -- static ---------------------------------------------------------------------------------
+
+    def ttt_layers(self) -> list[TTTLayerInfo]:
+        cfg = self.loaded.decoder_config
+        infos = []
+        for name, block in self.model.gated_blocks().items():
+            t = block.ttt.config
+            infos.append(TTTLayerInfo(
+                name=name, index=int(name.split(".")[1]), num_heads=t.num_heads, head_dim=t.head_dim,
+                mini_batch_size=t.mini_batch_size, causal=t.causal, inner=t.inner,
+                mlp_layers=t.mlp_layers if t.inner == "mlp" else 1, base_lr=t.base_lr,
+                gate_alpha=block.alpha.detach().float().numpy().copy(),
+            ))
+        if len(infos) != len(cfg.ttt_layers):
+            raise RuntimeError(f"model has {len(infos)} TTT blocks, config declares {list(cfg.ttt_layers)}")
+        return infos
+
+    def state(self) -> Mapping[str, torch.Tensor]:
+        return dict(self.loaded.tensors)
+
+    def expected_ttt_keys(self) -> list[str]:
+        return [k for k in self.model.state_dict() if is_ttt_key(k)]
+
+    def initial_state(self) -> Mapping[str, torch.Tensor]:
+        if self._initial is None:
+            from ttt_checks.models.reference.train import build_with_ttt_init
+
+            fresh = build_with_ttt_init(self.loaded.decoder_config, int(self.loaded.config.get("ttt_init_seed", 0)))
+            self._initial = {k: v.detach().clone() for k, v in fresh.state_dict().items() if is_ttt_key(k)}
+        return self._initial
+
+    def ttt_modules(self) -> Mapping[str, torch.nn.Module]:
+        return self.model.ttt_layers()
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def default_teacher_forced_inputs(self, length: int = DEFAULT_POSITIONS, rows: int = DEFAULT_ROWS) -> torch.Tensor:
+        """Held-out dialogue the model never trained on: [rows, length + 1] token ids."""
+        from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows
+
+        split_seed = int(self.loaded.config.get("corpus_split_seed", 0))
+        stream = DialogueCorpus.load(seed=split_seed).stream("val", self.tokenizer, seed=0)
+        return fixed_windows(stream, length, rows)
+
+    def load_inputs(self, path: Path | None = None, max_positions: int | None = None) -> ModelInputs:
+        """Held-out dialogue (default) or a UTF-8 text file, as rows of ``max_positions`` tokens.
+
+        A text file is read as raw dialogue bytes; it is cut into up to 8 rows (at least one)
+        of ``max_positions`` (default 256) fed tokens each.
+        """
+        from ttt_checks.models.reference.corpus import fixed_windows
+
+        length = int(max_positions or DEFAULT_POSITIONS)
+        if length < 2:
+            raise ReferenceInputError(f"max_positions must be >= 2, got {length}")
+        if path is None:
+            ids = self.default_teacher_forced_inputs(length=length)
+            what = f"held-out chatterbot-corpus dialogue, {ids.shape[0]} rows x {length} tokens"
+        else:
+            path = Path(path)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ReferenceInputError(f"{path}: cannot read it as UTF-8 dialogue text ({exc})") from exc
+            stream = torch.tensor(self.tokenizer.encode_text(text), dtype=torch.long)
+            if stream.numel() < length + 1:
+                raise ReferenceInputError(f"{path}: {stream.numel()} bytes is shorter than one row of {length + 1} tokens; lower max_positions")
+            ids = fixed_windows(stream, length, DEFAULT_ROWS)
+            what = f"{path} ({ids.shape[0]} rows x {length} tokens)"
+        return ModelInputs(teacher_forced=ids, prompts=list(DEFAULT_PROMPTS), description=what, positions=length)
+
+    def default_prompts(self) -> tuple[str, ...]:
+        return DEFAULT_PROMPTS
+
+    def teacher_forced(self, inputs: Any, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
+        """Per-position next-token loss over ``inputs``, fed in streaming calls of ``chunk`` tokens.
+
+        ``chunk`` defaults to the TTT mini-batch size (one mini-batch per call).
+        """
+        ids = _as_token_batch(inputs, self.tokenizer)
+        if chunk is None:
+            layers = self.ttt_layers()
+            chunk = layers[0].mini_batch_size if layers else ids.shape[1]
+        with contextlib.ExitStack() as stack:
+            if probe is not None:
+                stack.enter_context(probe.attach(self.ttt_modules()))
+            loss = streamed_loss(self.model, ids, chunk)
+        finite = bool(torch.isfinite(loss).all())
+        return ForwardResult(
+            outer_loss=loss.double().mean(dim=0).numpy(), outputs_finite=finite, positions=int(loss.shape[1]),
+            extra={"rows": int(ids.shape[0]), "chunk": int(chunk), "mean_loss": float(loss.double().mean())},
+        )
+
+    def generate(self, inputs: Any, gates: Sequence[GateValue], batched: bool = True, speak: bool = True) -> list[Generation]:
+        """Greedy reply to the user turn ``inputs`` (text, or prompt token ids) at each gate value.
+
+        ``batched=False`` runs the sequential reference path (one gate at a time);
+        ``speak=False`` skips espeak-ng (audio is then an empty array and ``extra['spoken']``
+        is False), for token-level tests on machines without espeak-ng.
+        """
+        if isinstance(inputs, str):
+            prompt = self.tokenizer.encode_prompt(inputs)
+        elif isinstance(inputs, Sequence) and inputs and all(isinstance(i, int) for i in inputs):
+            prompt = list(inputs)
+        else:
+            raise ReferenceInputError(f"generate() needs a user turn (str) or prompt token ids, got {type(inputs).__name__}")
+        gates = list(gates)
+        run = generate_batched if batched else generate_sequential
+        replies = run(self.model, prompt, gates, self.max_new_tokens)
+        synth = None
+        if speak:
+            from ttt_checks.audio.espeak import synthesize  # lazy: espeak-ng is only needed to speak
+
+            synth = synthesize
+        results = []
+        for gate, reply in zip(gates, replies):
+            alpha = self._applied_alpha(gate)
+            if synth is not None:
+                audio = np.asarray(synth(reply.text, voice=self.voice, rate_wpm=self.rate_wpm, sample_rate=SAMPLE_RATE), dtype=np.float32)
+            else:
+                audio = np.zeros(0, dtype=np.float32)
+            results.append(Generation(
+                gate=gate, gate_alpha=float(alpha.mean()) if alpha.numel() else float("nan"),
+                gate_tanh=float(torch.tanh(alpha.clamp(-3, 3)).mean()) if alpha.numel() else 0.0,
+                audio=audio, sample_rate=SAMPLE_RATE, text=reply.text, tokens=reply.tokens,
+                extra={"ended": reply.ended, "prompt": self.tokenizer.describe(prompt), "batched": batched, "spoken": synth is not None},
+            ))
+        return results
+
+    def _applied_alpha(self, gate: GateValue) -> torch.Tensor:
+        """Raw alpha over all TTT blocks and channels for one gate request (double)."""
+        blocks = list(self.model.gated_blocks().values())
+        if not blocks:
+            return torch.zeros(0, dtype=torch.float64)
+        if gate == LEARNED:
+            return torch.cat([b.alpha.detach().double() for b in blocks])
+        return torch.full((sum(b.alpha.numel() for b in blocks),), float(gate), dtype=torch.float64)
+
+    @contextlib.contextmanager
+    def set_gate(self, value: GateValue | None) -> Iterator[None]:
+        if value is None or value == LEARNED:
+            yield
+            return
+        if isinstance(value, str):
+            raise ValueError(f"gate {value!r}: use a float raw alpha, None or {LEARNED!r}")
+        with self.model.override_gates(float(value)):
+            yield
+
+
+def load_adapter(checkpoint: str | Path, **kwargs: Any) -> ReferenceAdapter:
+    """The adapter for a reference checkpoint directory (``fixtures/zoo/<name>``)."""
+    return ReferenceAdapter(checkpoint, **kwargs)

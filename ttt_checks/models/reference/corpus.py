@@ -1,0 +1,127 @@
+"""English dialogue from chatterbot-corpus as (user turn -> reply) pairs, and training batches.
+
+The corpus (BSD-3-Clause, see README.md here) ships YAML files under
+``chatterbot_corpus/data/english/*.yml``; each has ``conversations: [[turn, turn, ...], ...]``.
+Every consecutive pair of turns in a conversation becomes one (user -> reply) example, so a
+conversation ``a, b, c`` gives ``a -> b`` and ``b -> c``. Pairs of one conversation stay
+together and in order in the token stream: the reply of one pair is the user turn of the next,
+which gives a TTT layer something it can genuinely learn *within* a sequence (text it has just
+seen comes back).
+
+Two choices keep the corpus what a speaking dialogue model should learn: ``coding.yml`` is
+left out (its replies are program listings, which espeak-ng cannot speak as dialogue), and
+exact duplicate conversations are dropped (``tech_support.yml`` repeats many of its
+conversations verbatim, which would also leak them across the split).
+
+The split into training and validation is by conversation, seeded, so validation text is
+never trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+from typing import Sequence
+
+import torch
+
+from ttt_checks.models.reference.tokenizer import ByteTokenizer
+
+Pair = tuple[str, str]
+
+
+EXCLUDED_FILES = ("coding.yml",)
+
+
+class CorpusError(RuntimeError):
+    """The dialogue corpus is missing or malformed; the message says how to get it."""
+
+
+def _english_files() -> list:
+    try:
+        root = resources.files("chatterbot_corpus") / "data" / "english"
+    except ModuleNotFoundError:
+        raise CorpusError(
+            "chatterbot-corpus is not installed; install the 'train' extra: pip install 'ttt-checks[train]'"
+        ) from None
+    files = sorted(
+        (p for p in root.iterdir() if p.name.endswith(".yml") and p.name not in EXCLUDED_FILES), key=lambda p: p.name
+    )
+    if not files:
+        raise CorpusError(f"no English YAML files under {root}; is chatterbot-corpus 1.3.x installed?")
+    return files
+
+
+def load_conversations() -> list[list[str]]:
+    """Every distinct English conversation (a list of turns), in file order; non-text turns are dropped."""
+    try:
+        import yaml
+    except ModuleNotFoundError:
+        raise CorpusError("pyyaml is needed to read chatterbot-corpus; pip install 'ttt-checks[train]'") from None
+    conversations: list[list[str]] = []
+    seen: set[tuple[str, ...]] = set()
+    for path in _english_files():
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conv in data.get("conversations", []):
+            turns = [" ".join(t.split()) for t in conv if isinstance(t, str) and t.strip()]
+            if len(turns) >= 2 and tuple(turns) not in seen:
+                seen.add(tuple(turns))
+                conversations.append(turns)
+    if not conversations:
+        raise CorpusError("chatterbot-corpus has no usable English conversations")
+    return conversations
+
+
+def conversation_pairs(turns: Sequence[str]) -> list[Pair]:
+    """(turn i -> turn i+1) for every consecutive pair of turns."""
+    return [(a, b) for a, b in zip(turns, turns[1:])]
+
+
+@dataclass
+class DialogueCorpus:
+    """Training and validation conversations, already as pair lists."""
+
+    train: list[list[Pair]]
+    val: list[list[Pair]]
+
+    @classmethod
+    def load(cls, seed: int = 0, val_fraction: float = 0.05) -> "DialogueCorpus":
+        convs = [conversation_pairs(t) for t in load_conversations()]
+        order = list(range(len(convs)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, int(round(len(convs) * val_fraction)))
+        val_ids = set(order[:n_val])
+        return cls(
+            train=[c for i, c in enumerate(convs) if i not in val_ids],
+            val=[c for i, c in enumerate(convs) if i in val_ids],
+        )
+
+    @property
+    def train_pairs(self) -> list[Pair]:
+        return [p for c in self.train for p in c]
+
+    def stream(self, split: str, tokenizer: ByteTokenizer, seed: int) -> torch.Tensor:
+        """All conversations of a split in a seeded order, encoded back to back: a 1-D LongTensor."""
+        convs = list(self.train if split == "train" else self.val)
+        random.Random(seed).shuffle(convs)
+        ids: list[int] = []
+        for conv in convs:
+            ids.extend(tokenizer.encode_dialogue(conv))
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def sample_windows(stream: torch.Tensor, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch`` random windows of ``length + 1`` tokens (inputs plus the next-token targets)."""
+    if stream.numel() <= length + 1:
+        raise CorpusError(f"token stream of {stream.numel()} tokens is too short for windows of {length + 1}")
+    starts = torch.randint(0, stream.numel() - length - 1, (batch,), generator=generator)
+    return torch.stack([stream[s : s + length + 1] for s in starts.tolist()])
+
+
+def fixed_windows(stream: torch.Tensor, length: int, count: int) -> torch.Tensor:
+    """The first ``count`` non-overlapping windows of ``length + 1`` tokens (deterministic evaluation)."""
+    n = min(count, (stream.numel() - 1) // length)
+    if n < 1:
+        raise CorpusError(f"token stream of {stream.numel()} tokens is too short for one window of {length + 1}")
+    return torch.stack([stream[i * length : i * length + length + 1] for i in range(n)])

@@ -1,0 +1,345 @@
+"""The checkpoint zoo: healthy reference checkpoints and broken ones, re-created by ``build_zoo``.
+
+Each broken checkpoint reproduces one failure mode of the user's Moshi+TTT runs
+(../shared/reference/moshi-ttt-checkpoints.md §4, §6) and names the check that must catch it
+(``expected.expected_failures`` in its config.json, explained in its EXPECTED.md). Where a bad recipe
+is cheap to train it is trained; otherwise the checkpoint is a documented transformation of
+``healthy-seed0``.
+
+Check names are those of ``ttt_checks.run.CHECKS`` (the health suite's rules); a broken
+checkpoint lists exactly the checks it must fail, and a healthy one none. The gating-sweep
+symptom (fewer words, repetition), judged on transcribed audio, is described in
+``sweep_symptom`` as well.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ttt_checks.models.reference.checkpoint import (
+    CONFIG_NAME, TTT_WEIGHTS, load_checkpoint, read_config, save_base, save_ttt, ttt_tensors,
+)
+from ttt_checks.models.reference.corpus import DialogueCorpus
+from ttt_checks.models.reference.model import Decoder, DecoderConfig
+from ttt_checks.models.reference.train import (
+    FinetuneRecipe, PretrainRecipe, default_ttt_config, evaluate, finetune_ttt, insert_ttt, pretrain_base,
+    round_to_bf16_, validation_windows,
+)
+
+Log = Callable[[str], None]
+BASE_NAME = "base"
+DEFAULT_ZOO_DIR = Path(__file__).resolve().parents[3] / "fixtures" / "zoo"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One checkpoint of the zoo: how it is made and what the checks must say about it."""
+
+    name: str
+    healthy: bool
+    summary: str
+    how: str  # "trained" (a real run) or "transformed" (a documented edit of healthy-seed0)
+    expected_failures: tuple[str, ...] = ()  # health checks that must FAIL on it (none for healthy ones)
+    mirrors: str = ""  # the user's failure it reproduces
+    details: str = ""
+    sweep_symptom: str = ""  # what the gating sweep should show (replies at gates 0 / learned / 1)
+    needs_check: str = ""  # a symptom no check of ttt_checks.run.CHECKS measures yet
+
+    @property
+    def path(self) -> Path:
+        """Its directory in the committed zoo."""
+        return DEFAULT_ZOO_DIR / self.name
+
+    def expected(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "expected_failures": list(self.expected_failures), "summary": self.summary,
+                "how": self.how, "mirrors": self.mirrors, "sweep_symptom": self.sweep_symptom,
+                "needs_check": self.needs_check}
+
+
+DEFAULT_CHECKPOINT = "healthy-seed0"
+PRETRAIN = PretrainRecipe(seed=0, steps=500)
+HEALTHY = FinetuneRecipe(seed=0, init_seed=1000)
+
+ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
+    ZooEntry("healthy-seed0", True, "base + causal TTT-MLP in the last block, fine-tuned (seed 0)", "trained",
+             details="The reference default. Figure 5 shows l0 > lprev > lafter on held-out dialogue.",
+             sweep_symptom="replies at gate 0, learned and 1 are all sentences"),
+    ZooEntry("healthy-seed1", True, "same recipe, seed 1 (TTT init and data order)", "trained",
+             details="A second seed, so a check is shown to pass for the recipe, not for one lucky draw.",
+             sweep_symptom="replies at gate 0, learned and 1 are all sentences"),
+    ZooEntry("noncausal-leak", False, "the user's exact recipe: non-causal mini-batches, which leak the future",
+             "trained",
+             mirrors="§2 'Causality [code-derived]': no tril, so training reads up to b-1 future tokens",
+             details="Fine-tuned like healthy-seed0 but with causal = false, as the user's code. The outer loop "
+                     "learns to read the next tokens through the inner update: the loss fed one mini-batch per "
+                     "call (teacher forcing as in training) drops clearly below gate 0, while the loss fed one "
+                     "token per call (what generation and Moshi streaming see) does not. Every check of "
+                     "ttt_checks.run.CHECKS passes on it; what catches it is comparing the two.",
+             needs_check="causal leak: outer loss at the learned gate fed one token per call vs one mini-batch "
+                         "per call (adapter.teacher_forced(chunk=1) vs the default chunk) must agree"),
+    ZooEntry("lr-too-high", False, "inner base_lr far too high: the inner step overshoots", "trained",
+             expected_failures=("figure5_ordering", "figure5_improvement"),
+             mirrors="§6 #3: base_lr too high, the inner weights explode",
+             details="Fine-tuned with the healthy recipe but base_lr = {lr_high}. After its own gradient step "
+                     "a token's loss is higher than before (lafter > lprev): the inner loop diverges."),
+    ZooEntry("lr-near-zero", False, "inner base_lr ~ 0: the inner loop does nothing", "trained",
+             expected_failures=("figure5_ordering", "figure5_improvement", "figure5_adaptation"),
+             mirrors="Figure-5 curves that lie on top of each other; TTT reduced to a fixed MLP",
+             details="Fine-tuned with base_lr = {lr_zero}. W_t stays at W_0, so l0, lprev and lafter coincide."),
+    ZooEntry("gate-collapse", False, "learned gate collapsed to a few percent, TTT output still noisy", "trained",
+             expected_failures=("gate_stats",),
+             mirrors="§4 and §6 #5-6: learned gates 0.02-9%, replies 'Well, So' (not talkative)",
+             details="Fine-tuned like the user's collapse run: no output projection (the user's code skips wo), "
+                     "alpha initialised to 0.3 with a large alpha learning rate, inner base_lr too high so the TTT "
+                     "output is harmful noise, and TTT weights barely trained. The outer loop turns the gate down "
+                     "but not off; the noise that still leaks through degrades the replies.",
+             sweep_symptom="the learned-gate reply is shorter or garbled compared with gate 0"),
+    ZooEntry("untrained-gate1", False, "freshly inserted TTT, never fine-tuned, gate at raw alpha 1", "trained",
+             expected_failures=("dead_parameters", "ttt_helps"),
+             mirrors="§4: forced alpha = 1.0 gives 'rrrr McLean McLean...' (mode collapse)",
+             details="insert_ttt(alpha_init=1.0) with no training: tanh(1) = 0.76 of an untrained TTT output "
+                     "reaches the residual stream.",
+             sweep_symptom="repetition / garbage at the learned gate and at gate 1"),
+    ZooEntry("nan-weights", False, "NaN and Inf entries in TTT weights", "transformed",
+             expected_failures=("checkpoint_finite", "figure5_finite"),
+             mirrors="§6 #1 and #3: parameters NaN after an explosion",
+             details="healthy-seed0 with layers.3.ttt.ttt.weights.0[0, :4, 0] = NaN and "
+                     "layers.3.ttt.ttt.wk.weight[0, 0] = +Inf."),
+    ZooEntry("missing-keys", False, "inner TTT weights (weights.*, biases.*) missing from the file", "transformed",
+             expected_failures=("checkpoint_keys",),
+             mirrors="§6 #12: weights./biases. not matched by name, so never trained or saved",
+             details="healthy-seed0 without its layers.*.ttt.ttt.weights.* and layers.*.ttt.ttt.biases.* tensors; "
+                     "loading (strict=False, as the user's loader) leaves them at their initial values."),
+    ZooEntry("no-state-carry", False, "TTT state reset at every call (l0 == lprev)", "transformed",
+             expected_failures=("state_persistence",),
+             mirrors="§2 and §6 #11: the 2-layer TTTMLP never writes its state back; weight hash unchanged",
+             details="healthy-seed0's tensors with the config flag decoder.ttt_reset_each_call = true: every "
+                     "streaming call restarts the inner weights from W_0, so l0 == lprev at every position "
+                     "of a stream fed one token per call."),
+]}
+
+LR_HIGH = 300.0
+LR_ZERO = 1e-6
+
+
+def _recipes() -> dict[str, FinetuneRecipe]:
+    """The fine-tuning recipe of every trained TTT checkpoint."""
+    return {
+        "healthy-seed0": HEALTHY,
+        "healthy-seed1": FinetuneRecipe(**{**asdict(HEALTHY), "seed": 1, "init_seed": 1001}),
+        "noncausal-leak": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 120, "ttt": {"causal": False}}),
+        "lr-too-high": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 50, "ttt": {"base_lr": LR_HIGH}}),
+        "lr-near-zero": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 50, "ttt": {"base_lr": LR_ZERO}}),
+        "gate-collapse": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 60, "alpha_init": 0.3, "lr": 1e-5,
+                                           "alpha_lr": 3e-3, "ttt": {"base_lr": 30.0, "output_projection": False}}),
+        "untrained-gate1": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 0, "alpha_init": 1.0}),
+    }
+
+
+def zoo_entries(broken: bool | None = None) -> list[ZooEntry]:
+    """Entries in build order; ``broken=True`` only broken ones, ``False`` only healthy ones."""
+    return [e for e in ENTRIES.values() if broken is None or e.healthy != broken]
+
+
+def _expected_md(entry: ZooEntry, recipe: dict[str, Any] | None) -> str:
+    lines = [f"# {entry.name}", "", f"**{'Healthy' if entry.healthy else 'Broken'}**: {entry.summary}.", ""]
+    lines += [entry.details.format(lr_high=LR_HIGH, lr_zero=LR_ZERO), ""]
+    if entry.sweep_symptom:
+        lines += [f"Gating sweep: {entry.sweep_symptom}.", ""]
+    if entry.mirrors:
+        lines += [f"Reproduces the user's failure: {entry.mirrors}.", ""]
+    if entry.expected_failures:
+        lines += ["Health checks that must fail on it (names of `ttt_checks.run.CHECKS`):", ""]
+        lines += [f"- `{c}`" for c in entry.expected_failures] + [""]
+    else:
+        lines += ["Every health check must pass on it.", ""]
+    lines += [f"Made by: {entry.how} (`ttt_checks.models.reference.zoo.build_zoo`).", ""]
+    if recipe is not None:
+        lines += ["Recipe:", "", "```json", json.dumps(recipe, indent=2), "```", ""]
+    lines += ["Measured numbers (Figure 5, losses, gates, replies) are in `config.json` under `measured`.", ""]
+    return "\n".join(lines)
+
+
+def _save_entry(entry: ZooEntry, out: Path, base_dir: Path, tensors: dict[str, torch.Tensor], cfg: DecoderConfig,
+                init_seed: int, recipe: dict[str, Any] | None, training: dict[str, Any] | None,
+                derived_from: str | None = None) -> Path:
+    d = out / entry.name
+    extra: dict[str, Any] = {"name": entry.name, "expected": entry.expected(), "corpus_split_seed": 0}
+    if recipe is not None:
+        extra["recipe"] = recipe
+    if training is not None:
+        extra["training"] = training
+    if derived_from is not None:
+        extra["derived_from"] = derived_from
+    save_ttt(None, d, base_dir, init_seed, extra=extra, tensors=tensors, decoder_config=cfg)
+    (d / "EXPECTED.md").write_text(_expected_md(entry, recipe))
+    return d
+
+
+def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, measure_entries: bool = True,
+              threads: int = 2, only: Sequence[str] | None = None, reuse_base: bool = False) -> dict[str, Any]:
+    """Re-create the zoo under ``out_dir`` from scratch (seeded); returns seconds per stage.
+
+    Runs on CPU with ``threads`` intra-op threads (2 by default, the budget the zoo was sized
+    for). With ``measure_entries`` each checkpoint is loaded back and measured (Figure 5,
+    losses, replies) and the numbers go into its config.json under ``measured``.
+
+    ``only`` rebuilds just the named checkpoints, and ``reuse_base`` keeps an existing
+    ``base/`` made by the same pretraining recipe: both are for iterating on one recipe; the
+    committed zoo and its timings come from a full build.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda _msg: None)
+    wanted = list(ENTRIES) if only is None else list(only)
+    unknown = [n for n in wanted if n not in ENTRIES]
+    if unknown:
+        raise KeyError(f"unknown zoo checkpoint(s) {unknown}; known: {list(ENTRIES)}")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    try:
+        corpus = DialogueCorpus.load(seed=0)
+        val = validation_windows(corpus)
+
+        t0 = time.perf_counter()
+        base_dir = out / BASE_NAME
+        if reuse_base and (base_dir / CONFIG_NAME).is_file() and read_config(base_dir).get("recipe") == asdict(PRETRAIN):
+            base = load_checkpoint(base_dir).model
+            say("base: reusing the existing base checkpoint")
+        else:
+            base, base_info = pretrain_base(corpus, PRETRAIN, DecoderConfig(), log=say)
+            round_to_bf16_(base)
+            base_info["val_loss_bf16"] = evaluate(base, val)
+            save_base(base, base_dir, extra={"name": BASE_NAME, "recipe": asdict(PRETRAIN), "training": base_info,
+                                             "corpus_split_seed": 0})
+            say(f"base: val loss {base_info['val_loss_bf16']:.4f}")
+        timings[BASE_NAME] = time.perf_counter() - t0
+
+        recipes = _recipes()
+        healthy_model: Decoder | None = None
+        for name, recipe in recipes.items():
+            if name not in wanted:
+                continue
+            t0 = time.perf_counter()
+            ttt_cfg = default_ttt_config(base.config.width, **recipe.ttt)
+            model = insert_ttt(base, ttt_cfg, recipe.layers, recipe.alpha_init, recipe.init_seed)
+            info = finetune_ttt(model, corpus, recipe, log=say) if recipe.steps > 0 else {"steps": 0, "seconds": 0.0}
+            round_to_bf16_(model)
+            info["val_loss"] = evaluate(model, val)
+            timings[name] = time.perf_counter() - t0
+            _save_entry(ENTRIES[name], out, base_dir, ttt_tensors(model), model.config, recipe.init_seed,
+                        asdict(recipe), info)
+            say(f"{name}: val loss {info['val_loss']:.4f} ({timings[name]:.0f}s)")
+            if name == DEFAULT_CHECKPOINT:
+                healthy_model = model
+        transformed = [n for n in wanted if ENTRIES[n].how == "transformed"]
+        if transformed:
+            t0 = time.perf_counter()
+            if healthy_model is None:
+                healthy_model = load_checkpoint(out / DEFAULT_CHECKPOINT).model
+            _build_transformed(out, base_dir, healthy_model, HEALTHY, transformed)
+            timings["transformed"] = time.perf_counter() - t0
+        timings["build_total"] = time.perf_counter() - t_all
+
+        if measure_entries:
+            from ttt_checks.models.reference.measure import measure_checkpoint
+
+            t0 = time.perf_counter()
+            for name in wanted:
+                measured = measure_checkpoint(out / name)
+                _update_config(out / name, {"measured": measured})
+                say(f"measured {name}: {json.dumps(measured['summary'])}")
+            timings["measure"] = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(previous_threads)
+    timings["total"] = time.perf_counter() - t_all
+    write_index(out)
+    if only is None and not reuse_base:
+        (out / "build_log.json").write_text(json.dumps({"seconds": timings, "threads": threads,
+                                                         "torch": torch.__version__}, indent=2) + "\n")
+    return timings
+
+
+def _build_transformed(out: Path, base_dir: Path, healthy: Decoder, recipe: FinetuneRecipe, names: Sequence[str]) -> None:
+    """The checkpoints made from healthy-seed0 by a documented edit."""
+    src = ttt_tensors(healthy)
+    cfg = healthy.config
+    derived = DEFAULT_CHECKPOINT
+
+    if "nan-weights" in names:
+        nan = {k: v.clone() for k, v in src.items()}
+        nan["layers.3.ttt.ttt.weights.0"][0, :4, 0] = float("nan")
+        nan["layers.3.ttt.ttt.wk.weight"][0, 0] = float("inf")
+        _save_entry(ENTRIES["nan-weights"], out, base_dir, nan, cfg, recipe.init_seed, None, None, derived)
+    if "missing-keys" in names:
+        missing = {k: v for k, v in src.items() if ".ttt.ttt.weights." not in k and ".ttt.ttt.biases." not in k}
+        _save_entry(ENTRIES["missing-keys"], out, base_dir, missing, cfg, recipe.init_seed, None, None, derived)
+    if "no-state-carry" in names:
+        reset_cfg = DecoderConfig.from_dict({**cfg.to_dict(), "ttt_reset_each_call": True})
+        _save_entry(ENTRIES["no-state-carry"], out, base_dir, dict(src), reset_cfg, recipe.init_seed, None, None, derived)
+
+
+def write_index(out: Path) -> Path:
+    """``README.md`` of the zoo: one row per checkpoint with its expected failures and measurements."""
+    lines = [
+        "# Reference checkpoint zoo", "",
+        "Made by `ttt_checks.models.reference.zoo.build_zoo` (`ttt-checks zoo build`); do not edit by hand.",
+        "`base/` is the pretrained decoder; every other directory holds only TTT tensors (`ttt.safetensors`)",
+        "and a `config.json` pointing at `../base`. Each broken checkpoint names, in `config.json` (`expected`)",
+        "and `EXPECTED.md`, the health checks that must fail on it. Numbers: held-out dialogue, 8 rows x 256",
+        "tokens; Figure-5 means of the last TTT layer; loss in nats per byte.", "",
+        "| checkpoint | verdict | must fail | val loss learned / gate 0 | gate tanh mean | l0 / lprev / lafter (layers.3) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in zoo_entries():
+        try:
+            m = read_config(out / entry.name).get("measured", {})
+        except Exception:  # noqa: BLE001 - an index row must not hide the others
+            m = {}
+        summ = m.get("summary", {})
+        f5 = m.get("figure5", {}).get("layers.3.ttt", {})
+        curves = " / ".join("-" if f5.get(k) is None else f"{f5[k]:.3f}" for k in ("l0", "lprev", "lafter")) if f5 else "-"
+        losses = " / ".join("-" if summ.get(k) is None else f"{summ[k]:.4f}" for k in ("val_loss_learned", "val_loss_gate0"))
+        gate = "-" if summ.get("gate_tanh_mean") is None else f"{summ['gate_tanh_mean']:.3f}"
+        lines.append(f"| [{entry.name}]({entry.name}/EXPECTED.md) | {'healthy' if entry.healthy else 'broken'} | "
+                     f"{', '.join(entry.expected_failures) or '-'} | {losses} | {gate} | {curves} |")
+    lines += ["", "Licence of the training text: chatterbot-corpus, BSD 3-Clause (see "
+              "`ttt_checks/models/reference/README.md`).", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _update_config(d: Path, patch: dict[str, Any]) -> None:
+    from ttt_checks.models.reference.checkpoint import _write_json_atomic
+
+    config = read_config(d)
+    config.update(patch)
+    _write_json_atomic(d / CONFIG_NAME, config)
+
+
+def list_zoo(zoo_dir: str | Path = DEFAULT_ZOO_DIR, broken: bool | None = None) -> list[tuple[ZooEntry, Path]]:
+    """The zoo's entries with their directories; raises when a checkpoint is missing on disk."""
+    zoo_dir = Path(zoo_dir)
+    rows = []
+    for entry in zoo_entries(broken):
+        d = zoo_dir / entry.name
+        if not (d / CONFIG_NAME).is_file() or not (d / TTT_WEIGHTS).is_file():
+            raise FileNotFoundError(f"zoo checkpoint {entry.name!r} is missing under {zoo_dir}; rebuild with: ttt-checks zoo build --out {zoo_dir}")
+        rows.append((entry, d))
+    return rows
+
+
+def zoo_path(name: str, zoo_dir: str | Path = DEFAULT_ZOO_DIR) -> Path:
+    """Directory of one zoo checkpoint by name (``healthy-seed0`` is the reference default)."""
+    if name not in ENTRIES and name != BASE_NAME:
+        raise KeyError(f"no zoo checkpoint named {name!r}; known: {[BASE_NAME, *ENTRIES]}")
+    return Path(zoo_dir) / name
