@@ -14,7 +14,8 @@
 #   -c, --cpus N            --cpus-per-task (default: the cluster's default)
 #   -m, --max-parallel K    at most K tasks at once (--array=0-N%K)
 #       --sbatch-arg ARG    extra sbatch option for every job (repeatable): --account=..., --mem=...
-#       --wait              wait for the merge job; exit with its code (0 all healthy, 1 not)
+#       --wait              wait for the merge job; exit with its code (0 all healthy, 1 not,
+#                           2 a checkpoint was not judged)
 #       --dry-run           print the sbatch commands instead of running them
 #   -h, --help
 #
@@ -25,7 +26,7 @@
 # they travel with the jobs (--export=ALL).
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "submit.sh: $1" >&2; exit "${2:-4}"; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -131,7 +132,10 @@ rc=0
 "${merge_cmd[@]}" || rc=$?
 if [[ -r $report_root/summary.txt ]]; then
   cat "$report_root/summary.txt"
-else
-  echo "submit.sh: the merge job wrote no summary (exit $rc): an array task failed to run; see $report_root/logs/" >&2
+  exit "$rc"
 fi
-exit "$rc"
+# A merge job cancelled before it started (its dependency failed) makes `sbatch --wait` return 0:
+# no summary means no verdict, whatever sbatch said.
+echo "submit.sh: the merge job wrote no summary (sbatch exit $rc): an array task failed to run," \
+     "see $report_root/*/junit-*.xml and $report_root/logs/" >&2
+exit 2

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -140,28 +141,35 @@ def _sbatch(cluster: SlurmCluster, args: list[str], env: dict[str, str], cwd: Pa
     return proc.stdout.strip().split(";")[0]
 
 
-def _junit(path: Path):
-    from junitparser import JUnitXml
-
-    xml = JUnitXml.fromfile(str(path))
-    return list(xml) if not hasattr(xml, "tests") or xml._tag == "testsuites" else [xml]
-
-
-def _properties(suite) -> dict[str, str]:
-    return {p.name: p.value for case in suite for p in getattr(case, "properties", lambda: [])()}
+def _junit(path: Path) -> list[ET.Element]:
+    """The test suites of a JUnit file (read with ElementTree: junitparser has no per-case properties)."""
+    root = ET.parse(path).getroot()
+    return [root] if root.tag == "testsuite" else root.findall("testsuite")
 
 
-def _case_results(suite) -> dict[str, str]:
+def _properties(suite: ET.Element) -> dict[str, str]:
+    return {p.get("name"): p.get("value") for p in suite.iter("property")}
+
+
+def _case_results(suite: ET.Element) -> dict[str, str]:
+    """Test case name -> passed | failure | error | skipped (the unnamed case of an interrupted run is left out)."""
     out = {}
-    for case in suite:
-        kinds = {type(r).__name__ for r in case.result}
-        out[case.name] = "failure" if "Failure" in kinds else "error" if "Error" in kinds else \
-            "skipped" if "Skipped" in kinds else "passed"
+    for case in suite.iter("testcase"):
+        if case.get("name") is None:
+            continue
+        tags = {child.tag for child in case}
+        out[case.get("name")] = next((t for t in ("failure", "error", "skipped") if t in tags), "passed")
     return out
 
 
-def _health_test_count() -> int:
-    return len(re.findall(r"^def test_", (REPO / "tests_gpu" / "test_health.py").read_text(), re.M))
+def _health_test_count(ckpt: Path) -> int:
+    """How many health tests pytest collects for a checkpoint (what every job's JUnit must hold)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", str(REPO / "tests_gpu"),
+                           "--ckpt", str(ckpt), "--device", "cpu", "-p", "no:cacheprovider", "--rootdir", str(REPO)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=_job_env(REPO / "reports"))
+    count = sum("::" in line for line in proc.stdout.splitlines())
+    assert proc.returncode == 0 and count > 0, proc.stdout + proc.stderr
+    return count
 
 
 def test_health_jobs_judge_a_healthy_and_a_broken_checkpoint(cluster, default_ckpt, broken_ckpt, tmp_path):
@@ -178,13 +186,13 @@ def test_health_jobs_judge_a_healthy_and_a_broken_checkpoint(cluster, default_ck
         want = "0:0" if label == "healthy" else "1:0"
         assert record["ExitCode"] == want, f"{label}: ExitCode {record['ExitCode']}, expected {want}\n{log.read_text()[-3000:]}"
 
-    count = _health_test_count()
     for label, ckpt in (("healthy", default_ckpt), ("broken", broken)):
         job = jobs[label]
         report = tmp_path / job
         (suite,) = _junit(report / f"junit-{job}.xml")
-        assert suite.name == f"ckpt-{ckpt.name}"
+        assert suite.get("name") == f"ckpt-{ckpt.name}"
         results = _case_results(suite)
+        count = _health_test_count(ckpt)
         assert len(results) == count, f"{label}: {len(results)} test cases, tests_gpu has {count}"
         props = _properties(suite)
         assert "checkpoint_keys.ok" in props and "checkpoint_keys.measured" in props and "checkpoint_keys.threshold" in props
@@ -222,7 +230,7 @@ def test_array_over_a_run_writes_junit_per_task_and_the_merge_gives_the_verdict(
     for task in ("0", "1"):
         assert (root / f"{array_id}_{task}" / f"junit-{array_id}_{task}.xml").is_file()
         assert (root / "logs" / f"ttt-array_{array_id}_{task}.out").is_file()
-    suites = {s.name: s for s in _junit(root / "merged.junit.xml")}
+    suites = {s.get("name"): s for s in _junit(root / "merged.junit.xml")}
     assert sorted(suites) == ["ckpt-checkpoint_000100", "ckpt-checkpoint_000200"]
     assert set(_case_results(suites["ckpt-checkpoint_000100"]).values()) <= {"passed", "skipped"}
     assert "failure" in _case_results(suites["ckpt-checkpoint_000200"]).values()
@@ -236,7 +244,7 @@ def test_a_task_that_cannot_run_leaves_error_junit_and_the_merge_never_runs(clus
     proc = cluster.run(["bash", str(SLURM / "submit.sh"), "--report-root", str(root), "--wait", str(default_ckpt),
                         "--", "--gates", "not-a-gate"], env=_job_env(root), cwd=tmp_path, timeout=300)
     assert proc.returncode != 0, proc.stdout
-    assert "wrote no summary" in proc.stderr
+    assert proc.returncode == 2 and "wrote no summary" in proc.stderr
     (junit,) = list(root.glob("*_0/junit-*_0.xml"))
     (suite,) = _junit(junit)
     assert _case_results(suite) == {"pytest_session": "error"}
