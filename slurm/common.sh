@@ -15,9 +15,28 @@
 
 set -euo pipefail
 
+_TTT_LAST_ERROR=
 ttt_die() {  # ttt_die CODE MESSAGE: print to stderr and exit
+  _TTT_LAST_ERROR=$2
   echo "ttt-checks[slurm]: $2" >&2
   exit "$1"
+}
+
+# ttt_guard_junit JUNIT SUITE: from here on, a job that ends without JUNIT (a broken TTT_PYTHON on
+# the node, an unreadable manifest, ...) still leaves one, with an error test case saying why.
+ttt_guard_junit() {
+  _TTT_GUARD_JUNIT=$1
+  _TTT_GUARD_SUITE=$2
+  trap '_ttt_on_exit $?' EXIT
+}
+
+_ttt_on_exit() {
+  local code=$1
+  if [[ -n ${_TTT_GUARD_JUNIT:-} && ! -s $_TTT_GUARD_JUNIT ]]; then
+    mkdir -p "$(dirname "$_TTT_GUARD_JUNIT")" 2>/dev/null || return 0
+    ttt_write_error_junit "$_TTT_GUARD_JUNIT" "$_TTT_GUARD_SUITE" \
+      "the job ended with code $code before pytest ran: ${_TTT_LAST_ERROR:-see the job output}" 2>/dev/null || true
+  fi
 }
 
 ttt_init() {

@@ -130,7 +130,8 @@ def broken_ckpt() -> tuple[Path, set[str]]:
 def _job_env(report_root: Path, **extra: str) -> dict[str, str]:
     """Environment the jobs inherit (sbatch exports it): this interpreter, this clone, no pytest worker state."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "CUDA_VISIBLE_DEVICES"}
-    env.update(TTT_PYTHON=sys.executable, TTT_CHECKS_REPO=str(REPO), TTT_REPORT_ROOT=str(report_root), **extra)
+    env.update({"TTT_PYTHON": sys.executable, "TTT_CHECKS_REPO": str(REPO), "TTT_REPORT_ROOT": str(report_root),
+                **extra})
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
     return env
 
@@ -250,6 +251,19 @@ def test_a_task_that_cannot_run_leaves_error_junit_and_the_merge_never_runs(clus
     assert _case_results(suite) == {"pytest_session": "error"}
     assert "exited with code 4" in junit.read_text()  # pytest's usage error, said in the JUnit
     assert not (root / "merged.junit.xml").exists()
+
+
+def test_a_job_that_fails_before_pytest_still_leaves_junit(cluster, default_ckpt, tmp_path):
+    manifest = tmp_path / "checkpoints.txt"
+    manifest.write_text(f"{default_ckpt}\n")
+    env = _job_env(tmp_path, TTT_PYTHON=str(tmp_path / "no-such-python"))
+    job = _sbatch(cluster, ["--array=0-0", str(SLURM / "array.sbatch"), str(manifest)], env, tmp_path)
+    (task,) = wait_for_jobs(cluster, job, timeout_s=120)
+    assert task["ExitCode"] == "4:0", task
+    junit = tmp_path / f"{job}_0" / f"junit-{job}_0.xml"
+    (suite,) = _junit(junit)
+    assert suite.get("name") == f"task-{job}_0" and _case_results(suite) == {"pytest_session": "error"}
+    assert "cannot import ttt_checks" in junit.read_text()
 
 
 SLEEPER = """
