@@ -234,6 +234,8 @@ def test_nan_in_ttt_weights_breaks_even_gate_zero(tiny):
     adapter = MoshiAdapter(tiny.nan, **tiny.base.options)
     verdict = checks.gate0_matches_vanilla(adapter, adapter.load_inputs(max_positions=40).teacher_forced)
     assert not verdict.ok and "not finite" in verdict.explanation
+    result = adapter.teacher_forced(adapter.load_inputs(max_positions=40).teacher_forced)
+    assert not result.outputs_finite and not np.isfinite(result.outer_loss).any()  # never averaged away
 
 
 def test_unused_parameters_are_found_at_init_and_moved_ones_flagged(tiny, tmp_path):
@@ -322,7 +324,8 @@ def test_health_suite_on_the_healthy_tiny_checkpoint(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("variant, select, failing", [
-    ("nan", "finite or every_ttt_key", {"test_checkpoint_tensors_are_finite", "test_inner_losses_are_finite"}),
+    ("nan", "finite or every_ttt_key or hurt", {"test_checkpoint_tensors_are_finite", "test_inner_losses_are_finite",
+                                                "test_ttt_does_not_hurt_the_outer_loss"}),
     ("missing", "every_ttt_key", {"test_checkpoint_has_every_ttt_key"}),
     ("collapsed", "collapsed or hurt", {"test_gates_have_not_collapsed"}),
     ("no_state", "persists", {"test_ttt_state_persists_across_streaming_calls"}),

@@ -247,21 +247,21 @@ class MoshiAdapter(Adapter):
         with contextlib.ExitStack() as stack:
             if probe is not None:
                 stack.enter_context(probe.attach(self.ttt_modules()))
-            text_ce, audio_ce, finite = self._losses(codes, chunk)
+            text_ce, text_mask, audio_ce, audio_mask, finite = self._losses(codes, chunk)
+        # Scored positions keep their value, NaN included (a NaN logit must fail the checks, never
+        # be averaged away); positions a delayed stream cannot score are left out by the masks.
         w = torch.ones(audio_ce.shape[1], dtype=torch.float64)
         w[0] = self.first_codebook_weight
-        valid_a = torch.isfinite(audio_ce)
-        audio = (torch.where(valid_a, audio_ce, 0.0) * w[None, :, None]).sum(1) / (valid_a * w[None, :, None]).sum(1).clamp_min(1e-12)
-        audio = torch.where(valid_a.any(1), audio, torch.nan)
-        text = torch.where(torch.isfinite(text_ce), text_ce, 0.0)
-        per_pos = (text + audio).mean(0)  # [T]
-        # positions where no audio codebook can be scored (the last frame of delayed codebooks)
-        # keep the text loss only
-        per_pos = torch.where(torch.isfinite(per_pos), per_pos, text.mean(0))
+        wm = audio_mask.double() * w[None, :, None]
+        audio = torch.where(audio_mask, audio_ce, 0.0).mul(w[None, :, None]).sum(1) / wm.sum(1).clamp_min(1e-12)
+        text = torch.where(text_mask, text_ce, 0.0)
+        per_row = torch.where(audio_mask.any(1), text + audio, text)  # [B, T]
+        per_pos = per_row.mean(0)
+        audio_scored = torch.where(audio_mask.any(1), audio, torch.nan)
         return ForwardResult(
             outer_loss=per_pos.numpy(), outputs_finite=finite, positions=int(codes.shape[-1]),
-            extra={"chunk": chunk, "text_loss": float(text.mean()), "audio_loss": float(torch.nanmean(audio)),
-                   "audio_loss_per_codebook": [float(torch.nanmean(audio_ce[:, k])) for k in range(audio_ce.shape[1])],
+            extra={"chunk": chunk, "text_loss": float(text.mean()), "audio_loss": float(audio_scored[audio_mask.any(1)].mean()),
+                   "audio_loss_per_codebook": [float(audio_ce[:, k][audio_mask[:, k]].mean()) for k in range(audio_ce.shape[1])],
                    "first_codebook_weight": self.first_codebook_weight,
                    "weighting": "text CE + (w0*CE_0 + sum_k>0 CE_k) / (w0 + K - 1) over Moshi's audio codebooks"},
         )
@@ -304,20 +304,20 @@ class MoshiAdapter(Adapter):
         text_mask &= codes[:, :1] != lm.zero_token_id
         return audio_logits, audio_mask, text_logits, text_mask
 
-    def _losses(self, codes: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Per-position CE: text [B, T] and audio [B, dep_q, T] (NaN where a position is not scored)."""
+    def _losses(self, codes: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Per-position CE and scored masks: text [B, T], audio [B, dep_q, T]."""
         audio_logits, audio_mask, text_logits, text_mask = self.logits(codes, chunk)
         finite = bool(torch.isfinite(audio_logits[audio_mask]).all() and torch.isfinite(text_logits[text_mask]).all())
 
         def ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            logp = torch.log_softmax(logits.double().nan_to_num(0.0), dim=-1)
+            logp = torch.log_softmax(logits.double(), dim=-1)  # NaN rows stay NaN
             nll = -logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
             return torch.where(mask, nll, torch.nan).cpu()
 
         lm = self.lm
         audio_ce = ce(audio_logits, codes[:, 1: 1 + lm.dep_q], audio_mask)
         text_ce = ce(text_logits, codes[:, :1], text_mask)[:, 0]
-        return text_ce, audio_ce, finite
+        return text_ce, text_mask[:, 0].cpu(), audio_ce, audio_mask.cpu(), finite
 
     # -- gates ----------------------------------------------------------------------------------
 
