@@ -71,6 +71,14 @@ def test_no_collapse_at_any_gate_of_the_sweep(ttt_check):
     ttt_check("talk_collapse")
 
 
+def test_model_specific_checks(ttt_run, ttt_check):
+    """Checks one model family alone can make (Moshi: gate 0 reproduces vanilla Moshi logits,
+    parameters the user's code never applied, state carried frame by frame, causality leak)."""
+    if not hasattr(ttt_run.adapter, "model_checks"):
+        pytest.skip(f"the {ttt_run.adapter.name} adapter has no model-specific checks")
+    ttt_check("model_specific")
+
+
 def test_no_regression_against_the_baseline(ttt_run, ttt_check):
     """Runs last: compares every metric of this run with --baseline (skipped when none is given)."""
     if ttt_run.options.baseline is None:

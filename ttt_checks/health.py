@@ -284,15 +284,24 @@ def figure5_adaptation(stats: Mapping[str, Figure5Stats], th: Mapping[str, float
 # ---------------------------------------------------------------------------------------------
 
 
-def checkpoint_keys(expected: Sequence[str], present: Iterable[str]) -> Verdict:
+def checkpoint_keys(expected: Sequence[str], present: Iterable[str], unexpected: Sequence[str] = ()) -> Verdict:
+    """Every TTT tensor the config implies is in the file, and no TTT tensor the config lacks."""
     present = set(present)
     missing = [k for k in expected if k not in present]
     if not expected:
         return cannot_measure("checkpoint_keys", "the adapter lists no expected TTT keys")
-    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return Verdict("checkpoint_keys", not missing, len(missing), 0,
-                   f"missing TTT keys: {shown}" if missing else f"all {len(expected)} TTT keys present",
-                   details={"missing": missing})
+
+    def shown(keys: Sequence[str]) -> str:
+        return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing TTT keys: {shown(missing)}")
+    if unexpected:
+        problems.append(f"unexpected TTT keys (no layer of the config takes them): {shown(list(unexpected))}")
+    return Verdict("checkpoint_keys", not problems, len(missing) + len(unexpected), 0,
+                   "; ".join(problems) or f"all {len(expected)} TTT keys present",
+                   details={"missing": missing, "unexpected": list(unexpected)})
 
 
 def checkpoint_finite(state: Mapping[str, Any]) -> Verdict:

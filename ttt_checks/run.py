@@ -250,7 +250,13 @@ class HealthRun:
         return self.verdicts[check]
 
     def _check_checkpoint_keys(self):
-        return [health.checkpoint_keys(self.adapter.expected_ttt_keys(), self.adapter.state().keys())]
+        unexpected = getattr(self.adapter, "unexpected_ttt_keys", lambda: [])()
+        return [health.checkpoint_keys(self.adapter.expected_ttt_keys(), self.adapter.state().keys(), unexpected)]
+
+    def _check_model_specific(self):
+        """Checks only one model family can make (Moshi: gate 0 == vanilla Moshi, ...)."""
+        checks = getattr(self.adapter, "model_checks", None)
+        return [] if checks is None else self._timed("model_checks", lambda: checks(self.inputs.teacher_forced))
 
     def _check_checkpoint_finite(self):
         return [health.checkpoint_finite(self.adapter.state())]
@@ -398,7 +404,7 @@ TALK_CHECKS = ("talk_base", "talk_learned", "talk_collapse")
 CHECKS = [
     "checkpoint_keys", "checkpoint_finite", "figure5_collected", "figure5_finite", "figure5_bounded",
     "figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats", "ttt_helps",
-    "dead_parameters", "state_persistence", *TALK_CHECKS,
+    "dead_parameters", "state_persistence", *TALK_CHECKS, "model_specific",
 ]
 
 

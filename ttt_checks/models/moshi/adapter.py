@@ -158,6 +158,23 @@ class MoshiAdapter(Adapter):
     def expected_ttt_keys(self) -> list[str]:
         return [k for lk in self.loaded.keys.values() for k in lk.expected]
 
+    def unexpected_ttt_keys(self) -> list[str]:
+        """TTT-looking tensors in the checkpoint that no TTT layer of the config takes."""
+        return list(self.loaded.report.unexpected_ttt)
+
+    def model_checks(self, inputs: Any) -> list:
+        """Moshi-specific verdicts: gate 0 reproduces vanilla Moshi, parameters the user's code
+        never applied are still at init, state carried frame by frame, the intra-mini-batch
+        causality leak (a warning with its size, never hidden)."""
+        from ttt_checks.models.moshi import checks
+
+        return [
+            checks.gate0_matches_vanilla(self, inputs),
+            checks.unused_parameters_at_init(self),
+            *checks.state_carried(self, inputs),
+            *checks.causality_leak(self, inputs),
+        ]
+
     def unused_ttt_keys(self) -> list[str]:
         """Tensors the user's module holds but its forward never applies (post_norm, wo, backward gate)."""
         return [k for lk in self.loaded.keys.values() for k in lk.unused]
