@@ -24,6 +24,8 @@ MARKERS = {
     "slow": "long-running tests (training, long sequences)",
 }
 
+MOSHI_BASE_OPTIONS = ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "mimi_config")
+
 _RUN_KEY = pytest.StashKey["object"]()
 _OPTIONS_KEY = pytest.StashKey["object"]()
 
@@ -44,6 +46,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--threshold", action="append", default=[], metavar="NAME=VALUE",
                     help="override one threshold (repeatable); names: see [tool.ttt_checks] in pyproject.toml")
     group.addoption("--asr", default="default", help="Whisper backend: default | faster-whisper:PATH | openai-whisper:NAME")
+    group.addoption("--hf-repo", default=None, help="Moshi base weights: HF repo id in the local cache (default kyutai/moshiko-pytorch-bf16)")
+    group.addoption("--moshi-weight", default=None, help="Moshi base LM weights (safetensors), instead of --hf-repo")
+    group.addoption("--mimi-weight", default=None, help="Mimi codec weights (safetensors), instead of --hf-repo")
+    group.addoption("--tokenizer", default=None, help="Moshi text tokenizer (sentencepiece .model), instead of --hf-repo")
+    group.addoption("--mimi-config", default=None, help="Mimi config JSON for non-default (e.g. tiny) Mimi models")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -182,7 +189,8 @@ def ttt_run(request: pytest.FixtureRequest):
 
     progress(f"loading checkpoint {config.getoption('--ckpt') or '(embedded default)'} on {options.device}")
     try:
-        adapter = resolve(config.getoption("--ckpt"), device=options.device)
+        adapter = resolve(config.getoption("--ckpt"), device=options.device,
+                          **{name: config.getoption(f"--{name.replace('_', '-')}") for name in MOSHI_BASE_OPTIONS})
     except Exception as exc:  # every test of the run fails with the cause, not a bare traceback
         pytest.fail(f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
                     f"{type(exc).__name__}: {exc}", pytrace=False)

@@ -73,13 +73,20 @@ def detect(ckpt: str | Path | None) -> tuple[str, Path]:
     )
 
 
-def resolve(ckpt: str | Path | None, **adapter_options: Any) -> Adapter:
-    """The adapter for ``ckpt`` (None: the embedded default), loaded."""
+def resolve(ckpt: str | Path | None, device: str = "cpu", **moshi_options: Any) -> Adapter:
+    """The adapter for ``ckpt`` (None: the embedded default), loaded on ``device``.
+
+    ``moshi_options`` (hf_repo, moshi_weight, mimi_weight, tokenizer, mimi_config) say where a
+    moshi-finetune checkpoint's base weights are; None values fall back to the environment.
+    """
     family, path = detect(ckpt)
     if family == "reference":
         from ttt_checks.models.reference.adapter import ReferenceAdapter
 
-        return ReferenceAdapter(path, **adapter_options)
+        adapter = ReferenceAdapter(path)
+        if device != "cpu":
+            adapter.model.to(device)
+        return adapter
     from ttt_checks.models.moshi.adapter import MoshiAdapter
 
-    return MoshiAdapter(path, **adapter_options)
+    return MoshiAdapter(path, device=device, **{k: v for k, v in moshi_options.items() if v is not None})
