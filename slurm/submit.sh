@@ -45,6 +45,7 @@ pytest_args=()
 need_value() { (( $2 >= 2 )) || die "$1 needs a value (see --help)"; }
 while (( $# > 0 )); do
   case $1 in
+    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # --option=value -> --option value
     -r|--report-root) need_value "$1" $#; report_root=$2; shift 2 ;;
     -p|--partition) need_value "$1" $#; partition=$2; shift 2 ;;
     -g|--gpus) need_value "$1" $#; gpus=$2; shift 2 ;;

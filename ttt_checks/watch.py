@@ -29,6 +29,7 @@ import argparse
 import datetime as _dt
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -268,8 +269,11 @@ def subprocess_gate(args: argparse.Namespace) -> GateFn:
             argv += ["--max-positions", str(args.max_positions)]
         argv += list(args.pytest_arg)
         t0 = time.perf_counter()
+        command = [sys.executable, "-m", "pytest", *argv]
         with open(report_dir / "pytest.log", "w") as log:
-            code = subprocess.call([sys.executable, "-m", "pytest", *argv], cwd=gate_module.REPO_ROOT,
+            log.write("$ " + shlex.join(command) + "\n")
+            log.flush()
+            code = subprocess.call(command, cwd=gate_module.REPO_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
         print(gate_module.summary(report_dir.resolve(), code, time.perf_counter() - t0), flush=True)
         return code
