@@ -117,13 +117,20 @@ def _close(a, b) -> bool:
 
 
 def test_serial_and_two_workers_measure_the_same_default_checkpoint(tmp_path):
-    """`pytest -m gpu tests_gpu --device cpu` serially and with -n 2: same verdicts, same measurements."""
+    """`pytest -m gpu tests_gpu --device cpu` serially and with -n 2: same verdicts, same measurements.
+
+    Each worker loads the model once (the session fixture) and measures what its tests need; the
+    controller merges the workers' metrics.json. Measured values must agree to 1e-6 (relative).
+    """
     from ttt_checks.models.registry import default_checkpoint
 
     ckpt = default_checkpoint()  # the embedded default ships with the clone; missing it is a failure
     common = [sys.executable, "-m", "pytest", "-m", "gpu", str(REPO / "tests_gpu"), "--ckpt", str(ckpt),
-              "--device", "cpu", "--gates", "0,learned", "--max-positions", "96", "-p", "no:cacheprovider",
-              "-q", "--rootdir", str(REPO)]
+              "--device", "cpu", "--gates", "0,learned", "--max-positions", "64", "-p", "no:cacheprovider",
+              "-q", "--rootdir", str(REPO),
+              # The Whisper sweep is left out to keep this short (it doubled the run on 2 cores);
+              # every other measurement, the streaming pass included, is compared.
+              "-k", "not talk and not collapse"]
     runs = {}
     for label, extra in (("serial", []), ("parallel", ["-n", "2"])):
         report = tmp_path / label
