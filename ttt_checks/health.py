@@ -45,7 +45,8 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("dead_max_fraction", 0.0, "fraction of trainable TTT tensors still at their initial value"),
         Threshold("talk_min_base_words", 3.0, "words Whisper must hear at gate 0 (the base model) for the sweep to mean anything"),
         Threshold("talk_min_learned_ratio", 0.5, "words at the learned gate / words at gate 0"),
-        Threshold("talk_max_repeat_rate", 0.5, "repeated 4-gram rate above this at any gate is a repetition collapse"),
+        Threshold("talk_max_repeat_rate", 0.5, "repeated 4-gram rate of a reply above this is a repetition collapse"),
+        Threshold("talk_collapsed_share", 0.5, "a gate has collapsed when at least this share of its replies collapse (silence, repetition, gibberish)"),
         Threshold("baseline_rel_tolerance", 0.1, "relative change of a metric vs the baseline that counts as a regression"),
     ]
 }

@@ -167,9 +167,14 @@ class HealthRun:
 
     @cached_property
     def streamed(self) -> dict[str, Figure5Record]:
-        """Figure-5 records of a pass fed one token per call, as streaming inference does."""
+        """Figure-5 records of a pass fed one token per call, as streaming inference does. Four
+        mini-batches are enough to see whether lprev departs from l0 after the first one."""
         probe = Figure5Probe()
-        self._timed("streamed", lambda: self.adapter.teacher_forced(self.inputs.teacher_forced, probe=probe, chunk=1))
+        positions = 4 * max((i.mini_batch_size for i in self.layers), default=1)
+        if self.options.max_positions:
+            positions = min(positions, self.options.max_positions)
+        inputs = self._timed("load_inputs", lambda: self.adapter.load_inputs(self.options.input_path, positions))
+        self._timed("streamed", lambda: self.adapter.teacher_forced(inputs.teacher_forced, probe=probe, chunk=1))
         out = {}
         for info in self.layers:
             try:
@@ -180,8 +185,13 @@ class HealthRun:
 
     @cached_property
     def sweep(self) -> list[dict[str, Any]]:
-        """The gating sweep: one batched generation per prompt over every gate, then per gate one
-        wav (the prompts' replies in a row), its Whisper transcript and the talk metrics."""
+        """The gating sweep: one batched generation per prompt over every gate; then per gate and
+        reply a Whisper transcript, talk metrics and a collapse judgement, and per gate one wav
+        (the replies in a row, for listening).
+
+        Collapse is judged per reply, never on the replies glued together (phrases shared across
+        replies are not a loop), and a gate collapses when at least half of its replies do.
+        """
         from ttt_checks.asr import get_transcriber
         from ttt_checks.audio import write_wav
         from ttt_checks.metrics.talk import judge_collapse, talk_metrics
@@ -197,27 +207,40 @@ class HealthRun:
         out_dir = self.report_dir / "sweep"
         rows = []
         for index, gate in enumerate(gates):
+            label = gate_label(gate)
             clips = [gens[index] for gens in per_prompt]
+            replies = []
+            for prompt, clip in zip(prompts, clips):
+                audio = np.asarray(clip.audio, np.float32)
+                transcript = self._timed("transcribe", lambda: transcriber.transcribe(audio, clip.sample_rate))
+                talk = talk_metrics(audio, clip.sample_rate, transcript)
+                collapse = judge_collapse(talk, min_words=int(self.th["talk_min_base_words"]),
+                                          max_seq_rep_4=self.th["talk_max_repeat_rate"])
+                replies.append({"prompt": str(prompt), "model_text": clip.text, "transcript": transcript.text,
+                                "words": int(talk.words), "talk": talk.to_dict(), "collapse": collapse.to_dict()})
             rate = clips[0].sample_rate
             pause = np.zeros(int(0.5 * rate), dtype=np.float32)
-            audio = np.concatenate([part for c in clips for part in (np.asarray(c.audio, np.float32), pause)])
-            label = gate_label(gate)
-            wav = write_wav(out_dir / f"gate_{label}.wav", audio, rate)
-            transcript = self._timed("transcribe", lambda: transcriber.transcribe(audio, rate))
-            talk = talk_metrics(audio, rate, transcript)
-            collapse = judge_collapse(talk, min_words=int(self.th["talk_min_base_words"]),
-                                      max_seq_rep_4=self.th["talk_max_repeat_rate"])
-            texts = [c.text for c in clips if c.text is not None]
+            wav = write_wav(out_dir / f"gate_{label}.wav",
+                            np.concatenate([x for c in clips for x in (np.asarray(c.audio, np.float32), pause)]), rate)
+            collapsed = [i for i, r in enumerate(replies) if r["collapse"]["collapsed"]]
+            kinds = sorted({k for i in collapsed for k in replies[i]["collapse"]["kinds"]})
             row = {
-                "label": label, "gate": label, "gate_alpha": float(np.mean([c.gate_alpha for c in clips])),
-                "gate_tanh": float(np.mean([c.gate_tanh for c in clips])), "words": int(talk.words),
-                "transcript": transcript.text, "model_text": " | ".join(texts) if texts else None,
-                "wav": str(wav), "talk": talk.to_dict(), "collapse": collapse.to_dict(),
+                "label": label, "gate_alpha": float(np.mean([c.gate_alpha for c in clips])),
+                "gate_tanh": float(np.mean([c.gate_tanh for c in clips])),
+                "words": sum(r["words"] for r in replies),
+                "transcript": " | ".join(r["transcript"] for r in replies),
+                "model_text": " | ".join(r["model_text"] for r in replies if r["model_text"] is not None) or None,
+                "wav": str(wav), "replies": replies,
+                "collapse": {"collapsed": len(collapsed) >= self.th["talk_collapsed_share"] * len(replies), "kinds": kinds,
+                             "replies_collapsed": len(collapsed), "replies": len(replies),
+                             "reasons": [f"reply {i + 1}: {'; '.join(replies[i]['collapse']['reasons'])}" for i in collapsed]},
             }
-            txt = write_text_atomic(out_dir / f"gate_{label}.txt",
-                                    f"gate {label} (tanh {row['gate_tanh']:.3f})\nmodel text: {row['model_text']}\n"
-                                    f"transcript: {transcript.text}\nwords counted: {talk.words}\n"
-                                    f"collapse: {', '.join(collapse.reasons) or 'none'}\n")
+            lines = [f"gate {label} (raw alpha {row['gate_alpha']:.3f}, tanh {row['gate_tanh']:.3f})"]
+            for i, r in enumerate(replies, 1):
+                lines += [f"reply {i} to {r['prompt']!r}", f"  model text: {r['model_text']}",
+                          f"  transcript: {r['transcript']}", f"  words counted: {r['words']}",
+                          f"  collapse: {'; '.join(r['collapse']['reasons']) or 'none'}"]
+            txt = write_text_atomic(out_dir / f"gate_{label}.txt", "\n".join(lines) + "\n")
             rows.append(row)
             for check in TALK_CHECKS:
                 self.add_artifact(check, Path(wav))
@@ -324,10 +347,13 @@ class HealthRun:
         out = []
         for row in self.sweep:
             c = row["collapse"]
-            out.append(Verdict("talk_collapse", not c["collapsed"], ", ".join(c["kinds"]) or "none", "none",
-                               f"gate {row['label']} (tanh {row['gate_tanh']:.3f}): " +
-                               ("; ".join(c["reasons"]) if c["collapsed"] else f"{row['words']} words, no collapse: {row['transcript']!r}"),
-                               layer=f"gate {row['label']}"))
+            share = c["replies_collapsed"] / c["replies"]
+            detail = "; ".join(c["reasons"])
+            out.append(Verdict("talk_collapse", not c["collapsed"], share, self.th["talk_collapsed_share"],
+                               f"gate {row['label']} (tanh {row['gate_tanh']:.3f}): {c['replies_collapsed']} of {c['replies']} replies "
+                               + (f"collapsed ({', '.join(c['kinds'])}): {detail}" if c["collapsed"] else
+                                  f"collapsed{(': ' + detail) if detail else ''}; {row['words']} words in all"),
+                               layer=f"gate {row['label']}", details={"kinds": c["kinds"]}))
         return out
 
     def _check_baseline_regression(self):
