@@ -42,7 +42,7 @@ def summarise(path: Path) -> list[SuiteSummary]:
     from junitparser import Error, Failure, JUnitXml, Skipped, TestSuite
 
     xml = JUnitXml.fromfile(str(path))
-    suites = [xml] if isinstance(xml, TestSuite) else list(xml)
+    suites = sorted([xml] if isinstance(xml, TestSuite) else list(xml), key=lambda s: s.name or "")
     out = []
     for suite in suites:
         summary = SuiteSummary(name=suite.name or "(unnamed)")
