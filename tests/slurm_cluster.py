@@ -61,7 +61,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 @dataclass
 class SlurmCluster:
-    """A running single-node cluster; :meth:`stop` ends its daemons by their pid files."""
+    """A running single-node cluster; :meth:`stop` ends its daemons by their pid files.
+
+    ``startup_s``: seconds from the first daemon start until ``sinfo`` shows the node idle.
+    """
 
     root: Path
     node: str
@@ -97,31 +100,38 @@ class SlurmCluster:
         if (self.root / "slurm.conf").exists() and shutil.which("scancel"):
             subprocess.run(["scancel", "--full", "--user", str(os.getuid())], env=self.env,
                            capture_output=True, timeout=30)
-        for pid_file in reversed(self.pid_files):
+        pids = []
+        for pid_file in self.pid_files:
             try:
-                pid = int(pid_file.read_text().split()[0])
+                pids.append(int(pid_file.read_text().split()[0]))
             except (OSError, ValueError, IndexError):
                 continue
-            _terminate(pid)
+        _terminate(pids)
 
 
-def _terminate(pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s`` if the process is still there."""
+def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+        return False
+    return True
+
+
+def _terminate(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM to each of ``pids`` (only these), then SIGKILL to those still there after ``grace_s``."""
+    for pid in pids:
         try:
-            os.kill(pid, 0)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _check_prerequisites() -> None:

@@ -20,6 +20,7 @@ import textwrap
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -96,15 +97,30 @@ def test_submit_rejects_bad_arguments(tmp_path):
 # -- the cluster ------------------------------------------------------------------------------
 
 
+def slurm_unavailable(reason: str) -> NoReturn:
+    """Skip with the reason; under CI=true fail instead, since CI must prove the scripts work."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and the local Slurm cluster cannot start: {reason}", pytrace=False)
+    pytest.skip(f"no local Slurm cluster: {reason}")
+
+
+def test_ci_turns_a_missing_slurm_into_a_failure(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        slurm_unavailable("slurmctld missing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="slurmctld missing"):
+        slurm_unavailable("slurmctld missing")
+
+
 @pytest.fixture(scope="session")
 def cluster():
     root = Path(tempfile.mkdtemp(prefix="ttt-slurm-"))
     try:
         started = start_cluster(root)
     except SlurmUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the local Slurm cluster cannot start: {exc}", pytrace=False)
-        pytest.skip(f"no local Slurm cluster: {exc}")
+        shutil.rmtree(root, ignore_errors=True)
+        slurm_unavailable(str(exc))
     print(f"slurm cluster up in {started.startup_s:.1f} s under {root}")
     yield started
     started.stop()
