@@ -318,18 +318,44 @@ def test_a_hung_test_times_out_and_still_yields_junit(cluster, default_ckpt, tmp
     assert "Timeout" in junit.read_text()
 
 
-def test_usr1_before_the_time_limit_stops_pytest_and_flushes_its_reports(cluster, default_ckpt, tmp_path):
-    """A real time limit: Slurm itself sends USR1 (here 40 s before a 1-minute limit, not 120 s, to stay short)."""
-    env = _job_env(tmp_path, SLEEPER_STARTED=str(tmp_path / "started"))
-    job = _sbatch(cluster, ["--time=00:01:00", "--signal=B:USR1@40", str(SLURM / "health.sbatch"), str(default_ckpt),
+def test_usr1_stops_pytest_and_flushes_its_reports(cluster, default_ckpt, tmp_path):
+    """USR1 to the batch shell, as Slurm sends it before the limit; here at a known moment (scancel)."""
+    started = tmp_path / "started"
+    env = _job_env(tmp_path, SLEEPER_STARTED=str(started))
+    job = _sbatch(cluster, ["--time=00:05:00", str(SLURM / "health.sbatch"), str(default_ckpt),
                             str(_sleeper(tmp_path)), "-k", "hangs or checkpoint_has_every_ttt_key"], env, tmp_path)
-    (record,) = wait_for_jobs(cluster, job, timeout_s=180)
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert started.exists(), "the hanging test never started"
+    signalled = cluster.run(["scancel", "--batch", "--signal=USR1", job])
+    assert signalled.returncode == 0, signalled.stderr
+    t0 = time.perf_counter()
+    (record,) = wait_for_jobs(cluster, job, timeout_s=120)
+    assert time.perf_counter() - t0 < 60, "pytest did not stop promptly on USR1"
     log = (tmp_path / f"ttt-health-{job}.out").read_text()
-    # Ended by the trap, with pytest's "interrupted" code, before Slurm's TIMEOUT kill.
-    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0"), log
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0"), log  # pytest's "interrupted"
     assert "USR1: the time limit is near" in log
     report = tmp_path / job
     assert (report / "TIME_LIMIT_REACHED").is_file() and (report / "exit_code").read_text().strip() == "2"
     (suite,) = _junit(report / f"junit-{job}.xml")  # pytest's own JUnit, with the test that finished
     assert _case_results(suite).get("test_checkpoint_has_every_ttt_key") == "passed", _case_results(suite)
     assert json.loads((report / "metrics.json").read_text())["complete"] is False
+
+
+def test_slurm_sends_usr1_before_the_time_limit_and_the_job_ends_first(cluster, default_ckpt, tmp_path):
+    """The real timer: --signal=B:USR1@58 on a 1-minute limit, so Slurm signals at its first check.
+
+    The trap ends the job (FAILED, exit 2) before Slurm's TIMEOUT kill, and a JUnit exists even
+    when the signal lands before pytest has started a test (then it is the trap's error JUnit).
+    """
+    env = _job_env(tmp_path, SLEEPER_STARTED=str(tmp_path / "started"))
+    job = _sbatch(cluster, ["--time=00:01:00", "--signal=B:USR1@58", str(SLURM / "health.sbatch"), str(default_ckpt),
+                            str(_sleeper(tmp_path)), "-k", "hangs"], env, tmp_path)
+    (record,) = wait_for_jobs(cluster, job, timeout_s=180)
+    log = (tmp_path / f"ttt-health-{job}.out").read_text()
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0"), log
+    assert "USR1: the time limit is near" in log
+    report = tmp_path / job
+    assert (report / "TIME_LIMIT_REACHED").is_file()
+    assert _junit(report / f"junit-{job}.xml"), "no JUnit after the time-limit signal"
