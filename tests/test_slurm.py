@@ -121,7 +121,7 @@ def cluster():
     except SlurmUnavailable as exc:
         shutil.rmtree(root, ignore_errors=True)
         slurm_unavailable(str(exc))
-    print(f"slurm cluster up in {started.startup_s:.1f} s under {root}")
+    print(f"slurm cluster up in {started.startup_s:.2f} s under {root}")
     yield started
     started.stop()
     shutil.rmtree(root, ignore_errors=True)
