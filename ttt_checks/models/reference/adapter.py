@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ttt_checks.models.base import Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo
-from ttt_checks.models.reference.checkpoint import LoadedCheckpoint, is_ttt_key, load_checkpoint
+from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
 
@@ -109,8 +109,9 @@ class ReferenceAdapter(Adapter):
         if self._initial is None:
             from ttt_checks.models.reference.train import build_with_ttt_init
 
+            # In the storage dtype: an untrained checkpoint stores exactly these values.
             fresh = build_with_ttt_init(self.loaded.decoder_config, int(self.loaded.config.get("ttt_init_seed", 0)))
-            self._initial = {k: v.detach().clone() for k, v in fresh.state_dict().items() if is_ttt_key(k)}
+            self._initial = {k: v.detach().to(STORE_DTYPE) for k, v in fresh.state_dict().items() if is_ttt_key(k)}
         return self._initial
 
     def ttt_modules(self) -> Mapping[str, torch.nn.Module]:

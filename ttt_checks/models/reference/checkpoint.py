@@ -67,6 +67,7 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=False)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; checkpoints are meant to be shared
     os.replace(tmp, path)
 
 

@@ -31,7 +31,7 @@ class PretrainRecipe:
     """Next-token training of the base decoder (no TTT)."""
 
     seed: int = 0
-    steps: int = 700
+    steps: int = 500
     batch: int = 16
     seq_len: int = 256
     lr: float = 3e-3
@@ -50,7 +50,7 @@ class FinetuneRecipe:
 
     seed: int = 0
     init_seed: int = 1000
-    steps: int = 240
+    steps: int = 200
     batch: int = 16
     seq_len: int = 256
     lr: float = 3e-3

@@ -6,10 +6,10 @@ Each broken checkpoint reproduces one failure mode of the user's Moshi+TTT runs
 is cheap to train it is trained; otherwise the checkpoint is a documented transformation of
 ``healthy-seed0``.
 
-Check names are those of ``ttt_checks.run.CHECKS`` (the health suite's rules); a broken
-checkpoint lists exactly the checks it must fail, and a healthy one none. The gating-sweep
-symptom (fewer words, repetition), judged on transcribed audio, is described in
-``sweep_symptom`` as well.
+Check names are those of ``ttt_checks.run.CHECKS`` (the health suite's rules). A broken
+checkpoint names the checks its defect is aimed at (``built_to_fail``) and every check that
+fails on it (``expected_failures``: the aimed-at ones plus the measured consequences, e.g. a
+high inner lr also makes the outer loop shrink the gate); a healthy one names none.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class ZooEntry:
     healthy: bool
     summary: str
     how: str  # "trained" (a real run) or "transformed" (a documented edit of healthy-seed0)
-    expected_failures: tuple[str, ...] = ()  # health checks that must FAIL on it (none for healthy ones)
+    built_to_fail: tuple[str, ...] = ()  # the checks its defect is aimed at
+    expected_failures: tuple[str, ...] = ()  # every check that fails on it, as measured (consequences included)
     mirrors: str = ""  # the user's failure it reproduces
     details: str = ""
     sweep_symptom: str = ""  # what the gating sweep should show (replies at gates 0 / learned / 1)
@@ -57,7 +58,8 @@ class ZooEntry:
         return DEFAULT_ZOO_DIR / self.name
 
     def expected(self) -> dict[str, Any]:
-        return {"healthy": self.healthy, "expected_failures": list(self.expected_failures), "summary": self.summary,
+        return {"healthy": self.healthy, "built_to_fail": list(self.built_to_fail),
+                "expected_failures": list(self.expected_failures), "summary": self.summary,
                 "how": self.how, "mirrors": self.mirrors, "sweep_symptom": self.sweep_symptom,
                 "needs_check": self.needs_check}
 
@@ -74,57 +76,77 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              details="A second seed, so a check is shown to pass for the recipe, not for one lucky draw.",
              sweep_symptom="replies at gate 0, learned and 1 are all sentences"),
     ZooEntry("noncausal-leak", False, "the user's exact recipe: non-causal mini-batches, which leak the future",
-             "trained",
+             "trained", built_to_fail=("talk_collapse",), expected_failures=("talk_collapse",),
              mirrors="§2 'Causality [code-derived]': no tril, so training reads up to b-1 future tokens",
              details="Fine-tuned like healthy-seed0 but with causal = false, as the user's code. The outer loop "
                      "learns to read the next tokens through the inner update: the loss fed one mini-batch per "
                      "call (teacher forcing as in training) drops clearly below gate 0, while the loss fed one "
-                     "token per call (what generation and Moshi streaming see) does not. Every check of "
-                     "ttt_checks.run.CHECKS passes on it; what catches it is comparing the two.",
+                     "token per call (what generation and Moshi streaming see) does not (measured: 1.636 vs gate 0 "
+                     "1.726 per mini-batch, 1.737 per token). Of ttt_checks.run.CHECKS only talk_collapse catches it, "
+                     "through repetition at the learned gate; ttt_helps passes it, fooled by the leak.",
+             sweep_symptom="measured: repetition collapse at the learned gate (2 of 4 replies)",
              needs_check="causal leak: outer loss at the learned gate fed one token per call vs one mini-batch "
                          "per call (adapter.teacher_forced(chunk=1) vs the default chunk) must agree"),
     ZooEntry("lr-too-high", False, "inner base_lr far too high: the inner step overshoots", "trained",
-             expected_failures=("figure5_ordering", "figure5_improvement"),
+             built_to_fail=("figure5_ordering", "figure5_improvement"),
+             expected_failures=("figure5_ordering", "figure5_improvement", "gate_stats", "dead_parameters", "talk_collapse"),
              mirrors="§6 #3: base_lr too high, the inner weights explode",
-             details="Fine-tuned with the healthy recipe but base_lr = {lr_high}. After its own gradient step "
-                     "a token's loss is higher than before (lafter > lprev): the inner loop diverges."),
+             details="Fine-tuned with base_lr = {lr_high} (the user's configs reach 1e6) and an outer learning rate of "
+                     "1e-5 for the TTT weights, so the outer loop cannot retune the layer around the bad inner step "
+                     "(with the healthy outer lr, 40 steps taught it to live with base_lr 1e5 and Figure 5 came out "
+                     "ordered). Measured: mean l0 1.80 < lprev 2.29 < lafter 2.31; l0 > lprev at 0% of positions. The "
+                     "losses cannot explode: the inner LayerNorm bounds them (prediction and target both normalised).",
+             sweep_symptom="repetition at gate 1"),
     ZooEntry("lr-near-zero", False, "inner base_lr ~ 0: the inner loop does nothing", "trained",
-             expected_failures=("figure5_ordering", "figure5_improvement", "figure5_adaptation"),
+             built_to_fail=("figure5_improvement",),
+             expected_failures=("figure5_improvement", "gate_stats", "talk_collapse"),
              mirrors="Figure-5 curves that lie on top of each other; TTT reduced to a fixed MLP",
              details="Fine-tuned with base_lr = {lr_zero}. W_t stays at W_0, so l0, lprev and lafter coincide."),
     ZooEntry("gate-collapse", False, "learned gate collapsed to a few percent, TTT output still noisy", "trained",
-             expected_failures=("gate_stats",),
+             built_to_fail=("gate_stats",),
+             expected_failures=("figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats",
+                                "dead_parameters"),
              mirrors="§4 and §6 #5-6: learned gates 0.02-9%, replies 'Well, So' (not talkative)",
              details="Fine-tuned like the user's collapse run: no output projection (the user's code skips wo), "
-                     "alpha initialised to 0.3 with a large alpha learning rate, inner base_lr too high so the TTT "
-                     "output is harmful noise, and TTT weights barely trained. The outer loop turns the gate down "
-                     "but not off; the noise that still leaks through degrades the replies.",
-             sweep_symptom="the learned-gate reply is shorter or garbled compared with gate 0"),
+                     "alpha initialised to 0.3 with a large alpha learning rate (3e-2), inner base_lr {lr_high} so the "
+                     "inner loop makes its own loss worse, and TTT weights barely trained (1e-5). The outer loop "
+                     "turned the gate from 0.3 through zero: mean |tanh(alpha)| 0.061 (channels between -0.23 and "
+                     "+0.22, signed mean -0.024), the user's 0.02-9% range. Its cause shows in Figure 5 too "
+                     "(lprev > l0, lafter > lprev).",
+             sweep_symptom="measured: the learned-gate replies match gate 0 (the collapse removed the harm), "
+                           "so the sweep does not catch it; gate_stats does"),
     ZooEntry("untrained-gate1", False, "freshly inserted TTT, never fine-tuned, gate at raw alpha 1", "trained",
-             expected_failures=("dead_parameters", "ttt_helps"),
+             built_to_fail=("dead_parameters", "ttt_helps"),
+             expected_failures=("figure5_adaptation", "ttt_helps", "dead_parameters"),
              mirrors="§4: forced alpha = 1.0 gives 'rrrr McLean McLean...' (mode collapse)",
              details="insert_ttt(alpha_init=1.0) with no training: tanh(1) = 0.76 of an untrained TTT output "
-                     "reaches the residual stream.",
-             sweep_symptom="repetition / garbage at the learned gate and at gate 1"),
+                     "reaches the residual stream; the outer loss is 1.0% worse than at gate 0.",
+             sweep_symptom="measured: replies at the learned gate change words but stay sentences (no repetition "
+                           "collapse in this small model)"),
     ZooEntry("nan-weights", False, "NaN and Inf entries in TTT weights", "transformed",
-             expected_failures=("checkpoint_finite", "figure5_finite"),
+             built_to_fail=("checkpoint_finite",),
+             expected_failures=("checkpoint_finite", "figure5_finite", "figure5_bounded", "figure5_ordering",
+                                "figure5_improvement", "figure5_adaptation", "ttt_helps", "state_persistence",
+                                "talk_base", "talk_learned", "talk_collapse"),
              mirrors="§6 #1 and #3: parameters NaN after an explosion",
              details="healthy-seed0 with layers.3.ttt.ttt.weights.0[0, :4, 0] = NaN and "
                      "layers.3.ttt.ttt.wk.weight[0, 0] = +Inf."),
     ZooEntry("missing-keys", False, "inner TTT weights (weights.*, biases.*) missing from the file", "transformed",
-             expected_failures=("checkpoint_keys",),
+             built_to_fail=("checkpoint_keys",),
+             expected_failures=("checkpoint_keys", "figure5_adaptation", "talk_collapse"),
              mirrors="§6 #12: weights./biases. not matched by name, so never trained or saved",
              details="healthy-seed0 without its layers.*.ttt.ttt.weights.* and layers.*.ttt.ttt.biases.* tensors; "
                      "loading (strict=False, as the user's loader) leaves them at their initial values."),
     ZooEntry("no-state-carry", False, "TTT state reset at every call (l0 == lprev)", "transformed",
-             expected_failures=("state_persistence",),
+             built_to_fail=("state_persistence",),
+             expected_failures=("state_persistence", "talk_collapse"),
              mirrors="§2 and §6 #11: the 2-layer TTTMLP never writes its state back; weight hash unchanged",
              details="healthy-seed0's tensors with the config flag decoder.ttt_reset_each_call = true: every "
                      "streaming call restarts the inner weights from W_0, so l0 == lprev at every position "
                      "of a stream fed one token per call."),
 ]}
 
-LR_HIGH = 300.0
+LR_HIGH = 1e5
 LR_ZERO = 1e-6
 
 
@@ -133,11 +155,11 @@ def _recipes() -> dict[str, FinetuneRecipe]:
     return {
         "healthy-seed0": HEALTHY,
         "healthy-seed1": FinetuneRecipe(**{**asdict(HEALTHY), "seed": 1, "init_seed": 1001}),
-        "noncausal-leak": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 120, "ttt": {"causal": False}}),
-        "lr-too-high": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 50, "ttt": {"base_lr": LR_HIGH}}),
-        "lr-near-zero": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 50, "ttt": {"base_lr": LR_ZERO}}),
+        "noncausal-leak": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 100, "ttt": {"causal": False}}),
+        "lr-too-high": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 40, "lr": 1e-5, "ttt": {"base_lr": LR_HIGH}}),
+        "lr-near-zero": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 40, "ttt": {"base_lr": LR_ZERO}}),
         "gate-collapse": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 60, "alpha_init": 0.3, "lr": 1e-5,
-                                           "alpha_lr": 3e-3, "ttt": {"base_lr": 30.0, "output_projection": False}}),
+                                           "alpha_lr": 3e-2, "ttt": {"base_lr": LR_HIGH, "output_projection": False}}),
         "untrained-gate1": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 0, "alpha_init": 1.0}),
     }
 
@@ -155,9 +177,13 @@ def _expected_md(entry: ZooEntry, recipe: dict[str, Any] | None) -> str:
     if entry.mirrors:
         lines += [f"Reproduces the user's failure: {entry.mirrors}.", ""]
     if entry.expected_failures:
-        lines += ["Health checks that must fail on it (names of `ttt_checks.run.CHECKS`):", ""]
+        lines += ["Health checks its defect is aimed at (names of `ttt_checks.run.CHECKS`):", ""]
+        lines += [f"- `{c}`" for c in entry.built_to_fail] + [""]
+        lines += ["Every check that fails on it as measured (the aimed-at ones and their consequences):", ""]
         lines += [f"- `{c}`" for c in entry.expected_failures] + [""]
-    else:
+    if entry.needs_check:
+        lines += [f"Not yet measured by any check: {entry.needs_check}.", ""]
+    if entry.healthy:
         lines += ["Every health check must pass on it.", ""]
     lines += [f"Made by: {entry.how} (`ttt_checks.models.reference.zoo.build_zoo`).", ""]
     if recipe is not None:
@@ -316,6 +342,16 @@ def write_index(out: Path) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def refresh_expectations(out: Path = DEFAULT_ZOO_DIR) -> None:
+    """Rewrite every entry's ``expected`` block and EXPECTED.md from ``ENTRIES`` (weights untouched)."""
+    for entry in zoo_entries():
+        d = Path(out) / entry.name
+        config = read_config(d)
+        _update_config(d, {"expected": entry.expected()})
+        (d / "EXPECTED.md").write_text(_expected_md(entry, config.get("recipe")))
+    write_index(Path(out))
 
 
 def _update_config(d: Path, patch: dict[str, Any]) -> None:

@@ -1,0 +1,328 @@
+"""The embedded reference model and its checkpoint zoo (fixtures/zoo).
+
+Fast tests load the committed checkpoints; rebuilding the zoo is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_checks.models.reference import ReferenceAdapter, list_zoo, zoo_entries, zoo_path
+from ttt_checks.models.reference.checkpoint import CheckpointError, load_checkpoint
+from ttt_checks.models.reference.corpus import DialogueCorpus, conversation_pairs
+from ttt_checks.models.reference.generate import generate_batched, generate_sequential
+from ttt_checks.models.reference.tokenizer import EOT, REPLY, USER, ByteTokenizer
+from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
+from ttt_checks.run import CHECKS
+from ttt_checks.ttt import Figure5Probe
+
+torch.set_num_threads(2)
+
+PROMPT = "Tell me a joke."  # the reference model ends this reply with <eot> at gate 0 and learned
+
+
+@pytest.fixture(scope="module")
+def healthy() -> ReferenceAdapter:
+    return ReferenceAdapter(zoo_path(DEFAULT_CHECKPOINT), max_new_tokens=60)
+
+
+@pytest.fixture(scope="module")
+def short_inputs(healthy: ReferenceAdapter) -> torch.Tensor:
+    return healthy.default_teacher_forced_inputs(length=128, rows=2)
+
+
+# -- tokenizer and corpus ----------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_text_and_frames_turns():
+    tok = ByteTokenizer()
+    ids = tok.encode_pair("Héllo?", "Hi there.")
+    assert ids[0] == USER and REPLY in ids and ids[-1] == EOT
+    assert tok.decode(tok.encode_text("Héllo? ✓")) == "Héllo? ✓"
+    assert tok.decode([*tok.encode_text("ab"), EOT, *tok.encode_text("cd")]) == "ab"
+    assert tok.describe(ids).startswith("<user>Héllo?<reply>Hi there.<eot>")
+
+
+def test_corpus_pairs_follow_conversations_and_split_is_disjoint():
+    assert conversation_pairs(["a", "b", "c"]) == [("a", "b"), ("b", "c")]
+    corpus = DialogueCorpus.load(seed=0)
+    assert len(corpus.train) > 500 and len(corpus.val) > 10
+    train = {tuple(c) for c in map(tuple, corpus.train)}
+    assert not any(tuple(c) in train for c in corpus.val)
+
+
+# -- the committed zoo ---------------------------------------------------------------------------
+
+
+def test_zoo_lists_every_checkpoint_with_its_expected_failures():
+    rows = list_zoo()
+    names = [e.name for e, _ in rows]
+    assert names == list(ENTRIES)
+    assert sum(e.healthy for e, _ in rows) >= 2
+    for entry, path in rows:
+        config = json.loads((path / "config.json").read_text())
+        assert config["expected"]["expected_failures"] == list(entry.expected_failures)
+        assert config["expected"]["healthy"] == entry.healthy
+        assert (path / "EXPECTED.md").is_file()
+        # healthy ones fail nothing; broken ones name a real health check, or the check they need
+        assert entry.healthy == (not entry.expected_failures and not entry.needs_check)
+        assert set(entry.expected_failures) <= set(CHECKS), f"{entry.name}: unknown check names"
+    assert {e.name for e, _ in list_zoo(broken=True)} == {e.name for e in zoo_entries() if not e.healthy}
+
+
+def test_zoo_fits_the_size_budget():
+    total = sum(p.stat().st_size for p in DEFAULT_ZOO_DIR.rglob("*") if p.is_file())
+    assert total < 8 * 1024 * 1024, f"the committed zoo is {total / 1e6:.1f} MB"
+
+
+def test_zoo_cli_lists_paths_of_broken_checkpoints(capsys):
+    from ttt_checks.cli import main
+
+    assert main(["zoo", "list", "--broken", "--paths"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert [Path(p).name for p in lines] == [e.name for e in zoo_entries() if not e.healthy]
+    assert all((Path(p) / "config.json").is_file() for p in lines)
+
+
+def test_zoo_cli_list_reports_a_missing_zoo(tmp_path, capsys):
+    from ttt_checks.cli import main
+
+    assert main(["zoo", "list", "--zoo", str(tmp_path)]) == 1
+    assert "zoo build" in capsys.readouterr().err
+
+
+def test_loader_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not a reference checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+# -- adapter: static facts -----------------------------------------------------------------------
+
+
+def test_adapter_reports_ttt_layers_from_the_config(healthy):
+    infos = healthy.ttt_layers()
+    assert [i.name for i in infos] == ["layers.3.ttt"]
+    for info in infos:
+        assert (info.num_heads, info.head_dim, info.mini_batch_size, info.causal, info.inner) == (4, 32, 16, True, "mlp")
+        assert info.gate_alpha.shape == (128,)
+    assert set(healthy.ttt_modules()) == {i.name for i in infos}
+
+
+def test_healthy_checkpoint_has_every_key_and_moved_from_init(healthy):
+    state = healthy.state()
+    assert set(healthy.expected_ttt_keys()) <= set(state)
+    initial = healthy.initial_state()
+    assert set(initial) == set(healthy.expected_ttt_keys())
+    moved = [k for k in initial if not torch.equal(state[k].float(), initial[k].float())]
+    assert len(moved) == len(initial)
+
+
+def test_missing_keys_checkpoint_lacks_the_inner_weights():
+    adapter = ReferenceAdapter(zoo_path("missing-keys"))
+    missing = sorted(set(adapter.expected_ttt_keys()) - set(adapter.state()))
+    assert missing and all(".ttt.ttt.weights." in k or ".ttt.ttt.biases." in k for k in missing)
+    assert missing == sorted(adapter.loaded.missing_ttt_keys)
+
+
+def test_nan_checkpoint_stores_nonfinite_values_and_poisons_outputs(short_inputs):
+    adapter = ReferenceAdapter(zoo_path("nan-weights"))
+    bad = [k for k, v in adapter.state().items() if not torch.isfinite(v.float()).all()]
+    assert sorted(bad) == ["layers.3.ttt.ttt.weights.0", "layers.3.ttt.ttt.wk.weight"]
+    assert not adapter.teacher_forced(short_inputs).outputs_finite
+
+
+def test_untrained_checkpoint_equals_its_recreated_initial_state():
+    adapter = ReferenceAdapter(zoo_path("untrained-gate1"))
+    state, initial = adapter.state(), adapter.initial_state()
+    for k, v in initial.items():
+        assert torch.equal(state[k], v), k
+    assert abs(float(adapter.ttt_layers()[0].gate_alpha.mean()) - 1.0) < 1e-2
+
+
+# -- teacher forcing and Figure 5 ----------------------------------------------------------------
+
+
+def test_streamed_chunks_of_a_minibatch_equal_one_pass(healthy, short_inputs):
+    one_pass = healthy.teacher_forced(short_inputs, chunk=short_inputs.shape[1])
+    chunked = healthy.teacher_forced(short_inputs, chunk=16)
+    np.testing.assert_allclose(chunked.outer_loss, one_pass.outer_loss, rtol=1e-4, atol=1e-5)
+    assert chunked.positions == short_inputs.shape[1] - 1
+
+
+def test_causal_healthy_checkpoint_gives_the_same_loss_token_by_token(healthy, short_inputs):
+    per_minibatch = healthy.teacher_forced(short_inputs)
+    per_token = healthy.teacher_forced(short_inputs, chunk=1)
+    np.testing.assert_allclose(per_token.outer_loss, per_minibatch.outer_loss, rtol=1e-4, atol=1e-5)
+
+
+def test_noncausal_checkpoint_learned_to_read_the_future_within_a_minibatch(short_inputs):
+    """The user's recipe: teacher forcing one mini-batch per call looks better than generation can be."""
+    adapter = ReferenceAdapter(zoo_path("noncausal-leak"))
+    per_minibatch = float(adapter.teacher_forced(short_inputs).outer_loss.mean())
+    per_token = float(adapter.teacher_forced(short_inputs, chunk=1).outer_loss.mean())
+    with adapter.set_gate(0.0):
+        gate0 = float(adapter.teacher_forced(short_inputs).outer_loss.mean())
+    assert per_minibatch < gate0 - 0.01, "the leak should make chunked teacher forcing look helpful"
+    assert per_token > per_minibatch + 0.01, "fed one token per call, the leak is gone"
+
+
+def test_gate_zero_reproduces_the_base_model(healthy, short_inputs):
+    base = ReferenceAdapter(DEFAULT_ZOO_DIR / BASE_NAME)
+    with healthy.set_gate(0.0):
+        gated_off = healthy.teacher_forced(short_inputs)
+    learned = healthy.teacher_forced(short_inputs)
+    plain = base.teacher_forced(short_inputs)
+    np.testing.assert_allclose(gated_off.outer_loss, plain.outer_loss, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(learned.outer_loss, plain.outer_loss)
+
+
+def test_set_gate_restores_the_learned_alpha(healthy):
+    before = [b.gate_override for b in healthy.model.gated_blocks().values()]
+    with healthy.set_gate(0.5):
+        assert all(b.gate_override == 0.5 for b in healthy.model.gated_blocks().values())
+    assert [b.gate_override for b in healthy.model.gated_blocks().values()] == before
+    with pytest.raises(ValueError):
+        with healthy.set_gate("bogus"):
+            pass
+
+
+def test_healthy_figure5_curves_are_ordered(healthy, short_inputs):
+    probe = Figure5Probe()
+    healthy.teacher_forced(short_inputs, probe=probe)
+    for name in healthy.ttt_modules():
+        rec = probe.record(name)
+        assert rec.finite
+        assert rec.l0.mean() > rec.lprev.mean() > rec.lafter.mean(), name
+        late = rec.positions >= 16
+        assert (rec.l0[late] > rec.lprev[late]).mean() > 0.9
+        assert (rec.lprev > rec.lafter).mean() > 0.9
+
+
+def test_state_reset_each_call_makes_l0_equal_lprev(short_inputs):
+    broken = ReferenceAdapter(zoo_path("no-state-carry"))
+    probe = Figure5Probe()
+    broken.teacher_forced(short_inputs, probe=probe, chunk=1)
+    for name in broken.ttt_modules():
+        rec = probe.record(name)
+        np.testing.assert_array_equal(rec.l0, rec.lprev)
+
+
+def test_state_is_carried_one_token_per_call_in_a_healthy_checkpoint(healthy, short_inputs):
+    probe = Figure5Probe()
+    healthy.teacher_forced(short_inputs, probe=probe, chunk=1)
+    for name in healthy.ttt_modules():
+        rec = probe.record(name)
+        late = rec.positions >= 16
+        assert (np.abs(rec.l0[late] - rec.lprev[late]) > 1e-6).mean() > 0.9
+
+
+def test_lr_checkpoints_break_the_inner_step_as_documented(short_inputs):
+    for name, check in (("lr-too-high", lambda r: r.lafter.mean() > r.lprev.mean()),
+                        ("lr-near-zero", lambda r: np.abs(r.lprev - r.lafter).max() < 1e-3)):
+        adapter = ReferenceAdapter(zoo_path(name))
+        probe = Figure5Probe()
+        adapter.teacher_forced(short_inputs, probe=probe)
+        for layer in adapter.ttt_modules():
+            assert check(probe.record(layer)), f"{name} {layer}"
+
+
+def test_load_inputs_cut_held_out_dialogue_into_rows(healthy, tmp_path):
+    inputs = healthy.load_inputs(max_positions=64)
+    assert inputs.positions == 64 and inputs.teacher_forced.shape[1] == 65 and inputs.prompts
+    text = tmp_path / "dialogue.txt"
+    text.write_text("Hello there. How are you today? " * 20)
+    from_file = healthy.load_inputs(text, max_positions=100)
+    assert from_file.teacher_forced.shape == (6, 101)
+    with pytest.raises(TypeError, match="shorter than one row"):
+        healthy.load_inputs(text, max_positions=5000)
+
+
+# -- generation ----------------------------------------------------------------------------------
+
+
+def test_generation_is_deterministic_and_stops_at_end_of_turn(healthy):
+    first = healthy.generate(PROMPT, [0.0, "learned"], speak=False)
+    second = healthy.generate(PROMPT, [0.0, "learned"], speak=False)
+    assert [g.tokens for g in first] == [g.tokens for g in second]
+    for g in first:
+        assert EOT not in g.tokens and len(g.tokens) <= healthy.max_new_tokens
+        assert g.text == ByteTokenizer().decode(g.tokens)
+        assert g.extra["ended"], f"no end-of-turn within {healthy.max_new_tokens} tokens: {g.text!r}"
+        assert len(g.text.split()) >= 2, g.text
+
+
+def test_batched_gate_sweep_gives_the_sequential_tokens(healthy):
+    gates = [0.0, "learned", 0.3, 1.0, 3.0]
+    batched = healthy.generate(PROMPT, gates, speak=False)
+    sequential = healthy.generate(PROMPT, gates, batched=False, speak=False)
+    assert [g.tokens for g in batched] == [g.tokens for g in sequential]
+    assert [g.gate for g in batched] == gates
+    assert batched[0].gate_tanh == 0.0 and math.isclose(batched[3].gate_tanh, math.tanh(1.0), rel_tol=1e-9)
+    # the sweep is not trivially constant: a saturated gate changes the reply
+    assert batched[0].tokens != batched[4].tokens
+
+
+def test_generation_rows_are_independent_of_each_other(healthy):
+    prompt = ByteTokenizer().encode_prompt("Tell me a joke.")
+    alone = generate_batched(healthy.model, prompt, [0.3], 40)[0]
+    among = generate_batched(healthy.model, prompt, [1.0, 0.3, 0.0], 40)[1]
+    assert alone.tokens == among.tokens
+    assert generate_sequential(healthy.model, prompt, [0.3], 40)[0].tokens == alone.tokens
+
+
+def test_generation_rejects_bad_gates_and_inputs(healthy):
+    with pytest.raises(ValueError):
+        healthy.generate(PROMPT, ["sometimes"], speak=False)
+    with pytest.raises(TypeError):
+        healthy.generate(3.14, [0.0], speak=False)
+
+
+def test_generation_speaks_the_reply_at_16khz(healthy):
+    pytest.importorskip("ttt_checks.audio.espeak", reason="ttt_checks.audio.espeak is not in this tree yet")
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make system-deps)")
+    (gen,) = healthy.generate(PROMPT, ["learned"])
+    assert gen.sample_rate == 16000 and gen.audio.dtype == np.float32
+    assert gen.audio.size > 16000 * 0.3 and np.abs(gen.audio).max() > 0.01
+    assert gen.extra["spoken"]
+
+
+# -- reproducibility -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_committed_measurements_are_reproduced():
+    from ttt_checks.models.reference.measure import measure_checkpoint
+
+    for entry in zoo_entries():
+        committed = json.loads((entry.path / "config.json").read_text())["measured"]
+        fresh = measure_checkpoint(entry.path)
+        for layer, stats in committed["figure5"].items():
+            for key in ("l0", "lprev", "lafter"):
+                if stats[key] is None:
+                    assert fresh["figure5"][layer][key] is None
+                else:
+                    assert fresh["figure5"][layer][key] == pytest.approx(stats[key], rel=1e-3), (entry.name, layer, key)
+        assert fresh["replies"] == committed["replies"], entry.name
+
+
+@pytest.mark.slow
+def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
+    from ttt_checks.models.reference.zoo import build_zoo
+
+    timings = build_zoo(tmp_path, log=None, measure_entries=True)
+    assert timings["build_total"] < 900
+    for entry in zoo_entries():
+        committed = json.loads((entry.path / "config.json").read_text())["measured"]["summary"]
+        rebuilt = json.loads((tmp_path / entry.name / "config.json").read_text())["measured"]["summary"]
+        for key in ("val_loss_learned", "val_loss_gate0"):
+            if committed[key] is not None:
+                assert rebuilt[key] == pytest.approx(committed[key], abs=0.02), (entry.name, key)
