@@ -46,6 +46,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("talk_min_base_words", 3.0, "words Whisper must hear at gate 0 (the base model) for the sweep to mean anything"),
         Threshold("talk_min_learned_ratio", 0.5, "words at the learned gate / words at gate 0"),
         Threshold("talk_max_repeat_rate", 0.5, "repeated 4-gram rate of a reply above this is a repetition collapse"),
+        Threshold("talk_fail_above_learned", 0.0, "1: a collapse at a gate forced above the learned one fails; 0: it is reported as a warning (the TTT branch was never trained at that strength)"),
         Threshold("talk_collapsed_share", 0.5, "a gate has collapsed when at least this share of its replies collapse (silence, repetition, gibberish)"),
         Threshold("baseline_rel_tolerance", 0.1, "relative change of a metric vs the baseline that counts as a regression"),
     ]
@@ -129,9 +130,14 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
 
+    @property
+    def warning(self) -> bool:
+        """A passing verdict that still reports a problem worth reading (e.g. a size of a leak)."""
+        return self.ok and self.details.get("severity") == "warning"
+
     def line(self) -> str:
         where = f" [{self.layer}]" if self.layer else ""
-        status = "PASS" if self.ok else "FAIL"
+        status = "FAIL" if not self.ok else "WARN" if self.warning else "PASS"
         return f"{status} {self.name}{where}: measured {_fmt(self.measured)} vs threshold {_fmt(self.threshold)}. {self.explanation}"
 
 

@@ -16,7 +16,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
 table{border-collapse:collapse;width:100%;margin:1em 0} td,th{border:1px solid #ddd;padding:4px 8px;font-size:14px;vertical-align:top}
-th{background:#f4f4f4;text-align:left} .PASS{color:#137333;font-weight:600} .FAIL{color:#c5221f;font-weight:600}
+th{background:#f4f4f4;text-align:left} .PASS{color:#137333;font-weight:600} .WARN{color:#8a6100;font-weight:600} .FAIL{color:#c5221f;font-weight:600}
 .banner{padding:.6em 1em;border-radius:6px;font-weight:600;display:inline-block}
 .ok{background:#e6f4ea;color:#137333} .bad{background:#fce8e6;color:#c5221f} .warn{background:#fef7e0;color:#8a6100}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0} audio{height:28px}
@@ -51,7 +51,7 @@ def render(metrics: dict[str, Any], report_dir: Path) -> str:
              banner,
              "<h2>Verdicts</h2><table><tr><th>check</th><th>layer</th><th>result</th><th>measured</th><th>threshold</th><th>explanation</th></tr>"]
     for v in verdicts:
-        status = "PASS" if v["ok"] else "FAIL"
+        status = "FAIL" if not v["ok"] else "WARN" if v.get("details", {}).get("severity") == "warning" else "PASS"
         parts.append(f"<tr><td>{e(v['name'])}</td><td>{e(v.get('layer') or '')}</td><td class='{status}'>{status}</td>"
                      f"<td>{e(_fmt(v['measured']))}</td><td>{e(_fmt(v['threshold']))}</td><td>{e(v['explanation'])}</td></tr>")
     parts.append("</table>")

@@ -20,7 +20,8 @@ def _fmt(value: Any) -> str:
 
 def verdict_line(v: dict[str, Any]) -> str:
     where = f" [{v['layer']}]" if v.get("layer") else ""
-    return (f"{'PASS' if v['ok'] else 'FAIL'} {v['name']}{where}: measured {_fmt(v['measured'])} "
+    status = "FAIL" if not v["ok"] else "WARN" if v.get("details", {}).get("severity") == "warning" else "PASS"
+    return (f"{status} {v['name']}{where}: measured {_fmt(v['measured'])} "
             f"vs threshold {_fmt(v['threshold'])}. {v['explanation']}")
 
 
