@@ -59,6 +59,12 @@ def test_ttt_state_persists_across_streaming_calls(ttt_check):
     ttt_check("state_persistence")
 
 
+def test_inference_gets_the_loss_training_saw(ttt_check):
+    """Token by token (as at inference) the outer loss matches the teacher-forced pass: no
+    non-causal mini-batch reading ahead (the user's recipe leaks up to b-1 future tokens)."""
+    ttt_check("streaming_consistency")
+
+
 def test_base_model_talks_at_gate_zero(ttt_check):
     ttt_check("talk_base")
 

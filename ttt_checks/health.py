@@ -42,6 +42,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("gate_min_mean_tanh", 0.1, "mean tanh(alpha) per layer below this is a collapsed gate (TTT switched off)"),
         Threshold("help_max_loss_increase", 0.01, "outer loss at the learned gate may exceed gate 0 by at most this (relative)"),
         Threshold("persistence_min_fraction", 0.5, "fraction of streamed positions after the first mini-batch where lprev departs from l0"),
+        Threshold("leak_max_loss_gap", 0.01, "outer loss fed one token per call (inference) may exceed the teacher-forced pass by at most this (relative): more means the TTT layer reads ahead in training"),
         Threshold("dead_max_fraction", 0.0, "fraction of trainable TTT tensors still at their initial value"),
         Threshold("talk_min_base_words", 3.0, "words Whisper must hear at gate 0 (the base model) for the sweep to mean anything"),
         Threshold("talk_min_learned_ratio", 0.5, "words at the learned gate / words at gate 0"),
@@ -403,3 +404,21 @@ def state_persistence(stats_or_record: Mapping[str, Any], mini_batch_size: int, 
                            f"lprev differs from l0 at {frac:.0%} of streamed positions after the first mini-batch"
                            + ("" if ok else ": l0 == lprev, the TTT state is NOT carried across calls (weights reset every step)"), layer))
     return out
+
+
+def streaming_consistency(loss_teacher_forced: np.ndarray, loss_streamed: np.ndarray, th: Mapping[str, float]) -> Verdict:
+    """The outer loss the model gets token by token (as it runs at inference) vs the loss of the
+    teacher-forced pass over the same positions. A causal TTT layer gives the same numbers; a
+    non-causal one that reads up to b-1 tokens ahead inside its mini-batch scores better in the
+    teacher-forced pass than it ever can at inference, and that gap is the leak's cost."""
+    a, b = float(np.mean(loss_streamed)), float(np.mean(loss_teacher_forced))
+    if not _finite(a, b):
+        return Verdict("streaming_consistency", False, "nan", th["leak_max_loss_gap"],
+                       f"outer loss is not finite (streamed {a}, teacher-forced {b})")
+    gap = (a - b) / abs(b) if b else float("inf")
+    ok = gap <= th["leak_max_loss_gap"]
+    return Verdict("streaming_consistency", ok, gap, th["leak_max_loss_gap"],
+                   f"outer loss {a:.4f} fed one token per call vs {b:.4f} teacher-forced ({gap:+.2%})"
+                   + ("" if ok else ": the TTT layer uses future tokens of its mini-batch in the teacher-forced pass "
+                      "(non-causal mini-batches), which inference cannot give it"),
+                   details={"loss_streamed": a, "loss_teacher_forced": b})

@@ -174,7 +174,8 @@ class HealthRun:
         if self.options.max_positions:
             positions = min(positions, self.options.max_positions)
         inputs = self._timed("load_inputs", lambda: self.adapter.load_inputs(self.options.input_path, positions))
-        self._timed("streamed", lambda: self.adapter.teacher_forced(inputs.teacher_forced, probe=probe, chunk=1))
+        self.streamed_inputs = inputs
+        self.streamed_result = self._timed("streamed", lambda: self.adapter.teacher_forced(inputs.teacher_forced, probe=probe, chunk=1))
         out = {}
         for info in self.layers:
             try:
@@ -323,6 +324,14 @@ class HealthRun:
         out += [health.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
         return out or [health.cannot_measure("state_persistence", "the model reports no TTT layers")]
 
+    def _check_streaming_consistency(self):
+        self.streamed  # noqa: B018  (the one-token-per-call pass and its input)
+        full = self._timed("teacher_forced_short", lambda: self.adapter.teacher_forced(self.streamed_inputs.teacher_forced))
+        n = min(len(full.outer_loss), len(self.streamed_result.outer_loss))
+        if n == 0:
+            return [health.cannot_measure("streaming_consistency", "the passes returned no outer loss")]
+        return [health.streaming_consistency(full.outer_loss[:n], self.streamed_result.outer_loss[:n], self.th)]
+
     def _check_talk_base(self):
         base = self._sweep_row("0", "the base model's talkativeness")
         ok = base["words"] >= self.th["talk_min_base_words"]
@@ -441,7 +450,7 @@ TALK_CHECKS = ("talk_base", "talk_learned", "talk_collapse")
 CHECKS = [
     "checkpoint_keys", "checkpoint_finite", "figure5_collected", "figure5_finite", "figure5_bounded",
     "figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats", "ttt_helps",
-    "dead_parameters", "state_persistence", *TALK_CHECKS, "model_specific",
+    "dead_parameters", "state_persistence", "streaming_consistency", *TALK_CHECKS, "model_specific",
 ]
 
 
