@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"markdown file to write (default {DEFAULT_OUT})")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--from-reports", metavar="DIR",
+                        help="read DIR/<checkpoint>/metrics.json of earlier `ttt-checks gate` runs instead of running the suite")
     parser.set_defaults(func=run_command)
 
 
@@ -40,11 +42,19 @@ def measure(path: Path, device: str, out_dir: Path) -> dict[str, bool]:
     """Run the health suite on one checkpoint in a fresh process; {check: passed}."""
     cmd = [sys.executable, "-m", "ttt_checks.cli", "gate", str(path), "--out", str(out_dir), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    metrics_path = out_dir / "metrics.json"
-    if not metrics_path.is_file():
+    if not (out_dir / "metrics.json").is_file():
         raise RuntimeError(f"the health suite on {path} wrote no metrics.json (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    verdicts = json.loads(metrics_path.read_text())["verdicts"]
-    return {check: all(v["ok"] for v in verdicts.get(check, [])) for check in verdicts}
+    return read_verdicts(out_dir)
+
+
+def read_verdicts(report_dir: Path) -> dict[str, bool]:
+    """{check: passed} from a health run's metrics.json."""
+    metrics_path = report_dir / "metrics.json"
+    try:
+        verdicts = json.loads(metrics_path.read_text())["verdicts"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"{metrics_path}: not a readable metrics.json of a health run ({exc})") from exc
+    return {check: all(v["ok"] for v in vs) for check, vs in verdicts.items() if vs}
 
 
 def render(rows: list[tuple[str, list[str], dict[str, bool]]], checks: list[str]) -> str:
@@ -81,7 +91,10 @@ def run_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ttt-matrix-") as tmp:
         for name, path, expected in zoo_checkpoints():
             print(f"matrix: {name} ...", flush=True)
-            passed = measure(path, args.device, Path(tmp) / name)
+            if args.from_reports:
+                passed = read_verdicts(Path(args.from_reports) / name)
+            else:
+                passed = measure(path, args.device, Path(tmp) / name)
             checks += [c for c in passed if c not in checks]
             rows.append((name, expected, passed))
     out = Path(args.out)
