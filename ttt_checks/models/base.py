@@ -7,10 +7,11 @@ model family is one new adapter (the reference model, Moshi, ...).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,49 +70,48 @@ class ModelInputs:
     positions: int  # tokens (frames) per teacher-forced row
 
 
-class Adapter:
-    """Base class of model adapters. Subclasses implement every method below."""
+class Adapter(abc.ABC):
+    """Base class of model adapters: a subclass that misses a method cannot be instantiated."""
 
     name: str = "adapter"
     checkpoint: Path | None = None
 
+    @abc.abstractmethod
     def ttt_layers(self) -> list[TTTLayerInfo]:
         """The TTT layers the checkpoint declares, in block order."""
-        raise NotImplementedError(f"{type(self).__name__}.ttt_layers")
 
+    @abc.abstractmethod
     def state(self) -> Mapping[str, torch.Tensor]:
         """Every tensor of the checkpoint as loaded (for key, finiteness and dead-parameter checks)."""
-        raise NotImplementedError(f"{type(self).__name__}.state")
 
+    @abc.abstractmethod
     def expected_ttt_keys(self) -> list[str]:
         """The TTT tensor names the config says must be present."""
-        raise NotImplementedError(f"{type(self).__name__}.expected_ttt_keys")
 
+    @abc.abstractmethod
     def initial_state(self) -> Mapping[str, torch.Tensor]:
         """TTT parameters as they were at initialisation, for the dead-parameter check."""
-        raise NotImplementedError(f"{type(self).__name__}.initial_state")
 
+    @abc.abstractmethod
     def ttt_modules(self) -> Mapping[str, torch.nn.Module]:
         """The TTT layer modules by name, so a Figure5Probe can be attached to them."""
-        raise NotImplementedError(f"{type(self).__name__}.ttt_modules")
 
+    @abc.abstractmethod
     def load_inputs(self, path: Path | None = None, max_positions: int | None = None) -> "ModelInputs":
         """The inputs of a health run: the adapter's own fixture when ``path`` is None (held-out
         dialogue and prompts for the reference model, a wav for Moshi), cut to ``max_positions``."""
-        raise NotImplementedError(f"{type(self).__name__}.load_inputs")
 
+    @abc.abstractmethod
     def teacher_forced(self, inputs: Any, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
         """One teacher-forced pass; when ``probe`` is given, Figure-5 capture runs on every TTT
         layer. ``chunk`` feeds the sequence in streaming calls of that many tokens, the TTT state
         handled exactly as the model's own inference code handles it (carried, or not)."""
-        raise NotImplementedError(f"{type(self).__name__}.teacher_forced")
 
+    @abc.abstractmethod
     def generate(self, inputs: Any, gates: Sequence[GateValue]) -> list[Generation]:
         """One generation per gate value; batched over gates where the model allows it."""
-        raise NotImplementedError(f"{type(self).__name__}.generate")
 
-    @contextlib.contextmanager
-    def set_gate(self, value: GateValue | None) -> Iterator[None]:
-        """Override every TTT gate with one raw alpha value; restores the learned values on exit."""
-        raise NotImplementedError(f"{type(self).__name__}.set_gate")
-        yield
+    @abc.abstractmethod
+    def set_gate(self, value: GateValue | None) -> contextlib.AbstractContextManager[None]:
+        """Override every TTT gate with one raw alpha value (a context manager); restores the
+        learned values on exit."""
