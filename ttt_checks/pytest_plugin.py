@@ -12,6 +12,7 @@ passed, 1 some check failed (unhealthy), 2 interrupted, 3 internal error, 4 usag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -183,8 +184,14 @@ def ttt_run(request: pytest.FixtureRequest):
         options.report_dir = options.report_dir / worker
     tr = config.pluginmanager.get_plugin("terminalreporter")
 
+    capture = config.pluginmanager.getplugin("capturemanager")
+
     def progress(message: str) -> None:
-        if tr is not None and config.getoption("verbose") >= 0 and not os.environ.get("PYTEST_XDIST_WORKER"):
+        if tr is None or config.getoption("verbose") < 0 or os.environ.get("PYTEST_XDIST_WORKER"):
+            return
+        # Long steps run inside a test, while pytest captures fd 1: step outside the capture so
+        # the line reaches the terminal (and not the test's captured output).
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             tr.write_line(f"[ttt-checks] {message}")
 
     progress(f"loading checkpoint {config.getoption('--ckpt') or '(embedded default)'} on {options.device}")
