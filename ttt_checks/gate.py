@@ -13,7 +13,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEALTH_TESTS = REPO_ROOT / "tests_gpu"
@@ -99,9 +98,3 @@ def summary(out: Path, code: int, elapsed: float) -> str:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
-    from ttt_checks.cli import main as cli_main
-
-    return cli_main(argv)
