@@ -23,10 +23,9 @@ import numpy as np
 from ttt_checks import health
 from ttt_checks.health import Verdict
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
-from ttt_checks.models.base import Adapter, ForwardResult, GateValue, ModelInputs
+from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, ModelInputs
 from ttt_checks.ttt.figure5 import Figure5Error, Figure5Probe, Figure5Record
 
-LEARNED = "learned"
 DEFAULT_GATES: tuple[GateValue, ...] = (0.0, LEARNED, 0.3, 0.5, 1.0)
 
 

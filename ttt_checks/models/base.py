@@ -17,6 +17,16 @@ import numpy as np
 import torch
 
 GateValue = float | str  # a raw alpha value, or the string "learned"
+LEARNED = "learned"
+
+
+def fixed_gate(value: GateValue | None) -> float | None:
+    """The raw alpha a gate request fixes, or None for the learned gate (None or "learned")."""
+    if value is None or value == LEARNED:
+        return None
+    if isinstance(value, str):
+        raise ValueError(f"gate {value!r}: use a float raw alpha, None or {LEARNED!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

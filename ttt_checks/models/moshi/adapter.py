@@ -21,13 +21,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ttt_checks.models.base import Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo
+from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo, fixed_gate
 from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
 from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
 
 SAMPLE_RATE = 24000
 FRAME_SIZE = 1920  # 80 ms at 12.5 Hz
-LEARNED = "learned"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SPEECH_FIXTURES = REPO_ROOT / "fixtures" / "speech"
 
@@ -340,14 +339,13 @@ class MoshiAdapter(Adapter):
 
     @contextlib.contextmanager
     def set_gate(self, value: GateValue | None) -> Iterator[None]:
-        if value is None or value == LEARNED:
+        alpha = fixed_gate(value)
+        if alpha is None:
             yield
             return
-        if isinstance(value, str):
-            raise ValueError(f"gate {value!r}: use a float raw alpha, None or {LEARNED!r}")
         with contextlib.ExitStack() as stack:
             for h in self.loaded.hybrids.values():
-                stack.enter_context(h.ttt_block.override_gate(float(value)))
+                stack.enter_context(h.ttt_block.override_gate(alpha))
             yield
 
     def _gate_rows(self, gates: Sequence[GateValue]) -> contextlib.ExitStack:

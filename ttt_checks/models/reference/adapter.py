@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ttt_checks.models.base import Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo
+from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo, fixed_gate
 from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
@@ -223,12 +223,11 @@ class ReferenceAdapter(Adapter):
 
     @contextlib.contextmanager
     def set_gate(self, value: GateValue | None) -> Iterator[None]:
-        if value is None or value == LEARNED:
+        alpha = fixed_gate(value)
+        if alpha is None:
             yield
             return
-        if isinstance(value, str):
-            raise ValueError(f"gate {value!r}: use a float raw alpha, None or {LEARNED!r}")
-        with self.model.override_gates(float(value)):
+        with self.model.override_gates(alpha):
             yield
 
 

@@ -14,10 +14,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ttt_checks.models.base import LEARNED
 from ttt_checks.models.reference.model import Decoder
 from ttt_checks.models.reference.tokenizer import EOT, PAD, ByteTokenizer
-
-LEARNED = "learned"
 GateSpec = float | str
 
 
