@@ -116,8 +116,8 @@ def _close(a, b) -> bool:
     return a == b
 
 
-def test_serial_and_two_workers_measure_the_same_default_checkpoint(tmp_path):
-    """`pytest -m gpu tests_gpu --device cpu` serially and with -n 2: same verdicts, same measurements.
+def test_serial_and_four_workers_measure_the_same_default_checkpoint(tmp_path):
+    """`pytest -m gpu tests_gpu --device cpu` serially and with -n 4: same verdicts, same measurements.
 
     Each worker loads the model once (the session fixture) and measures what its tests need; the
     controller merges the workers' metrics.json. Measured values must agree to 1e-6 (relative).
@@ -127,26 +127,27 @@ def test_serial_and_two_workers_measure_the_same_default_checkpoint(tmp_path):
     ckpt = default_checkpoint()  # the embedded default ships with the clone; missing it is a failure
     common = [sys.executable, "-m", "pytest", "-m", "gpu", str(REPO / "tests_gpu"), "--ckpt", str(ckpt),
               "--device", "cpu", "--gates", "0,learned", "--max-positions", "64", "-p", "no:cacheprovider",
-              "-q", "--rootdir", str(REPO),
-              # The Whisper sweep is left out to keep this short (it doubled the run on 2 cores);
-              # every other measurement, the streaming pass included, is compared.
-              "-k", "not talk and not collapse"]
+              "-q", "--rootdir", str(REPO)]
     runs = {}
-    for label, extra in (("serial", []), ("parallel", ["-n", "2"])):
+    for label, extra in (("serial", []), ("parallel", ["-n", "4"])):
         report = tmp_path / label
         proc = subprocess.run([*common, "--report-dir", str(report), *extra], cwd=REPO, env=_clean_env(),
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode in (0, 1), f"{label}: pytest exited {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
         runs[label] = (proc.returncode, _metrics(report))
     (serial_rc, serial), (parallel_rc, parallel) = runs["serial"], runs["parallel"]
-    assert parallel.get("workers") == 2, "the parallel report is not the merge of two workers"
+    assert parallel.get("workers") == 4, "the parallel report is not the merge of four workers"
+    assert serial["complete"] is True and parallel["complete"] is True
     assert serial_rc == parallel_rc
     a, b = _verdicts(serial), _verdicts(parallel)
     assert a, "the serial run judged nothing"
     assert sorted(a) == sorted(b), f"checks differ: only serial {set(a) - set(b)}, only parallel {set(b) - set(a)}"
     differing = [(key, a[key]["ok"], b[key]["ok"], a[key]["measured"], b[key]["measured"]) for key in a
                  if a[key]["ok"] != b[key]["ok"] or not _close(a[key]["measured"], b[key]["measured"])]
-    assert not differing, f"serial vs -n 2 verdicts differ: {differing}"
+    assert not differing, f"serial vs -n 4 verdicts differ: {differing}"
+    sweep = lambda m: [(r["label"], r["words"], r["transcript"], r.get("model_text")) for r in m.get("sweep", [])]  # noqa: E731
+    assert sweep(serial), "the serial run has no gating sweep"
+    assert sweep(serial) == sweep(parallel), "the gating sweep (generation + Whisper) differs between serial and -n 4"
     for layer, stats in serial.get("figure5", {}).items():
         for key, value in stats.items():
             assert _close(value, parallel["figure5"][layer][key]), f"figure5[{layer}].{key}: {value} vs {parallel['figure5'][layer][key]}"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +31,7 @@ MOSHI_BASE_OPTIONS = ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "mi
 
 _RUN_KEY = pytest.StashKey["object"]()
 _OPTIONS_KEY = pytest.StashKey["object"]()
+_UNSTARTED_KEY = pytest.StashKey[str]()  # why the ttt_run fixture has no run (load failed, or interrupted)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,18 +55,45 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mimi-weight", default=None, help="Mimi codec weights (safetensors), instead of --hf-repo")
     group.addoption("--tokenizer", default=None, help="Moshi text tokenizer (sentencepiece .model), instead of --hf-repo")
     group.addoption("--mimi-config", default=None, help="Mimi config JSON for non-default (e.g. tiny) Mimi models")
+    group.addoption("--trust-pickle", action="store_true",
+                    help="allow pickle weights (ttt.pt, lora.pt, ...): pickle can run code; it is loaded with "
+                         "torch.load(weights_only=True). Without it only safetensors load")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from ttt_checks.xdist_gpu import pin_xdist_worker_gpu
 
     pin_xdist_worker_gpu()  # xdist worker: one GPU of the inherited CUDA_VISIBLE_DEVICES, before CUDA starts
+    _sigterm_interrupts(config)
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     if hasattr(config, "workerinput"):  # xdist worker: the controller validated the options
         return
     # Validate every option up front: a bad one is a usage error (exit 4), never a green run.
     _options(config)
+
+
+def _sigterm_interrupts(config: pytest.Config) -> None:
+    """SIGTERM (scancel, a CI timeout, `kill`) ends the session like Ctrl-C does.
+
+    By default SIGTERM kills Python outright, so pytest never reaches sessionfinish and the
+    report and JUnit XML are lost. Raising KeyboardInterrupt instead lets pytest stop the current
+    test, write JUnit, and call sessionfinish, which writes the report marked incomplete. A handler
+    someone else installed (e.g. a job script's Python wrapper) is left alone, and a second
+    SIGTERM kills as before.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM: the run was terminated; the report is marked incomplete")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _device(config: pytest.Config) -> str:
@@ -195,14 +225,18 @@ def ttt_run(request: pytest.FixtureRequest):
             tr.write_line(f"[ttt-checks] {message}")
 
     progress(f"loading checkpoint {config.getoption('--ckpt') or '(embedded default)'} on {options.device}")
+    config.stash[_UNSTARTED_KEY] = "the run was interrupted while the checkpoint was loading"
     try:
-        adapter = resolve(config.getoption("--ckpt"), device=options.device,
+        adapter = resolve(config.getoption("--ckpt"), device=options.device, trust_pickle=config.getoption("--trust-pickle"),
                           **{name: config.getoption(f"--{name.replace('_', '-')}") for name in MOSHI_BASE_OPTIONS})
     except Exception as exc:  # every test of the run fails with the cause, not a bare traceback
-        pytest.fail(f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
-                    f"{type(exc).__name__}: {exc}", pytrace=False)
+        why = (f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
+               f"{type(exc).__name__}: {exc}")
+        config.stash[_UNSTARTED_KEY] = why
+        pytest.fail(why, pytrace=False)
     run = HealthRun(adapter, options, progress=progress)
     config.stash[_RUN_KEY] = run
+    del config.stash[_UNSTARTED_KEY]
     return run
 
 
@@ -242,6 +276,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             from ttt_checks.report.files import write_json_atomic
 
             write_json_atomic(run.options.baseline, metrics)  # only ever rewritten on request
+    elif _UNSTARTED_KEY in session.config.stash:
+        # The checkpoint never loaded: the report still exists and says why, as a failed check.
+        paths = write_report(_unstarted_metrics(session.config, complete), session.config.stash[_OPTIONS_KEY].report_dir)
     elif not hasattr(session.config, "workerinput") and _OPTIONS_KEY in session.config.stash:
         report_dir = session.config.stash[_OPTIONS_KEY].report_dir
         merged = merge_workers(report_dir, complete=complete) if report_dir.is_dir() else None
@@ -253,3 +290,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None and not hasattr(session.config, "workerinput"):
         tr.write_line(f"ttt-checks report: {paths['report']}  (html: {paths['html']}, metrics: {paths['metrics']})")
+
+
+def _unstarted_metrics(config: pytest.Config, complete: bool) -> dict:
+    """The report data of a run that never measured anything: one failed ``checkpoint_load`` check."""
+    from ttt_checks import health
+    from ttt_checks.run import gate_label
+
+    options = config.stash[_OPTIONS_KEY]
+    verdict = health.cannot_measure("checkpoint_load", config.stash[_UNSTARTED_KEY])
+    return health._jsonable({
+        "checkpoint": config.getoption("--ckpt"), "adapter": None, "report_dir": str(options.report_dir),
+        "complete": complete, "thresholds": options.thresholds, "gates": [gate_label(g) for g in options.gates],
+        "verdicts": {"checkpoint_load": [verdict.to_dict()]}, "artifacts": {},
+    })
