@@ -44,12 +44,12 @@ def test_per_metric_tolerance_overrides_the_default():
     assert not baseline.compare(metrics(words=9.0), metrics(), 0.1).ok
 
 
-def test_unrelated_baseline_cannot_pass():
+def test_bad_input_unrelated_baseline_cannot_pass():
     v = baseline.compare(metrics(), {"verdicts": {}}, 0.1)
     assert not v.ok and "cannot measure" in v.explanation
 
 
-def test_unreadable_baseline_says_how_to_make_one(tmp_path):
+def test_bad_input_unreadable_baseline_says_how_to_make_one(tmp_path):
     with pytest.raises(baseline.BaselineError, match="--update-baseline"):
         baseline.load_baseline(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 pytest_plugins = ["pytester"]
 
@@ -41,6 +40,7 @@ def test_options_are_listed_in_their_own_group(pytester):
         (("--gates", "0,medium"), "*neither a number nor 'learned'*"),
         (("--max-positions", "1"), "*at least 2 positions*"),
         (("--device", "tpu"), "*expected auto, cpu, cuda or cuda:N*"),
+        (("--update-baseline",), "*--update-baseline needs --baseline PATH*"),
     ],
 )
 def test_invalid_options_are_usage_errors_not_green_runs(pytester, args, message):
@@ -49,15 +49,15 @@ def test_invalid_options_are_usage_errors_not_green_runs(pytester, args, message
     result.stderr.fnmatch_lines([message])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU; the no-GPU path cannot be shown here")
 @pytest.mark.parametrize("args", [("--device", "cuda"), ("--device", "cuda:1"), ("--require-gpu",)])
-def test_asking_for_a_gpu_without_one_is_a_usage_error(pytester, args):
+def test_bad_input_gpu_requested_without_one_is_a_usage_error(pytester, monkeypatch, args):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, also on a GPU machine
     result = run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no CUDA GPU is visible*"])
 
 
-def test_threshold_table_of_the_project_is_read_and_checked(pytester):
+def test_invalid_threshold_in_the_pyproject_table_is_a_usage_error(pytester):
     pytester.makepyprojecttoml("[tool.ttt_checks]\nordering_min_fraction = 0.8\nno_such_rule = 1\n")
     result = run(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

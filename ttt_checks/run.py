@@ -23,7 +23,8 @@ import numpy as np
 from ttt_checks import health
 from ttt_checks.health import Verdict
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
-from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, ModelInputs
+from ttt_checks.audio.wav import AudioError
+from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, InputError, ModelInputs
 from ttt_checks.ttt.figure5 import Figure5Error, Figure5Probe, Figure5Record
 
 DEFAULT_GATES: tuple[GateValue, ...] = (0.0, LEARNED, 0.3, 0.5, 1.0)
@@ -110,7 +111,11 @@ class HealthRun:
 
     @cached_property
     def inputs(self) -> ModelInputs:
-        return self._timed("load_inputs", lambda: self.adapter.load_inputs(self.options.input_path, self.options.max_positions))
+        """The adapter's inputs; what was converted to make them fit (resampled, downmixed) is said."""
+        inputs = self._timed("load_inputs", lambda: self.adapter.load_inputs(self.options.input_path, self.options.max_positions))
+        for note in inputs.notes:
+            self.progress(f"input {self.options.input_path or 'default'}: {note}")
+        return inputs
 
     # -- measurements ---------------------------------------------------------------------------
 
@@ -267,7 +272,7 @@ class HealthRun:
                 raise KeyError(f"unknown check {check!r}; known: {sorted(CHECKS)}")
             try:
                 verdicts = fn()
-            except (RunError, Figure5Error) as exc:
+            except (RunError, Figure5Error, InputError, AudioError) as exc:  # a bad input measures nothing
                 verdicts = [health.cannot_measure(check, str(exc))]
             self.verdicts[check] = verdicts
         return self.verdicts[check]
@@ -423,6 +428,8 @@ class HealthRun:
             "verdicts": {k: [v.to_dict() for v in vs] for k, vs in self.verdicts.items()},
             "artifacts": {k: [str(p) for p in ps] for k, ps in self.artifacts.items()},
         }
+        if "inputs" in self.__dict__:
+            data["inputs"] = {"description": self.inputs.description, "notes": list(self.inputs.notes)}
         if "figure5" in self.__dict__:
             data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
         if "teacher_forced" in self.__dict__:

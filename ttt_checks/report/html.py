@@ -33,6 +33,16 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _inputs_html(inputs: dict[str, Any] | None) -> list[str]:
+    """What the model was fed, and every conversion made to feed it (a resampled or downmixed
+    input is shown, never hidden)."""
+    if not inputs:
+        return []
+    e = html.escape
+    notes = "".join(f"<br><span class='WARN'>note:</span> {e(str(n))}" for n in inputs.get("notes", []))
+    return [f"<p class='sub'>input {e(str(inputs.get('description')))}{notes}</p>"]
+
+
 def render(metrics: dict[str, Any], report_dir: Path) -> str:
     e = html.escape
     verdicts = [v for vs in metrics.get("verdicts", {}).values() for v in vs]
@@ -48,6 +58,7 @@ def render(metrics: dict[str, Any], report_dir: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ttt-checks report</title><style>{_CSS}</style></head><body>",
              "<h1>ttt-checks health report</h1>",
              f"<p class='sub'>checkpoint <code>{e(str(metrics.get('checkpoint') or 'embedded default'))}</code> · adapter {e(str(metrics.get('adapter')))}</p>",
+             *_inputs_html(metrics.get("inputs")),
              banner,
              "<h2>Verdicts</h2><table><tr><th>check</th><th>layer</th><th>result</th><th>measured</th><th>threshold</th><th>explanation</th></tr>"]
     for v in verdicts:

@@ -28,6 +28,10 @@ def verdict_line(v: dict[str, Any]) -> str:
 def render(metrics: dict[str, Any]) -> str:
     lines = ["=" * 78, "TTT DIAGNOSTIC REPORT (ttt-checks)", "=" * 78]
     lines.append(f"checkpoint : {metrics.get('checkpoint') or 'embedded default'} (adapter: {metrics.get('adapter')})")
+    inputs = metrics.get("inputs")
+    if inputs:  # what the model was fed, and every conversion made to feed it
+        lines.append(f"input      : {inputs.get('description')}")
+        lines += [f"input note : {note}" for note in inputs.get("notes", [])]
     lines.append(f"written    : {_dt.datetime.now().isoformat(timespec='seconds')}")
     if not metrics.get("complete", True):
         lines.append("STATUS     : INCOMPLETE (the run was interrupted; the checks below are those that finished)")
