@@ -157,14 +157,14 @@ def test_missing_base_weights_name_the_file_and_the_fix(tiny, monkeypatch):
         MoshiAdapter(tiny.healthy, hf_repo="nobody/not-cached-anywhere")
 
 
-def test_missing_training_config_is_a_clear_error(tiny, tmp_path):
+def test_bad_input_missing_training_config_is_a_clear_error(tiny, tmp_path):
     run = mf.write_run(tmp_path / "run", tiny.base, tiny.trained, tiny.train_cfg)
     (consolidated_dir(run) / "training_config.json").unlink()
     with pytest.raises(MoshiCheckpointError, match="training_config.json"):
         MoshiAdapter(consolidated_dir(run).parent, **tiny.base.options)
 
 
-def test_wrong_shapes_are_reported_with_the_config_that_implies_them(tiny, tmp_path):
+def test_bad_input_wrong_shapes_are_reported_with_the_config_that_implies_them(tiny, tmp_path):
     run = mf.write_run(tmp_path / "run", tiny.base, tiny.trained, mf.training_config(ttt_mlp_expansion_factor=2.0))
     with pytest.raises(MoshiCheckpointError, match=r"W1 has shape .* ttt_mlp_expansion_factor 2.0"):
         MoshiAdapter(run, **tiny.base.options)
@@ -199,7 +199,7 @@ def test_multilayer_and_linear_inner_models_load_from_their_key_names(tiny, tmp_
     assert lin.ttt_layers()[0].inner == "linear" and lin.load_report.missing_ttt == []
 
 
-def test_missing_and_unexpected_ttt_keys_are_named(tiny, tmp_path):
+def test_bad_input_missing_and_unexpected_ttt_keys_are_named(tiny, tmp_path):
     adapter = MoshiAdapter(tiny.missing, **tiny.base.options)
     assert "transformer.layers.0.seq_modeling_block.ttt_layer.ttt.W2" in adapter.load_report.missing_ttt
     verdict = health.checkpoint_keys(adapter.expected_ttt_keys(), adapter.state().keys())
@@ -230,12 +230,22 @@ def test_gate_zero_reproduces_moshi_without_ttt(tiny):
     assert not np.allclose(adapter.teacher_forced(inputs.teacher_forced).outer_loss, vanilla)  # the learned gate matters
 
 
-def test_nan_in_ttt_weights_breaks_even_gate_zero(tiny):
+def test_bad_input_nan_in_ttt_weights_breaks_even_gate_zero(tiny):
     adapter = MoshiAdapter(tiny.nan, **tiny.base.options)
     verdict = checks.gate0_matches_vanilla(adapter, adapter.load_inputs(max_positions=40).teacher_forced)
     assert not verdict.ok and "not finite" in verdict.explanation
     result = adapter.teacher_forced(adapter.load_inputs(max_positions=40).teacher_forced)
     assert not result.outputs_finite and not np.isfinite(result.outer_loss).any()  # never averaged away
+
+
+def test_bad_input_nan_and_inf_ttt_weights_fail_checkpoint_finite(tiny, tmp_path):
+    key = "transformer.layers.0.seq_modeling_block.ttt_layer.ttt.W2"
+    w = tiny.trained[key].clone()
+    w[0, 0, 0] = float("inf")
+    inf = mf.write_run(tmp_path / "inf", tiny.base, {**tiny.trained, key: w}, tiny.train_cfg)
+    for run, bad in ((tiny.nan, "transformer.layers.1.seq_modeling_block.ttt_layer.ttt.W1"), (inf, key)):
+        verdict = health.checkpoint_finite(MoshiAdapter(run, **tiny.base.options).state())
+        assert not verdict.ok and verdict.details["nonfinite"] == [bad]
 
 
 def test_unused_parameters_are_found_at_init_and_moved_ones_flagged(tiny, tmp_path):
@@ -334,3 +344,59 @@ def test_health_suite_fails_exactly_the_broken_checks(tiny, tmp_path, variant, s
     results = run_health(tiny, getattr(tiny, variant), tmp_path, select)
     failed = {name for name, (outcome, _) in results.items() if outcome in ("failure", "error")}
     assert failed == failing, results
+
+
+# -- bad --input files (`-k bad_input` selects these with tests/test_bad_input_audio.py) -----------
+
+
+def _tone(seconds: float, rate: int, freq: float = 220.0, peak: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return peak * np.sin(2 * np.pi * freq * t)
+
+
+@pytest.fixture(scope="module")
+def healthy_adapter(tiny) -> MoshiAdapter:
+    return MoshiAdapter(tiny.healthy, **tiny.base.options)
+
+
+def test_bad_input_stereo_44k_wav_is_fed_as_24k_mono_with_notes(healthy_adapter, tmp_path):
+    from ttt_checks.audio.wav import resample, write_wav
+
+    left, right = _tone(1.0, 44100, 220.0, 0.4), _tone(1.0, 44100, 330.0, 0.3)
+    wav = write_wav(tmp_path / "stereo44.wav", np.stack([left, right], axis=1), 44100)
+    inputs = healthy_adapter.load_inputs(wav)
+    assert inputs.notes == ("downmixed 2 channels to mono (channel average)", "resampled 44100 Hz -> 24000 Hz")
+    assert inputs.positions == 12 and inputs.teacher_forced.shape == (12 * 1920,)  # 1 s = 12.5 frames of 80 ms
+    average = resample(((left + right) / 2).astype(np.float32), 44100, 24000)[: 12 * 1920]
+    np.testing.assert_allclose(inputs.teacher_forced, average, atol=1e-3)  # both channels, not channel 0
+
+
+def test_bad_input_silent_clipped_or_short_wav_raises_the_input_error(healthy_adapter, tmp_path):
+    from ttt_checks.audio.wav import write_wav
+    from ttt_checks.models.base import InputError
+    from ttt_checks.models.moshi.adapter import MoshiInputError
+
+    cases = {
+        "silent.wav": (np.zeros(24000), r"silent\.wav: silent \(every sample is 0\)"),
+        "clipped.wav": (np.clip(2.0 * _tone(1.0, 24000), -1.0, 1.0), r"clipped\.wav: clipped: [\d.]+ % of the samples"),
+        "short.wav": (_tone(1.0, 24000)[:1000], r"short\.wav: too short: 1000 samples at 24000 Hz \(42 ms\), "
+                                                r"the model needs at least 160 ms"),
+    }
+    for name, (pcm, message) in cases.items():
+        wav = write_wav(tmp_path / name, pcm, 24000)
+        with pytest.raises(MoshiInputError, match=message) as err:
+            healthy_adapter.load_inputs(wav)
+        assert isinstance(err.value, InputError)
+
+
+def test_bad_input_health_run_on_a_bad_wav_fails_with_the_message(healthy_adapter, tmp_path):
+    from ttt_checks.audio.wav import write_wav
+    from ttt_checks.run import HealthRun, RunOptions
+
+    wav = write_wav(tmp_path / "silent.wav", np.zeros(24000), 24000)
+    run = HealthRun(healthy_adapter, RunOptions(report_dir=tmp_path / "report", input_path=wav))
+    for check in ("figure5_collected", "ttt_helps"):
+        verdicts = run.judge(check)
+        assert len(verdicts) == 1 and not verdicts[0].ok, verdicts
+        assert "silent.wav: silent (every sample is 0)" in verdicts[0].explanation
+    assert "inputs" not in run.metrics()

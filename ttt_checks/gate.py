@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         parser.add_argument("--update-baseline", action="store_true", help="write this run's metrics to --baseline")
     parser.add_argument("--out", help="report directory (default reports/<run-id>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow pickle weights (pickle can run code; loaded with torch.load(weights_only=True))")
     parser.add_argument("--gates", help="gating sweep values (default 0,learned,0.3,0.5,1)")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE", help="override a threshold")
     parser.add_argument("-k", dest="keyword", help="only checks whose test name matches (pytest -k)")
@@ -43,6 +45,8 @@ def pytest_args(ckpt: str | None, out: Path, args: argparse.Namespace) -> list[s
         argv += ["--baseline", args.baseline]
     if getattr(args, "update_baseline", False):
         argv.append("--update-baseline")
+    if getattr(args, "trust_pickle", False):
+        argv.append("--trust-pickle")
     if args.gates:
         argv += ["--gates", args.gates]
     for item in args.threshold:

@@ -169,8 +169,20 @@ def _check_cheap_inputs(config: pytest.Config, options) -> None:
             detect(config.getoption("--ckpt"))
         except CheckpointResolutionError as exc:
             raise pytest.UsageError(str(exc)) from None
-    if options.input_path is not None and not options.input_path.exists():
-        raise pytest.UsageError(f"--input {options.input_path}: no such file")
+    if options.input_path is not None:
+        if not options.input_path.exists():
+            raise pytest.UsageError(f"--input {options.input_path}: no such file")
+        from ttt_checks.models.base import InputError
+        from ttt_checks.models.registry import check_input
+
+        try:  # the file is judged for the model that will read it (speech for Moshi, text for the reference)
+            family, _ = detect(config.getoption("--ckpt"))
+        except CheckpointResolutionError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        try:
+            check_input(family, options.input_path, options.max_positions)  # notes are said by the run itself
+        except InputError as exc:
+            raise pytest.UsageError(f"--input {exc}") from None
     if options.asr != "default":
         from ttt_checks.asr import AsrSpec, parse_asr_spec
         from ttt_checks.asr.transcript import AsrError
@@ -230,10 +242,11 @@ def ttt_run(request: pytest.FixtureRequest):
         adapter = resolve(config.getoption("--ckpt"), device=options.device, trust_pickle=config.getoption("--trust-pickle"),
                           **{name: config.getoption(f"--{name.replace('_', '-')}") for name in MOSHI_BASE_OPTIONS})
     except Exception as exc:  # every test of the run fails with the cause, not a bare traceback
-        why = (f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
-               f"{type(exc).__name__}: {exc}")
-        config.stash[_UNSTARTED_KEY] = why
-        pytest.fail(why, pytrace=False)
+        adapter = None
+        config.stash[_UNSTARTED_KEY] = (f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
+                                        f"{type(exc).__name__}: {exc}")
+    if adapter is None:  # failed outside the except block, so pytest prints the cause once, not its chain
+        pytest.fail(config.stash[_UNSTARTED_KEY], pytrace=False)
     run = HealthRun(adapter, options, progress=progress)
     config.stash[_RUN_KEY] = run
     del config.stash[_UNSTARTED_KEY]

@@ -69,15 +69,27 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class InputError(ValueError):
+    """An input the model cannot use (``--input`` file or API input): "<file>: <what>; <what to do>".
+
+    One base class for every adapter's input errors, so a health run turns any of them into a
+    failing "cannot measure" verdict and the plugin into a usage error, never a traceback.
+    """
+
+
 @dataclass
 class ModelInputs:
     """What a health run feeds the model: one teacher-forced sequence batch and the prompts of
-    the gating sweep (one generation per prompt and gate)."""
+    the gating sweep (one generation per prompt and gate).
+
+    ``notes`` say what was done to the input to make it fit (resampled, downmixed): the run
+    shows them, because a silently converted input hides a wrong file."""
 
     teacher_forced: Any
     prompts: list[Any]
     description: str
     positions: int  # tokens (frames) per teacher-forced row
+    notes: tuple[str, ...] = ()
 
 
 class Adapter(abc.ABC):

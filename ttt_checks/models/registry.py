@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ttt_checks.models.base import Adapter
+from ttt_checks.models.base import Adapter, InputError
+from ttt_checks.models.tensorfile import PICKLE_SUFFIXES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZOO_DIR = REPO_ROOT / "fixtures" / "zoo"
@@ -54,9 +55,13 @@ def detect(ckpt: str | Path | None) -> tuple[str, Path]:
     if not path.exists():
         raise CheckpointResolutionError(f"--ckpt {path}: no such file or directory")
     if not path.is_dir():
-        hint = (" It looks like a pickle checkpoint: ttt-checks loads safetensors only (pickle can run code)."
-                if path.suffix in (".pt", ".pth", ".bin", ".ckpt") else "")
-        raise CheckpointResolutionError(f"--ckpt {path}: a file; pass the checkpoint directory that contains it.{hint}")
+        # A file of a checkpoint (its weights, its config) stands for the directory holding it.
+        if not any((path.parent / name).is_file() for name in ("config.json", "training_config.json")):
+            hint = (" It looks like a pickle checkpoint: ttt-checks reads pickle only inside a checkpoint directory, "
+                    "with --trust-pickle (pickle can run code)." if path.suffix.lower() in PICKLE_SUFFIXES else "")
+            raise CheckpointResolutionError(f"--ckpt {path}: a file with no checkpoint config next to it; "
+                                            f"pass the checkpoint directory.{hint}")
+        path = path.parent
     config = _read_json(path / "config.json")
     if config and str(config.get("format", "")).startswith("ttt-checks-reference/"):
         return "reference", path
@@ -64,7 +69,9 @@ def detect(ckpt: str | Path | None) -> tuple[str, Path]:
 
     if is_moshi_checkpoint(path):
         return "moshi", path
-    contents = sorted(p.name for p in path.iterdir())[:12]
+    names = sorted(p.name for p in path.iterdir())
+    _raise_if_config_missing(path, names)
+    contents = names[:12]
     raise CheckpointResolutionError(
         f"--ckpt {path}: not a checkpoint ttt-checks can read. Expected a reference checkpoint "
         f"(config.json with format ttt-checks-reference/*) or a moshi-finetune checkpoint (a run dir with "
@@ -73,9 +80,44 @@ def detect(ckpt: str | Path | None) -> tuple[str, Path]:
     )
 
 
-def resolve(ckpt: str | Path | None, device: str = "cpu", **moshi_options: Any) -> Adapter:
+def _raise_if_config_missing(path: Path, names: list[str]) -> None:
+    """Weights without the config that says how to read them: name the missing file."""
+    stems = {Path(name).stem for name in names if Path(name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)}
+    if stems & {"ttt", "model"} and "config.json" not in names:
+        raise CheckpointResolutionError(f"--ckpt {path}: config.json is missing (the directory holds {names[:12]}); "
+                                        "copy the config.json saved with these weights")
+    if stems & {"lora", "consolidated"} and "training_config.json" not in names:
+        raise CheckpointResolutionError(f"--ckpt {path}: training_config.json is missing (the directory holds {names[:12]}); "
+                                        "copy it from the moshi-finetune run, it says which blocks carry TTT")
+
+
+def check_input(family: str, path: str | Path, max_positions: int | None = None) -> list[str]:
+    """Validate an ``--input`` file for ``family`` without loading a model: the notes of what
+    will be converted to feed it (resampled, downmixed), or an :class:`InputError` naming what is
+    wrong and what to do. Cheap (no moshi import), so the plugin refuses a bad file before a
+    checkpoint of several GB loads. The adapters apply the same rules when they read the file.
+    """
+    if family == "moshi":
+        from ttt_checks.audio.speech_input import MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
+        from ttt_checks.audio.wav import AudioError
+
+        try:
+            return list(load_speech_input(path, MIMI_SAMPLE_RATE, MIMI_MIN_SAMPLES).notes)
+        except AudioError as exc:
+            raise InputError(str(exc)) from exc
+    if family == "reference":
+        from ttt_checks.models.reference.adapter import DEFAULT_POSITIONS, read_dialogue_text
+
+        read_dialogue_text(path, min_bytes=int(max_positions or DEFAULT_POSITIONS) + 1)
+        return []
+    raise ValueError(f"check_input: unknown model family {family!r}")
+
+
+def resolve(ckpt: str | Path | None, device: str = "cpu", trust_pickle: bool = False, **moshi_options: Any) -> Adapter:
     """The adapter for ``ckpt`` (None: the embedded default), loaded on ``device``.
 
+    ``trust_pickle`` lets a checkpoint whose weights are pickle (``ttt.pt``, ``lora.pt``) load,
+    through torch.load(weights_only=True); without it they are refused (pickle can run code).
     ``moshi_options`` (hf_repo, moshi_weight, mimi_weight, tokenizer, mimi_config) say where a
     moshi-finetune checkpoint's base weights are; None values fall back to the environment.
     """
@@ -83,10 +125,11 @@ def resolve(ckpt: str | Path | None, device: str = "cpu", **moshi_options: Any) 
     if family == "reference":
         from ttt_checks.models.reference.adapter import ReferenceAdapter
 
-        adapter = ReferenceAdapter(path)
+        adapter = ReferenceAdapter(path, trust_pickle=trust_pickle)
         if device != "cpu":
             adapter.model.to(device)
         return adapter
     from ttt_checks.models.moshi.adapter import MoshiAdapter
 
-    return MoshiAdapter(path, device=device, **{k: v for k, v in moshi_options.items() if v is not None})
+    return MoshiAdapter(path, device=device, trust_pickle=trust_pickle,
+                        **{k: v for k, v in moshi_options.items() if v is not None})

@@ -21,17 +21,20 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo, fixed_gate
+from ttt_checks.audio.speech_input import MIMI_FRAME_SIZE, MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
+from ttt_checks.audio.wav import AudioError
+from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
+                                    TTTLayerInfo, fixed_gate)
 from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
 from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
 
-SAMPLE_RATE = 24000
-FRAME_SIZE = 1920  # 80 ms at 12.5 Hz
+SAMPLE_RATE = MIMI_SAMPLE_RATE  # 24 kHz
+FRAME_SIZE = MIMI_FRAME_SIZE  # 80 ms at 12.5 Hz
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SPEECH_FIXTURES = REPO_ROOT / "fixtures" / "speech"
 
 
-class MoshiInputError(ValueError):
+class MoshiInputError(InputError):
     """Input audio the adapter cannot use; the message says what it needs."""
 
 
@@ -109,8 +112,8 @@ class MoshiAdapter(Adapter):
                  mimi_weight: str | Path | None = None, tokenizer: str | Path | None = None,
                  mimi_config: str | Path | None = None, carry_state: bool | None = None,
                  sampling: bool = True, seed: int = 4242, temp: float | None = None, temp_text: float | None = None,
-                 reply_seconds: float = 4.0) -> None:
-        self.files = locate(checkpoint)
+                 reply_seconds: float = 4.0, trust_pickle: bool = False) -> None:
+        self.files = locate(checkpoint, trust_pickle=trust_pickle)
         self.checkpoint = self.files.root
         self.base = BaseWeights.from_options(hf_repo, moshi_weight, mimi_weight, tokenizer, mimi_config)
         if carry_state is None:
@@ -213,21 +216,29 @@ class MoshiAdapter(Adapter):
 
         The default sweep prompt is the first speech clip alone (one sentence, then
         ``reply_seconds`` of silence for the answer); with ``path`` the prompt is the input itself.
+        A given wav passes :mod:`ttt_checks.audio.speech_input` first: silent, clipped or too short
+        is a :class:`MoshiInputError`; stereo and other rates are converted and said in ``notes``.
         """
+        notes: tuple[str, ...] = ()
         if path is None:
             pcm, what = default_speech()
             prompt = default_speech(first_only=True)[0]
         else:
-            pcm, what = read_wav_24k(path), str(path)
+            try:  # not sphn: it keeps channel 0 of stereo and resamples without a word
+                audio = load_speech_input(path, SAMPLE_RATE, MIMI_MIN_SAMPLES)
+            except AudioError as exc:
+                raise MoshiInputError(str(exc)) from exc
+            pcm, what, notes = audio.pcm, str(path), audio.notes
             prompt = None
         frames = len(pcm) // FRAME_SIZE
         if max_positions is not None:
             frames = min(frames, int(max_positions))
         if frames < 2:
-            raise MoshiInputError(f"{what}: shorter than 2 frames of 80 ms")
+            raise MoshiInputError(f"{what}: {frames} frames of 80 ms, a teacher-forced pass needs 2; "
+                                  "pass a longer --input or a larger --max-positions")
         pcm = pcm[: frames * FRAME_SIZE]
         prompt = pcm if prompt is None else prompt[: frames * FRAME_SIZE]
-        return ModelInputs(teacher_forced=pcm, prompts=[prompt], positions=frames,
+        return ModelInputs(teacher_forced=pcm, prompts=[prompt], positions=frames, notes=notes,
                            description=f"{what}: {frames} frames ({frames * FRAME_SIZE / SAMPLE_RATE:.2f} s at 24 kHz)")
 
     @torch.no_grad()

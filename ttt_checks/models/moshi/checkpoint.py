@@ -10,11 +10,16 @@ TTT tensor names changed over the user's history; they are matched by *suffix* w
 ``transformer.layers.L.seq_modeling_block.``, so the wrapper layout
 (``ttt_layer.ttt.W1``) and the older direct layout (``W1`` on the block) both load.
 See /work/shared/reference/moshi-ttt-checkpoints.md §1 for the layouts.
+
+Broken checkpoints fail in :func:`locate` (configs: JSON, key types, TTT layers the model lacks)
+or :func:`read_weights` (the weights file, through :mod:`ttt_checks.models.tensorfile`), each
+with a :class:`MoshiCheckpointError` naming the file, before any model is built.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from ttt_checks.models.tensorfile import PICKLE_SUFFIXES, TensorFileError, check_trusted, load_tensors
 
 DEFAULT_HF_REPO = "kyutai/moshiko-pytorch-bf16"
 
@@ -100,11 +107,65 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         )
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MoshiCheckpointError(f"{path}: not readable JSON ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers JSON and UTF-8 errors
+        raise MoshiCheckpointError(f"{path}: not readable JSON ({exc}); copy it again from the training run") from exc
     if not isinstance(data, dict):
-        raise MoshiCheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise MoshiCheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}; copy it again from the training run")
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# What each ttt key must hold (after defaults), as (test, description): a wrong type fails here,
+# with the key named, instead of as a ValueError deep inside model building.
+_TTT_KEY_TYPES: dict[str, tuple[Any, str]] = {
+    "enable": (lambda v: isinstance(v, bool), "true or false"),
+    "layers": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(_is_int(i) for i in v)),
+               "all, middle, none, '29,30,31' or a list of block indices"),
+    "base_lr": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "mini_batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "persistent_states": (lambda v: isinstance(v, bool), "true or false"),
+    "initial_gating_alpha": (_is_number, "a finite number"),
+    "ttt_mlp_layers": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "ttt_mlp_hidden_dims": (lambda v: v is None or (isinstance(v, list) and all(_is_int(i) and i >= 1 for i in v)),
+                            "null or a list of positive integers"),
+    "ttt_mlp_expansion_factor": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "use_rope": (lambda v: isinstance(v, bool), "true or false"),
+    "rope_theta": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "ttt_layer_context": (lambda v: v is None or (_is_int(v) and v >= 1), "null or a positive integer"),
+    "non_ttt_layer_context": (lambda v: v is None or (_is_int(v) and v >= 1), "null or a positive integer"),
+}
+
+# config.json: the LM kwargs the TTT layers are built from, and the LoRA switches.
+_CONFIG_KEY_TYPES: dict[str, tuple[Any, str]] = {
+    "dim": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_heads": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "num_layers": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+}
+_CONFIG_OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
+    "lora": (lambda v: isinstance(v, bool), "true or false"),
+    "lora_rank": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "lora_scaling": (_is_number, "a finite number"),
+}
+
+
+def check_lm_config(config: Mapping[str, Any], path: Path) -> None:
+    """config.json holds the LM kwargs (dim, num_heads, num_layers) the TTT layers are sized from."""
+    for key, (ok, want) in _CONFIG_KEY_TYPES.items():
+        if key not in config:
+            raise MoshiCheckpointError(f"{path}: {key!r} is missing; moshi-finetune writes the LM kwargs here, "
+                                       "copy the run's own config.json")
+        if not ok(config[key]):
+            raise MoshiCheckpointError(f"{path}: {key} is {config[key]!r}, expected {want}; copy the run's own config.json")
+    for key, (ok, want) in _CONFIG_OPTIONAL_TYPES.items():
+        if key in config and not ok(config[key]):
+            raise MoshiCheckpointError(f"{path}: {key} is {config[key]!r}, expected {want}; copy the run's own config.json")
 
 
 @dataclass(frozen=True)
@@ -113,6 +174,7 @@ class TTTArgs:
 
     raw: dict[str, Any]
     defaults_used: tuple[str, ...]
+    source: str = "training_config.json"  # the file, for messages
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
@@ -131,25 +193,36 @@ class TTTArgs:
             try:
                 indices = [int(t) for t in s.split(",") if t.strip()]
             except ValueError:
-                raise MoshiCheckpointError(f"training_config.json ttt.layers = {spec!r}: expected all, middle, none or '29,30,31'") from None
-        elif isinstance(spec, (list, tuple)):
-            indices = [int(t) for t in spec]
+                raise MoshiCheckpointError(f"{self.source}: ttt.layers = {spec!r}, expected all, middle, none or '29,30,31'; "
+                                           "copy the run's own training_config.json") from None
+        elif isinstance(spec, (list, tuple)) and all(_is_int(t) for t in spec):
+            indices = list(spec)
         else:
-            raise MoshiCheckpointError(f"training_config.json ttt.layers = {spec!r}: expected all, middle, none or a list")
+            raise MoshiCheckpointError(f"{self.source}: ttt.layers = {spec!r}, expected all, middle, none or a list of block "
+                                       "indices; copy the run's own training_config.json")
         bad = [i for i in indices if not 0 <= i < num_layers]
         if bad:
-            raise MoshiCheckpointError(f"training_config.json ttt.layers names blocks {bad}, the model has {num_layers} (0..{num_layers - 1})")
+            raise MoshiCheckpointError(f"{self.source}: ttt.layers names blocks {bad}, the model has {num_layers} "
+                                       f"(0..{num_layers - 1}); is config.json the run's own?")
         return sorted(set(indices))
 
 
-def read_ttt_args(training_config: Mapping[str, Any]) -> TTTArgs:
+def read_ttt_args(training_config: Mapping[str, Any], source: str | Path = "training_config.json") -> TTTArgs:
+    """The ``ttt`` section with defaults filled in and every key the loader reads type-checked."""
     section = training_config.get("ttt")
+    if section is None:
+        raise MoshiCheckpointError(f"{source}: no 'ttt' section: this is not a TTT run (or not a moshi-finetune TrainArgs dump)")
     if not isinstance(section, dict):
-        raise MoshiCheckpointError("training_config.json has no 'ttt' section: this is not a TTT run (or not a moshi-finetune TrainArgs dump)")
+        raise MoshiCheckpointError(f"{source}: 'ttt' is a {type(section).__name__}, expected an object; "
+                                   "copy the run's own training_config.json")
     raw = dict(TTT_DEFAULTS)
     raw.update(section)
+    for key, (ok, want) in _TTT_KEY_TYPES.items():
+        if not ok(raw[key]):
+            raise MoshiCheckpointError(f"{source}: ttt.{key} is {raw[key]!r}, expected {want}; "
+                                       "copy the run's own training_config.json")
     used = tuple(sorted(k for k in TTT_DEFAULTS if k not in section))
-    return TTTArgs(raw=raw, defaults_used=used)
+    return TTTArgs(raw=raw, defaults_used=used, source=str(source))
 
 
 @dataclass
@@ -163,6 +236,7 @@ class CheckpointFiles:
     config: dict[str, Any]
     training_config: dict[str, Any]
     ttt: TTTArgs
+    trust_pickle: bool = False  # weights is lora.pt / consolidated.pt and the user allowed pickle
 
     @property
     def step(self) -> int | None:
@@ -170,28 +244,57 @@ class CheckpointFiles:
         return int(m.group(1)) if m else None
 
 
-def locate(path: str | Path) -> CheckpointFiles:
-    """Resolve ``--ckpt`` to its files and configs, with errors that say what to pass instead."""
+def _weights_in(cons: Path, trust_pickle: bool) -> tuple[Path, bool]:
+    """(weights file, is it the full model): safetensors first, then a pickle sibling if trusted."""
+    candidates = [(cons / LORA_FILE, False), (cons / CONSOLIDATED_FILE, True)]
+    candidates += [((cons / name).with_suffix(suffix), name == CONSOLIDATED_FILE)
+                   for name in (LORA_FILE, CONSOLIDATED_FILE) for suffix in PICKLE_SUFFIXES]
+    for path, full in candidates:
+        if path.is_file():
+            try:
+                check_trusted(path, trust_pickle)
+            except TensorFileError as exc:
+                raise MoshiCheckpointError(str(exc)) from exc
+            return path, full
+    raise MoshiCheckpointError(
+        f"{cons}: neither {LORA_FILE} nor {CONSOLIDATED_FILE}; moshi-finetune writes one of them, copy it from the run "
+        f"(holds: {sorted(p.name for p in cons.iterdir())})"
+    )
+
+
+def locate(path: str | Path, trust_pickle: bool = False) -> CheckpointFiles:
+    """Resolve ``--ckpt`` to its files and checked configs, with errors that say what to do.
+
+    Reads only the two JSON files: their keys are type-checked and the TTT layers they name are
+    checked against the model's depth, so a broken config fails here, before any weights load.
+    ``trust_pickle`` allows ``lora.pt`` / ``consolidated.pt`` where the safetensors are missing.
+    """
     root = Path(path).expanduser()
     if not root.exists():
         raise MoshiCheckpointError(f"{root}: no such file or directory")
+    if root.is_file():  # a file of the checkpoint: lora.safetensors, training_config.json, ...
+        root = root.parent
     cons = consolidated_dir(root)
     if not cons.is_dir():
         raise MoshiCheckpointError(f"{cons}: missing; a moshi-finetune checkpoint_NNNNNN dir holds consolidated/ with the weights")
-    lora, full = cons / LORA_FILE, cons / CONSOLIDATED_FILE
-    if lora.is_file():
-        weights, is_full = lora, False
-    elif full.is_file():
-        weights, is_full = full, True
-    else:
-        raise MoshiCheckpointError(
-            f"{cons}: neither {LORA_FILE} nor {CONSOLIDATED_FILE}; moshi-finetune writes one of them "
-            f"(holds: {sorted(p.name for p in cons.iterdir())})"
-        )
+    weights, is_full = _weights_in(cons, trust_pickle)
     config = _read_json(cons / "config.json", "the LM kwargs and LoRA settings")
+    check_lm_config(config, cons / "config.json")
     training = _read_json(cons / "training_config.json", "the TrainArgs with the ttt section")
+    ttt = read_ttt_args(training, cons / "training_config.json")
+    ttt.layer_indices(int(config["num_layers"]))  # layers the model lacks fail now, not mid-load
     return CheckpointFiles(root=root, consolidated=cons, weights=weights, full=is_full, config=config,
-                           training_config=training, ttt=read_ttt_args(training))
+                           training_config=training, ttt=ttt, trust_pickle=trust_pickle)
+
+
+def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint's weights file, checked by tensorfile (CPU, stored dtype)."""
+    stored = files.training_config.get("param_dtype")
+    try:
+        return load_tensors(files.weights, trust_pickle=files.trust_pickle,
+                            floating=stored if isinstance(stored, str) else "bfloat16")
+    except TensorFileError as exc:
+        raise MoshiCheckpointError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------

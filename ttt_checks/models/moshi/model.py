@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ttt_checks.models.moshi.checkpoint import (
     LAYER_RE,
@@ -26,6 +25,7 @@ from ttt_checks.models.moshi.checkpoint import (
     detect_inner,
     detect_layout,
     layer_keys,
+    read_weights,
 )
 from ttt_checks.models.moshi.inject import TTTHybridLayer, inject_ttt
 from ttt_checks.ttt import TTTConfig
@@ -95,7 +95,7 @@ def load_moshi(files: CheckpointFiles, base: BaseWeights, device: str | torch.de
     info = checkpoint_info(files, base)
     kwargs = _lm_kwargs(info)
     num_layers, width, num_heads = int(kwargs["num_layers"]), int(kwargs["dim"]), int(kwargs["num_heads"])
-    tensors = load_file(str(files.weights), device="cpu")
+    tensors = read_weights(files)  # checked: truncation, damage, dtype, untrusted pickle
 
     if files.full:
         lm = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta", dtype=dtype, lm_kwargs_overrides={"lora": False})

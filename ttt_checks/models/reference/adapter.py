@@ -21,7 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, Generation, ModelInputs, TTTLayerInfo, fixed_gate
+from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
+                                    TTTLayerInfo, fixed_gate)
 from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
@@ -32,8 +33,55 @@ DEFAULT_POSITIONS = 256  # tokens per teacher-forced row (the training window le
 DEFAULT_ROWS = 8
 
 
-class ReferenceInputError(TypeError):
-    """Inputs the reference adapter cannot turn into tokens; the message lists the accepted forms."""
+class ReferenceInputError(InputError, TypeError):
+    """Inputs the reference adapter cannot turn into tokens; the message lists the accepted forms.
+
+    Also a TypeError, as it was before :class:`InputError` existed (callers catch it as such)."""
+
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".webm"})
+# File signatures of common audio containers: an --input with one is speech, whatever its name.
+_AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"\x1aE\xdf\xa3")
+
+
+def read_dialogue_text(path: str | Path, min_bytes: int = 2) -> str:
+    """The UTF-8 text of an ``--input`` file for the reference model, or a :class:`ReferenceInputError`.
+
+    The reference model reads bytes of dialogue text; an audio file, an empty or binary file,
+    or one shorter than a teacher-forced row (``min_bytes``) would measure nothing, so each is
+    refused with what to pass instead. Cheap: the plugin calls it before any model loads.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ReferenceInputError(f"{path}: cannot read it ({exc.strerror or exc}); check the path and its permissions") from exc
+    if path.suffix.lower() in AUDIO_SUFFIXES or data.startswith(_AUDIO_MAGIC) or data[4:8] == b"ftyp":
+        raise ReferenceInputError(
+            f"{path}: an audio file, but the reference model reads UTF-8 dialogue text; "
+            "speech input needs a speech model such as a Moshi checkpoint (--ckpt RUN_DIR)"
+        )
+    if not data.strip():
+        what = "empty (0 bytes)" if not data else "only whitespace"
+        raise ReferenceInputError(f"{path}: {what}; pass a UTF-8 text file of dialogue (at least {min_bytes} bytes)")
+    if b"\0" in data:
+        raise ReferenceInputError(
+            f"{path}: a binary file (it holds NUL bytes), not text; pass a UTF-8 text file of dialogue, "
+            "which is what the reference model reads"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReferenceInputError(
+            f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); the reference model reads "
+            "UTF-8 dialogue text: convert it, e.g. `iconv -t UTF-8 IN > OUT`"
+        ) from None
+    if len(data) < min_bytes:
+        raise ReferenceInputError(
+            f"{path}: {len(data)} bytes is shorter than one row of {min_bytes} tokens; "
+            "pass more dialogue text or lower --max-positions"
+        )
+    return text
 
 
 def _as_token_batch(inputs: Any, tokenizer: ByteTokenizer) -> torch.Tensor:
@@ -67,8 +115,9 @@ class ReferenceAdapter(Adapter):
 
     name = "reference"
 
-    def __init__(self, checkpoint: str | Path, max_new_tokens: int = 120, voice: str = "en-us", rate_wpm: int = 160) -> None:
-        self.loaded: LoadedCheckpoint = load_checkpoint(checkpoint)
+    def __init__(self, checkpoint: str | Path, max_new_tokens: int = 120, voice: str = "en-us", rate_wpm: int = 160,
+                 trust_pickle: bool = False) -> None:
+        self.loaded: LoadedCheckpoint = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
         self.checkpoint = self.loaded.path
         self.model = self.loaded.model
         self.tokenizer = ByteTokenizer()
@@ -143,13 +192,8 @@ class ReferenceAdapter(Adapter):
             what = f"held-out chatterbot-corpus dialogue, {ids.shape[0]} rows x {length} tokens"
         else:
             path = Path(path)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ReferenceInputError(f"{path}: cannot read it as UTF-8 dialogue text ({exc})") from exc
+            text = read_dialogue_text(path, min_bytes=length + 1)  # one byte is one token
             stream = torch.tensor(self.tokenizer.encode_text(text), dtype=torch.long)
-            if stream.numel() < length + 1:
-                raise ReferenceInputError(f"{path}: {stream.numel()} bytes is shorter than one row of {length + 1} tokens; lower max_positions")
             ids = fixed_windows(stream, length, DEFAULT_ROWS)
             what = f"{path} ({ids.shape[0]} rows x {length} tokens)"
         return ModelInputs(teacher_forced=ids, prompts=list(DEFAULT_PROMPTS), description=what, positions=length)
