@@ -41,6 +41,7 @@ def test_options_are_listed_in_their_own_group(pytester):
         (("--max-positions", "1"), "*at least 2 positions*"),
         (("--device", "tpu"), "*expected auto, cpu, cuda or cuda:N*"),
         (("--update-baseline",), "*--update-baseline needs --baseline PATH*"),
+        (("--baseline", "no-such-metrics.json"), "*--baseline no-such-metrics.json: no such file*--update-baseline*"),
     ],
 )
 def test_invalid_options_are_usage_errors_not_green_runs(pytester, args, message):

@@ -183,6 +183,9 @@ def _check_cheap_inputs(config: pytest.Config, options) -> None:
             check_input(family, options.input_path, options.max_positions)  # notes are said by the run itself
         except InputError as exc:
             raise pytest.UsageError(f"--input {exc}") from None
+    if options.baseline is not None and not options.update_baseline and not options.baseline.is_file():
+        raise pytest.UsageError(f"--baseline {options.baseline}: no such file; create it from a good run with "
+                                "--update-baseline, or leave --baseline out")
     if options.asr != "default":
         from ttt_checks.asr import AsrSpec, parse_asr_spec
         from ttt_checks.asr.transcript import AsrError
