@@ -26,7 +26,7 @@ def test_bad_input_empty_directory(tmp_path):
 def test_bad_input_run_dir_without_checkpoints(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "args.yaml").write_text("run_dir: x\n")
-    with pytest.raises(CheckpointResolutionError, match="not a checkpoint ttt-checks can read"):
+    with pytest.raises(CheckpointResolutionError, match="checkpoints/ holds no checkpoint_NNNNNN yet"):
         detect(tmp_path)
 
 

@@ -71,6 +71,11 @@ def detect(ckpt: str | Path | None) -> tuple[str, Path]:
         return "moshi", path
     names = sorted(p.name for p in path.iterdir())
     _raise_if_config_missing(path, names)
+    if (path / "checkpoints").is_dir():
+        raise CheckpointResolutionError(
+            f"--ckpt {path}: a training run dir whose checkpoints/ holds no checkpoint_NNNNNN yet "
+            f"(it holds {sorted(p.name for p in (path / 'checkpoints').iterdir())[:12] or 'nothing'}); "
+            "wait for the first save, or pass the run that wrote the checkpoint")
     contents = names[:12]
     raise CheckpointResolutionError(
         f"--ckpt {path}: not a checkpoint ttt-checks can read. Expected a reference checkpoint "
