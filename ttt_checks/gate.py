@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow pickle weights (pickle can run code; loaded with torch.load(weights_only=True))")
     parser.add_argument("--gates", help="gating sweep values (default 0,learned,0.3,0.5,1)")
+    parser.add_argument("--input", help="input for the teacher-forced pass and the sweep (a wav for speech models, "
+                                        "UTF-8 dialogue text for the reference model)")
+    parser.add_argument("--max-positions", type=int, help="cut the teacher-forced input to this many positions")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE", help="override a threshold")
     parser.add_argument("-k", dest="keyword", help="only checks whose test name matches (pytest -k)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
@@ -49,6 +52,10 @@ def pytest_args(ckpt: str | None, out: Path, args: argparse.Namespace) -> list[s
         argv.append("--trust-pickle")
     if args.gates:
         argv += ["--gates", args.gates]
+    if getattr(args, "input", None):
+        argv += ["--input", str(Path(args.input).resolve())]
+    if getattr(args, "max_positions", None) is not None:
+        argv += ["--max-positions", str(args.max_positions)]
     for item in args.threshold:
         argv += ["--threshold", item]
     if args.keyword:
@@ -79,6 +86,8 @@ def summary(out: Path, code: int, elapsed: float) -> str:
     """One screen: each verdict, measured vs threshold, and where the evidence is."""
     metrics_path = out / "metrics.json"
     lines = []
+    if code == 4:  # pytest.ExitCode.USAGE_ERROR: refused before anything ran
+        return "ttt-checks: USAGE ERROR (exit 4): nothing was measured; the ERROR line above says what to fix"
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -86,6 +95,8 @@ def summary(out: Path, code: int, elapsed: float) -> str:
     verdicts = [v for vs in metrics.get("verdicts", {}).values() for v in vs]
     failed = [v for v in verdicts if not v["ok"]]
     status = {0: "HEALTHY", 1: "UNHEALTHY"}.get(code, f"ERROR (pytest exit code {code})")
+    if code == 2 or not metrics.get("complete", True):
+        status = "INTERRUPTED (the report is incomplete: only the checks that finished)"
     lines.append("")
     lines.append(f"ttt-checks: {status}  checkpoint {metrics.get('checkpoint')}  ({elapsed:.1f} s)")
     for v in verdicts:
