@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ttt_checks.audio.speech_input import MIMI_FRAME_SIZE, MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
-from ttt_checks.audio.wav import AudioError
+from ttt_checks.audio.wav import Audio, AudioError
 from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
                                     TTTLayerInfo, fixed_gate)
 from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
@@ -69,10 +69,19 @@ def default_speech(first_only: bool = False) -> tuple[np.ndarray, str]:
     return np.concatenate(parts), f"espeak-ng speech fixtures {', '.join(names)}"
 
 
+def read_speech_input(path: str | Path) -> Audio:
+    """A user's wav under the rules of :mod:`ttt_checks.audio.speech_input` (not sphn: it keeps
+    channel 0 of stereo and resamples without a word), as 24 kHz mono with its notes."""
+    try:
+        return load_speech_input(path, SAMPLE_RATE, MIMI_MIN_SAMPLES)
+    except AudioError as exc:
+        raise MoshiInputError(str(exc)) from exc
+
+
 def _as_pcm(inputs: Any) -> torch.Tensor:
     """[B, 1, N] float32 from a path, an array or a tensor (1-D, [1, N] or [B, 1, N])."""
     if isinstance(inputs, (str, Path)):
-        inputs = read_wav_24k(inputs)
+        inputs = read_speech_input(inputs).pcm
     pcm = torch.as_tensor(np.asarray(inputs, dtype=np.float32) if not isinstance(inputs, torch.Tensor) else inputs).float()
     if pcm.dim() == 1:
         pcm = pcm[None, None]
@@ -224,10 +233,7 @@ class MoshiAdapter(Adapter):
             pcm, what = default_speech()
             prompt = default_speech(first_only=True)[0]
         else:
-            try:  # not sphn: it keeps channel 0 of stereo and resamples without a word
-                audio = load_speech_input(path, SAMPLE_RATE, MIMI_MIN_SAMPLES)
-            except AudioError as exc:
-                raise MoshiInputError(str(exc)) from exc
+            audio = read_speech_input(path)
             pcm, what, notes = audio.pcm, str(path), audio.notes
             prompt = None
         frames = len(pcm) // FRAME_SIZE
