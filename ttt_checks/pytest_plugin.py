@@ -31,6 +31,7 @@ MOSHI_BASE_OPTIONS = ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "mi
 
 _RUN_KEY = pytest.StashKey["object"]()
 _OPTIONS_KEY = pytest.StashKey["object"]()
+_REPORT_PATHS_KEY = pytest.StashKey[dict]()
 _UNSTARTED_KEY = pytest.StashKey[str]()  # why the ttt_run fixture has no run (load failed, or interrupted)
 
 
@@ -303,9 +304,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         paths = write_report(merged, report_dir)
     else:
         return
-    tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None and not hasattr(session.config, "workerinput"):
-        tr.write_line(f"ttt-checks report: {paths['report']}  (html: {paths['html']}, metrics: {paths['metrics']})")
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_REPORT_PATHS_KEY] = paths
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Where the report is, on its own line after pytest's results (not glued to the progress)."""
+    paths = config.stash.get(_REPORT_PATHS_KEY, None)
+    if paths is not None:
+        terminalreporter.write_line(f"ttt-checks report: {paths['report']}  (html: {paths['html']}, metrics: {paths['metrics']})")
 
 
 def _unstarted_metrics(config: pytest.Config, complete: bool) -> dict:
