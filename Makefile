@@ -8,6 +8,11 @@ VENV ?= $(VENV_ROOT)/venv-$(DEPS_KEY)
 PY := $(VENV)/bin/python
 EXTRAS ?= dev,asr,moshi,train
 PYTEST_ARGS ?=
+# Test files run in parallel on TEST_WORKERS processes (pytest-xdist), a file per worker at a time:
+# module-scoped fixtures (a trained tiny Moshi, the Slurm cluster) are built once. TEST_WORKERS=0 runs
+# serially.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 export NO_TORCH_COMPILE := 1
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
@@ -38,12 +43,17 @@ demo: venv
 
 # pytest's exit code 5 (no tests collected) is a failure here, said plainly.
 test: system-deps venv
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "ttt-checks: pytest collected no tests (exit 5): treated as a failure" >&2; fi; \
 	  exit $$rc
 
+# On a GPU node: the CUDA tests, the tiny-Moshi health suite on cuda, and a 7B-shaped Moshi
+# (random bf16 weights, TTT in blocks 29-31) timed and measured per phase; JSON summary printed and
+# written under reports/, results appended to benchmarks/RESULTS.md. Refuses (exit 2) without CUDA.
+# GPU_CHECK_ARGS: e.g. --shape tiny --device cpu (exercise it on CPU), --mlp-layers 3.
+GPU_CHECK_ARGS ?=
 test-gpu: system-deps venv
-	$(PY) -m pytest -m gpu tests_gpu $(PYTEST_ARGS)
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: venv
 	$(PY) benchmarks/bench_figure5.py

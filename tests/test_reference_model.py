@@ -16,9 +16,10 @@ import torch
 from ttt_checks.models.reference import ReferenceAdapter, list_zoo, zoo_entries, zoo_path
 from ttt_checks.models.reference.checkpoint import CheckpointError, load_checkpoint
 from ttt_checks.models.reference.corpus import DialogueCorpus, conversation_pairs
-from ttt_checks.models.reference.generate import generate_batched, generate_sequential
+from ttt_checks.models.reference.generate import Reply, generate_batched, generate_sequential
 from ttt_checks.models.reference.tokenizer import EOT, REPLY, USER, ByteTokenizer
 from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
+from ttt_checks.health import at_initial_value
 from ttt_checks.run import CHECKS
 from ttt_checks.ttt import Figure5Probe
 
@@ -119,7 +120,7 @@ def test_healthy_checkpoint_has_every_key_and_moved_from_init(healthy):
     assert set(healthy.expected_ttt_keys()) <= set(state)
     initial = healthy.initial_state()
     assert set(initial) == set(healthy.expected_ttt_keys())
-    moved = [k for k in initial if not torch.equal(state[k].float(), initial[k].float())]
+    moved = [k for k in initial if not at_initial_value(state[k], initial[k])]
     assert len(moved) == len(initial)
 
 
@@ -141,7 +142,8 @@ def test_untrained_checkpoint_equals_its_recreated_initial_state():
     adapter = ReferenceAdapter(zoo_path("untrained-gate1"))
     state, initial = adapter.state(), adapter.initial_state()
     for k, v in initial.items():
-        assert torch.equal(state[k], v), k
+        # Re-created from the seed on this machine: equal up to the bf16 rounding of another CPU's randn.
+        assert at_initial_value(state[k], v), k
     assert abs(float(adapter.ttt_layers()[0].gate_alpha.mean()) - 1.0) < 1e-2
 
 
@@ -210,7 +212,10 @@ def test_state_reset_each_call_makes_l0_equal_lprev(short_inputs):
     broken.teacher_forced(short_inputs, probe=probe, chunk=1)
     for name in broken.ttt_modules():
         rec = probe.record(name)
-        np.testing.assert_array_equal(rec.l0, rec.lprev)
+        # Both are the fp32 loss of W_0 on x_t, by two kernels (the mini-batch dual form and the
+        # W_0 evaluation): a 128-term product, LayerNorm, GELU and a 32-term mean, each term off by
+        # at most one unit roundoff (6e-8) -> <= ~1e-5 relative. Measured: 1.1e-7 at worst.
+        np.testing.assert_allclose(rec.lprev, rec.l0, rtol=1e-5, atol=0)
 
 
 def test_state_is_carried_one_token_per_call_in_a_healthy_checkpoint(healthy, short_inputs):
@@ -268,12 +273,36 @@ def test_batched_gate_sweep_gives_the_sequential_tokens(healthy):
     assert batched[0].tokens != batched[4].tokens
 
 
+# Two greedy decodes that run different kernels (a batch of 1 vs 3, streamed vs one pass) may
+# part only where the two best logits tie within fp32 rounding. Logits here are at most ~30 in
+# size after 4 blocks of width 128; fp32 kernels that sum in another order differ by a few ulp
+# per accumulated term (128-512 terms per product): ~1e-5 relative, ~3e-4 absolute at worst.
+# A gap below 1e-3 is therefore a tie, not a model property.
+TIE_LOGIT_GAP = 1e-3
+
+
+def assert_same_greedy_reply(model, prompt, gate, got, want) -> None:
+    """``got`` and ``want`` (Replies of one gate) are equal, or part first at a tie of the logits."""
+    seq_got = got.tokens + ([EOT] if got.ended else [])
+    seq_want = want.tokens + ([EOT] if want.ended else [])
+    if seq_got == seq_want:
+        return
+    n = next((i for i, (a, b) in enumerate(zip(seq_got, seq_want)) if a != b), min(len(seq_got), len(seq_want)))
+    assert n < min(len(seq_got), len(seq_want)), "one reply stops where the other goes on without a different token"
+    ids = torch.tensor([list(prompt) + seq_want[:n]])
+    with torch.no_grad(), model.override_gates(gate):
+        logits = model(ids)[0, -1].double()
+    gap = float(logits[seq_want[n]] - logits[seq_got[n]]).__abs__()
+    assert gap < TIE_LOGIT_GAP, f"replies part at token {n} where the logits differ by {gap:.3g} (no tie)"
+
+
 def test_generation_rows_are_independent_of_each_other(healthy):
     prompt = ByteTokenizer().encode_prompt("Tell me a joke.")
     alone = generate_batched(healthy.model, prompt, [0.3], 40)[0]
     among = generate_batched(healthy.model, prompt, [1.0, 0.3, 0.0], 40)[1]
-    assert alone.tokens == among.tokens
-    assert generate_sequential(healthy.model, prompt, [0.3], 40)[0].tokens == alone.tokens
+    assert len(alone.tokens) > 5
+    assert_same_greedy_reply(healthy.model, prompt, 0.3, among, alone)
+    assert_same_greedy_reply(healthy.model, prompt, 0.3, generate_sequential(healthy.model, prompt, [0.3], 40)[0], alone)
 
 
 def test_generation_rejects_bad_gates_and_inputs(healthy):
@@ -311,7 +340,22 @@ def test_committed_measurements_are_reproduced():
                     assert fresh["figure5"][layer][key] is None
                 else:
                     assert fresh["figure5"][layer][key] == pytest.approx(stats[key], rel=1e-3), (entry.name, layer, key)
-        assert fresh["replies"] == committed["replies"], entry.name
+        model = None
+        for prompt, by_gate in committed["replies"].items():
+            for gate, want in by_gate.items():
+                got = fresh["replies"][prompt][gate]
+                if got == want:
+                    continue
+                # Another CPU may part from the committed greedy reply, but only at a tie.
+                model = model or ReferenceAdapter(entry.path).model
+                tok = ByteTokenizer()
+                replies = []
+                for r in (got, want):
+                    tokens = tok.encode_text(r["text"])
+                    assert len(tokens) == r["tokens"], f"{entry.name}: reply text does not round-trip to its tokens"
+                    replies.append(Reply(tokens=tokens, ended=r["ended"], text=r["text"]))
+                alpha = None if gate == "learned" else float(gate)
+                assert_same_greedy_reply(model, tok.encode_prompt(prompt), alpha, *replies)
 
 
 @pytest.mark.slow
@@ -326,3 +370,48 @@ def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
         for key in ("val_loss_learned", "val_loss_gate0"):
             if committed[key] is not None:
                 assert rebuilt[key] == pytest.approx(committed[key], abs=0.02), (entry.name, key)
+
+
+# -- local attention window ----------------------------------------------------------------------
+
+
+def _windowed_model(window: int | None, ttt: bool = True):
+    from ttt_checks.models.reference.model import Decoder, DecoderConfig
+    from ttt_checks.models.reference.train import build_with_ttt_init, default_ttt_config
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(width=32, num_layers=2, num_heads=2, ffn_hidden=64, attention_window=window)
+    if ttt:
+        cfg = cfg.with_ttt(default_ttt_config(32, num_heads=2, head_dim=16, mini_batch_size=4), (1,))
+        return build_with_ttt_init(cfg, 3).eval()
+    return Decoder(cfg).eval()
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_windowed_attention_streamed_in_chunks_equals_one_pass(chunk):
+    """The KV cache trimmed to the window gives the one-pass outputs, whatever the call size."""
+    from ttt_checks.models.reference.generate import streamed_loss
+
+    model = _windowed_model(window=5)
+    windows = torch.randint(0, 256, (2, 41))
+    one_pass = streamed_loss(model, windows, chunk=windows.shape[1])
+    chunked = streamed_loss(model, windows, chunk=chunk)
+    torch.testing.assert_close(chunked, one_pass, rtol=1e-4, atol=1e-5)
+    with model.stream():  # the cache never holds more than the window needs
+        for t in range(12):
+            model(windows[:, t : t + 1])
+        assert all(c.length <= 4 and c.next_position == 12 for c in model._caches)
+
+
+def test_attention_window_hides_tokens_beyond_it_and_none_is_full_attention():
+    from ttt_checks.models.reference.model import DecoderConfig
+
+    windowed, full = _windowed_model(window=5, ttt=False), _windowed_model(window=None, ttt=False)
+    tokens = torch.randint(0, 256, (1, 20))
+    edited = tokens.clone()
+    edited[0, 3] = (edited[0, 3] + 1) % 256  # a token 5 or more positions before the last two of layer-2 reach
+    with torch.no_grad():
+        # Two blocks of window 5 reach 2 * (5 - 1) = 8 positions back.
+        torch.testing.assert_close(windowed(edited)[:, 12:], windowed(tokens)[:, 12:])
+        assert not torch.allclose(full(edited)[:, 12:], full(tokens)[:, 12:])
+    assert DecoderConfig.from_dict({k: v for k, v in DecoderConfig().to_dict().items() if k != "attention_window"}).attention_window is None

@@ -19,6 +19,12 @@ def test_checkpoint_tensors_are_finite(ttt_check):
     ttt_check("checkpoint_finite")
 
 
+def test_config_agrees_with_what_it_was_trained_with(ttt_check):
+    """Settings the checkpoint states twice (config.json vs the training record, config vs the
+    weights) agree; a DDP ``module.`` prefix stripped on load is said here."""
+    ttt_check("config_consistency")
+
+
 def test_figure5_data_collected_for_every_ttt_layer(ttt_check):
     ttt_check("figure5_collected")
 
@@ -43,11 +49,20 @@ def test_inner_model_adapts_over_the_context(ttt_check):
     ttt_check("figure5_adaptation")
 
 
+def test_inner_step_size_is_near_its_best(ttt_check):
+    """A line search along each mini-batch's own update (m x the step, m in 1e-6, 1e-3, 0.25 .. 4): the step
+    taken neither overshoots (best m <= 0.5) nor is far too timid (best m >= 4, little curvature);
+    the failure names the losses and a recommended base_lr."""
+    ttt_check("inner_step_size")
+
+
 def test_gates_have_not_collapsed(ttt_check):
     ttt_check("gate_stats")
 
 
 def test_ttt_does_not_hurt_the_outer_loss(ttt_check):
+    """TTT must earn its place: the outer loss at the learned gate is lower than at gate 0 by
+    help_min_loss_decrease; "TTT DOES NOTHING" and "TTT HURTS" fail with their own message."""
     ttt_check("ttt_helps")
 
 

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("ttt_checks.models.reference.zoo_cli", "list or rebuild the reference checkpoint zoo"),
     "transcribe": ("ttt_checks.asr.cli", "transcribe WAV files with Whisper: text, guarded word count, duration, speech seconds"),
     "watch": ("ttt_checks.watch", "gate each new checkpoint of a training run as it appears"),
+    "trend": ("ttt_checks.trend", "a run's gated checkpoints over the training step: what broke when, which checkpoint to keep"),
 }
 
 

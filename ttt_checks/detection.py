@@ -38,6 +38,55 @@ def zoo_checkpoints() -> list[tuple[str, Path, list[str]]]:
     return [(e.name, e.path, list(e.expected_failures)) for e in zoo_entries()]
 
 
+def zoo_expected_diagnoses() -> dict[str, str | None]:
+    """{entry name: the diagnosis rule its construction implies} (None: healthy or not stated).
+
+    Read from the entry's ``expected_diagnosis`` (the ZooEntry field, or ``expected.expected_diagnosis``
+    in its committed config.json), else derived from its ``built_to_fail`` checks
+    (:func:`ttt_checks.diagnosis.expected_diagnosis`), so a new zoo entry needs no edit here."""
+    from ttt_checks.diagnosis import expected_diagnosis
+    from ttt_checks.models.reference.zoo import zoo_entries
+
+    out = {}
+    for e in zoo_entries():
+        expected = dict(e.expected())
+        config = Path(e.path) / "config.json"
+        if config.is_file():
+            try:
+                expected = {**(json.loads(config.read_text()).get("expected") or {}), **expected}
+            except (OSError, json.JSONDecodeError):
+                pass
+        stated = getattr(e, "expected_diagnosis", None) or expected.get("expected_diagnosis")
+        out[e.name] = expected_diagnosis({**expected, "expected_diagnosis": stated})
+    return out
+
+
+def read_top_finding(report_dir: Path) -> tuple[str | None, str]:
+    """(rule of the top finding or None when healthy, its one line) from a run's metrics.json."""
+    from ttt_checks.diagnosis import diagnosis_dict
+
+    metrics = json.loads((Path(report_dir) / "metrics.json").read_text())
+    diagnosis = metrics.get("diagnosis") or diagnosis_dict(metrics)
+    findings = diagnosis.get("findings") or []
+    if not findings:
+        return None, str(diagnosis.get("summary", ""))
+    top = findings[0]
+    change = f"{top.get('config_key')} = {top.get('value')}" if top.get("config_key") and top.get("value") is not None else top.get("fix", "")
+    return str(top["rule"]), f"{top.get('title')} -> {change}"
+
+
+def render_diagnoses(rows: list[tuple[str, str | None, str | None, str]]) -> str:
+    """The table of top findings: (checkpoint, expected rule, measured top rule, its line)."""
+    lines = ["", "## Top finding of the diagnosis", "",
+             "The first finding of `ttt_checks.diagnosis` on each checkpoint (docs/diagnosis.md) against the cause its",
+             "construction implies (`expected_diagnosis` of the zoo entry, or derived from its `built_to_fail`).", "",
+             "| checkpoint | expected top finding | top finding (measured) | what to change | as intended |", "|---|---|---|---|---|"]
+    for name, expected, got, text in rows:
+        ok = "yes" if expected == got else "NO"
+        lines.append(f"| {name} | {expected or '(healthy)'} | {got or '(healthy)'} | {text.replace('|', '/')} | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
 def measure(path: Path, device: str, out_dir: Path) -> dict[str, bool]:
     """Run the health suite on one checkpoint in a fresh process; {check: passed}."""
     cmd = [sys.executable, "-m", "ttt_checks.cli", "gate", str(path), "--out", str(out_dir), "--device", device]
@@ -87,19 +136,22 @@ def render(rows: list[tuple[str, list[str], dict[str, bool]]], checks: list[str]
 
 
 def run_command(args: argparse.Namespace) -> int:
-    rows = []
+    rows, diagnoses = [], []
     checks = list(CHECKS)
+    expected_rules = zoo_expected_diagnoses()
     with tempfile.TemporaryDirectory(prefix="ttt-matrix-") as tmp:
         for name, path, expected in zoo_checkpoints():
             print(f"matrix: {name} ...", flush=True)
+            report = Path(args.from_reports) / name if args.from_reports else Path(tmp) / name
             if args.from_reports:
-                passed = read_verdicts(Path(args.from_reports) / name)
+                passed = read_verdicts(report)
             else:
-                passed = measure(path, args.device, Path(tmp) / name)
+                passed = measure(path, args.device, report)
             checks += [c for c in passed if c not in checks]
             rows.append((name, expected, passed))
+            diagnoses.append((name, expected_rules.get(name), *read_top_finding(report)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, checks))
+    out.write_text(render(rows, checks) + render_diagnoses(diagnoses))
     print(f"matrix: wrote {out}")
     return 0

@@ -99,6 +99,9 @@ def summary(out: Path, code: int, elapsed: float) -> str:
         status = "INTERRUPTED (the report is incomplete: only the checks that finished)"
     lines.append("")
     lines.append(f"ttt-checks: {status}  checkpoint {metrics.get('checkpoint')}  ({elapsed:.1f} s)")
+    from ttt_checks.diagnosis import diagnosis_dict, one_line
+
+    lines.append(one_line(metrics.get("diagnosis") or diagnosis_dict(metrics)))
     for v in verdicts:
         where = f" [{v['layer']}]" if v.get("layer") else ""
         lines.append(f"  {'ok  ' if v['ok'] else 'FAIL'} {v['name']}{where}: {_fmt(v['measured'])} vs {_fmt(v['threshold'])}"

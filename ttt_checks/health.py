@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ttt_checks.metrics.figure5 import Figure5Stats
+from ttt_checks.metrics.figure5 import ORDERING_MIN_REL_GAP, Figure5Stats
+from ttt_checks.ttt.step_probe import StepSizeRecord
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,27 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("loss_mean_min", 1e-3, "mean l0 below this is abnormal (a target that is trivially reproduced)"),
         Threshold("loss_mean_max", 5.0, "mean l0 above this is abnormal (the user's expected range was 0.01-1)"),
         Threshold("ordering_min_fraction", 0.9, "fraction of positions where the smoothed curves obey l0 > lprev and lprev > lafter"),
+        Threshold("ordering_min_rel_gap", ORDERING_MIN_REL_GAP, "two Figure-5 losses closer than this fraction of the larger one are equal (overlapping, never ordered; lprev not departing from l0 in state_persistence); 100x fp32 rounding, 1/500 of the smallest healthy gap"),
         Threshold("improvement_min_abs", 1e-3, "mean lprev - lafter (one inner step) must be at least this"),
         Threshold("improvement_min_rel", 0.01, "mean (lprev - lafter) / mean lprev must be at least this"),
         Threshold("adaptation_min_gap_growth", 0.0, "gap l0 - lafter must grow from the first to the last quarter by more than this"),
         Threshold("adaptation_max_rise", 0.0, "lprev and lafter may rise from the first to the last quarter by at most this (relative)"),
-        Threshold("gate_min_mean_tanh", 0.1, "mean tanh(alpha) per layer below this is a collapsed gate (TTT switched off)"),
-        Threshold("help_max_loss_increase", 0.01, "outer loss at the learned gate may exceed gate 0 by at most this (relative)"),
+        Threshold("gate_min_mean_tanh", 0.01, "absolute floor: mean |tanh(alpha)| per layer below this is a collapsed gate whatever its init (and the only test where the init is unknown)"),
+        Threshold("gate_min_fraction_of_init", 0.5, "mean |tanh(alpha)| per layer below this fraction of |tanh(initial alpha)| is a collapsed gate (the user's run: init 0.3, learned 0.07-31 % of it)"),
+        Threshold("help_min_loss_decrease", 0.001, "outer loss at the learned gate must be lower than at gate 0 by at least this (relative); as much higher is 'TTT hurts', in between 'TTT does nothing'"),
         Threshold("persistence_min_fraction", 0.5, "fraction of streamed positions after the first mini-batch where lprev departs from l0"),
+        Threshold("persistence_min_rel_change", 1e-5, "lprev 'departs' from l0 (and lafter from lprev) in state_persistence when they differ by more than this fraction of the larger: 10x fp32 rounding of a loss, 10x below the smallest carried departure in the zoo (lr-near-zero, 1e-4)"),
         Threshold("leak_max_loss_gap", 0.01, "outer loss fed one token per call (inference) may exceed the teacher-forced pass by at most this (relative): more means the TTT layer reads ahead in training"),
         Threshold("dead_max_fraction", 0.0, "fraction of trainable TTT tensors still at their initial value"),
         Threshold("talk_min_base_words", 3.0, "words Whisper must hear at gate 0 (the base model) for the sweep to mean anything"),
+        Threshold("talk_max_base_loss_vs_chance", 0.6, "gate-0 outer loss / the loss of uniform guessing above this: the base predicts its own stream barely better than chance and cannot talk, whatever Whisper hears"),
         Threshold("talk_min_learned_ratio", 0.5, "words at the learned gate / words at gate 0"),
         Threshold("talk_max_repeat_rate", 0.5, "repeated 4-gram rate of a reply above this is a repetition collapse"),
         Threshold("talk_fail_above_learned", 0.0, "1: a collapse at a gate forced above the learned one fails; 0: it is reported as a warning (the TTT branch was never trained at that strength)"),
         Threshold("talk_collapsed_share", 0.5, "a gate has collapsed when at least this share of its replies collapse (silence, repetition, gibberish)"),
         Threshold("baseline_rel_tolerance", 0.1, "relative change of a metric vs the baseline that counts as a regression"),
+        Threshold("step_overshoot_margin", 0.25, "inner step overshoot: with the best step multiplier <= 0.5, the share of its gain the full step (m = 1) may give away"),
+        Threshold("step_timid_gain_fraction", 0.35, "inner step far too timid: with the best multiplier at the grid's top (4), the full step must buy at least this share of its gain (1/4 = no curvature)"),
     ]
 }
 
@@ -199,7 +206,7 @@ def figure5_finite(stats: Mapping[str, Figure5Stats]) -> list[Verdict]:
     for layer, s in stats.items():
         bad = s.nonfinite > 0 or not _finite(s.mean_l0, s.mean_lprev, s.mean_lafter)
         out.append(Verdict("figure5_finite", not bad, s.nonfinite, 0,
-                           "NaN/Inf in the inner-loop losses: the inner loop diverged or its inputs are not finite" if bad
+                           "NaN/Inf in the inner-loop losses: the inner loop diverged, or its weights (W_0, projections) or inputs are not finite" if bad
                            else "all inner-loop losses are finite", layer))
     return out
 
@@ -214,34 +221,83 @@ def figure5_bounded(stats: Mapping[str, Figure5Stats], th: Mapping[str, float]) 
         if s.max_smoothed_loss > th["loss_ceiling"]:
             problems.append(f"HUGE LOSSES: a smoothed loss reaches {s.max_smoothed_loss:.4g} > ceiling {th['loss_ceiling']:g}")
         if not th["loss_mean_min"] <= s.mean_l0 <= th["loss_mean_max"]:
-            problems.append(f"ABNORMAL mean l0 {s.mean_l0:.4g} outside [{th['loss_mean_min']:g}, {th['loss_mean_max']:g}]")
+            problems.append(f"ABNORMAL mean l0 {s.mean_l0:.4g} outside [{th['loss_mean_min']:g}, {th['loss_mean_max']:g}]"
+                            + (" (l0, lprev and lafter are exactly 0: the inner loss is identically 0)" if s.max_abs_loss == 0.0 else ""))
         out.append(Verdict("figure5_bounded", not problems, s.max_smoothed_loss, th["loss_ceiling"],
                            "; ".join(problems) or f"losses within bounds (mean l0 {s.mean_l0:.4g})", layer,
                            {"mean_l0": s.mean_l0, "loss_mean_range": [th["loss_mean_min"], th["loss_mean_max"]]}))
     return out
 
 
+def _too_short(name: str, s: Figure5Stats, layer: str) -> Verdict | None:
+    """Fewer than 2 judged mini-batches: the inner loop over the context cannot be judged; the
+    fix (a longer input) is in the message."""
+    if s.enough_context:
+        return None
+    return cannot_measure(name, f"only {s.judged_minibatches} complete mini-batch(es) with judged positions in {s.positions} "
+                                f"positions ({s.exclusion_note}); give a longer --input: {s.positions_needed} frames needed "
+                                f"at mini_batch_size {s.mini_batch_size} (and --max-positions at least {s.positions_needed})", layer)
+
+
+def _pair_reason(upper: str, lower: str, ordered: float, overlap: float, margin: float, reversed_cause: str, overlap_cause: str) -> str:
+    """Why ``upper > lower`` holds at too few positions: overlap within the margin or reversed."""
+    rest = max(0.0, 1.0 - ordered - overlap)
+    if overlap >= rest:
+        return (f"{upper} > {lower} at only {ordered:.1%} of judged positions; they overlap within {margin:g} (relative) "
+                f"at {overlap:.1%} ({overlap_cause})")
+    return f"{upper} > {lower} at only {ordered:.1%} of judged positions; {lower} > {upper} at {rest:.1%} ({reversed_cause})"
+
+
 def figure5_ordering(stats: Mapping[str, Figure5Stats], th: Mapping[str, float]) -> list[Verdict]:
-    """l0 > lprev > lafter as means and at most positions of the smoothed curves."""
+    """l0 > lprev > lafter as means and at most judged positions of the smoothed curves, each
+    gap above the margin ``ordering_min_rel_gap`` (equal curves overlap, they are never ordered).
+    Positions equal by construction are not judged (``metrics/figure5.py``); the explanation says
+    how many were."""
     out = []
     for layer, s in stats.items():
-        if not _finite(s.frac_l0_gt_lprev, s.frac_lprev_gt_lafter):
+        if not _finite(s.frac_l0_gt_lprev, s.frac_lprev_gt_lafter, s.mean_gap_l0_lprev, s.improvement_abs):
             out.append(cannot_measure("figure5_ordering", "losses are not finite (see figure5_finite)", layer))
             continue
-        means_ok = s.mean_l0 > s.mean_lprev > s.mean_lafter
+        short = _too_short("figure5_ordering", s, layer)
+        if short is not None:
+            out.append(short)
+            continue
+        margin, min_frac = s.ordering_min_rel_gap, th["ordering_min_fraction"]
+        details = {"frac_l0_gt_lprev": s.frac_l0_gt_lprev, "frac_lprev_gt_lafter": s.frac_lprev_gt_lafter,
+                   "frac_l0_lprev_overlap": s.frac_l0_lprev_overlap, "frac_lprev_lafter_overlap": s.frac_lprev_lafter_overlap,
+                   "mean_l0": s.mean_l0, "mean_lprev": s.mean_lprev, "mean_lafter": s.mean_lafter, "ordering_min_rel_gap": margin,
+                   "judged_l0_lprev": s.judged_l0_lprev, "positions": s.positions, "judged_minibatches": s.judged_minibatches}
         worst = min(s.frac_l0_gt_lprev, s.frac_lprev_gt_lafter)
-        ok = means_ok and worst >= th["ordering_min_fraction"]
+        if s.max_abs_loss == 0.0:
+            out.append(Verdict("figure5_ordering", False, worst, min_frac,
+                               "l0, lprev and lafter are exactly 0 at every position: the inner loss is identically 0 (a target "
+                               "the inner model reproduces trivially), so there is nothing to order", layer, details))
+            continue
+        scale01 = max(abs(s.mean_l0), abs(s.mean_l0 - s.mean_gap_l0_lprev))
+        means01 = s.mean_gap_l0_lprev > margin * scale01
+        means12 = s.improvement_abs > margin * max(abs(s.mean_lprev), abs(s.mean_lafter))
+        pair01 = s.frac_l0_gt_lprev >= min_frac
+        pair12 = s.frac_lprev_gt_lafter >= min_frac
+        ok = means01 and means12 and pair01 and pair12
         why = []
-        if not means_ok:
-            why.append(f"means are not ordered: l0 {s.mean_l0:.4g}, lprev {s.mean_lprev:.4g}, lafter {s.mean_lafter:.4g}")
-        if s.frac_l0_gt_lprev < th["ordering_min_fraction"]:
-            why.append(f"l0 > lprev at only {s.frac_l0_gt_lprev:.0%} of positions (the context does not help the inner model)")
-        if s.frac_lprev_gt_lafter < th["ordering_min_fraction"]:
-            why.append(f"lprev > lafter at only {s.frac_lprev_gt_lafter:.0%} of positions (inner steps do not reduce the loss: step too large?)")
-        out.append(Verdict("figure5_ordering", ok, worst, th["ordering_min_fraction"],
-                           "; ".join(why) or f"l0 > lprev > lafter (means and {s.frac_ordered:.0%} of smoothed positions)", layer,
-                           {"frac_l0_gt_lprev": s.frac_l0_gt_lprev, "frac_lprev_gt_lafter": s.frac_lprev_gt_lafter,
-                            "mean_l0": s.mean_l0, "mean_lprev": s.mean_lprev, "mean_lafter": s.mean_lafter}))
+        details["overlapping"] = not (pair01 or pair12) and s.frac_l0_lprev_overlap >= 0.5 and s.frac_lprev_lafter_overlap >= 0.5
+        if details["overlapping"]:
+            why.append(f"l0, lprev and lafter overlap within {margin:g} (relative) at {s.frac_l0_lprev_overlap:.0%} / "
+                       f"{s.frac_lprev_lafter_overlap:.0%} of judged positions: the inner loop has no measurable effect")
+        else:
+            if not pair01:
+                why.append(_pair_reason("l0", "lprev", s.frac_l0_gt_lprev, s.frac_l0_lprev_overlap, margin,
+                                        "the context makes the inner model worse than W_0", "the context does not move the inner model"))
+            if not pair12:
+                why.append(_pair_reason("lprev", "lafter", s.frac_lprev_gt_lafter, s.frac_lprev_lafter_overlap, margin,
+                                        "inner steps raise the loss: step too large?",
+                                        "one inner step does not change the loss: a step ~0, or saturated inner weights where the gradient vanishes"))
+        if not (means01 and means12) and (pair01 and pair12):
+            why.append(f"means are not ordered by more than {margin:g} (relative): l0 {s.mean_l0:.4g}, lprev {s.mean_lprev:.4g} "
+                       f"(judged positions: l0 - lprev {s.mean_gap_l0_lprev:.4g}), lafter {s.mean_lafter:.4g}")
+        text = "; ".join(why) or (f"l0 > lprev > lafter (means {s.mean_l0:.4g} > {s.mean_lprev:.4g} > {s.mean_lafter:.4g}, "
+                                  f"{s.frac_ordered:.0%} of smoothed positions, margin {margin:g})")
+        out.append(Verdict("figure5_ordering", ok, worst, min_frac, f"{text}; {s.judged_note}", layer, details))
     return out
 
 
@@ -249,41 +305,67 @@ def figure5_improvement(stats: Mapping[str, Figure5Stats], th: Mapping[str, floa
     """One inner step buys a visible reduction, absolute and relative."""
     out = []
     for layer, s in stats.items():
-        if not _finite(s.improvement_abs, s.improvement_rel):
+        if not _finite(s.mean_lprev, s.mean_lafter, s.improvement_abs):
             out.append(cannot_measure("figure5_improvement", "losses are not finite (see figure5_finite)", layer))
+            continue
+        details = {"improvement_rel": s.improvement_rel, "improvement_min_rel": th["improvement_min_rel"],
+                   "mean_lprev": s.mean_lprev, "mean_lafter": s.mean_lafter}
+        if s.mean_lprev == 0.0:
+            # 0/0: no relative improvement exists. Exact zeros are a finding, not "not finite".
+            why = ("lprev and lafter are exactly 0 (l0 too)" if s.max_abs_loss == 0.0 else
+                   f"lprev is exactly 0 and lafter {s.mean_lafter:.4g}") + \
+                  (": the inner loss is identically 0 (a target the inner model reproduces trivially), one step has nothing to improve"
+                   if s.max_abs_loss == 0.0 else ": the step moves away from a perfect fit")
+            out.append(Verdict("figure5_improvement", False, s.improvement_abs, th["improvement_min_abs"], why, layer, details))
             continue
         ok = s.improvement_abs >= th["improvement_min_abs"] and s.improvement_rel >= th["improvement_min_rel"]
         if s.improvement_abs < 0:
-            why = f"NEGATIVE: inner steps make the loss worse by {-s.improvement_abs:.4g} on average"
+            why = f"NEGATIVE: inner steps make the loss worse by {-s.improvement_abs:.4g} on average (step too large?)"
         elif not ok:
             why = (f"MINIMAL: one inner step improves the loss by {s.improvement_abs:.3g} ({s.improvement_rel:.2%}); "
-                   f"floors {th['improvement_min_abs']:g} and {th['improvement_min_rel']:.0%} (inner learning rate near 0?)")
+                   f"floors {th['improvement_min_abs']:g} and {th['improvement_min_rel']:.0%} (the inner step is ~0: "
+                   "inner learning rate near 0, or inner weights where the gradient vanishes?)")
         else:
             why = f"one inner step improves the loss by {s.improvement_abs:.4g} ({s.improvement_rel:.1%})"
-        out.append(Verdict("figure5_improvement", ok, s.improvement_abs, th["improvement_min_abs"], why, layer,
-                           {"improvement_rel": s.improvement_rel, "improvement_min_rel": th["improvement_min_rel"]}))
+        out.append(Verdict("figure5_improvement", ok, s.improvement_abs, th["improvement_min_abs"], why, layer, details))
     return out
 
 
 def figure5_adaptation(stats: Mapping[str, Figure5Stats], th: Mapping[str, float]) -> list[Verdict]:
-    """Later in the context the inner model does better: lprev and lafter fall, the gap grows."""
+    """Later in the context the inner model does better: lprev and lafter fall, the gap grows.
+
+    A rise of lprev or lafter is called "NOT adapting" only when l0 did not rise as much: where
+    the inputs get harder (l0 rises, as in the paper's middle layers), a rise is said as such and
+    the gap decides."""
     out = []
     for layer, s in stats.items():
-        values = (s.lprev_first_quarter, s.lprev_last_quarter, s.lafter_first_quarter, s.lafter_last_quarter, s.gap_growth)
+        values = (s.lprev_first_quarter, s.lprev_last_quarter, s.lafter_first_quarter, s.lafter_last_quarter, s.gap_growth,
+                  s.l0_first_quarter, s.l0_last_quarter)
         if not _finite(*values):
             out.append(cannot_measure("figure5_adaptation", "losses are not finite (see figure5_finite)", layer))
             continue
+        short = _too_short("figure5_adaptation", s, layer)
+        if short is not None:
+            out.append(short)
+            continue
         rise = th["adaptation_max_rise"]
+        l0_rise = s.l0_last_quarter / s.l0_first_quarter - 1.0 if s.l0_first_quarter > 0 else 0.0
         why = []
-        if s.lprev_last_quarter > s.lprev_first_quarter * (1 + rise):
-            why.append(f"lprev rises from {s.lprev_first_quarter:.4g} to {s.lprev_last_quarter:.4g} (NOT adapting)")
-        if s.lafter_last_quarter > s.lafter_first_quarter * (1 + rise):
-            why.append(f"lafter rises from {s.lafter_first_quarter:.4g} to {s.lafter_last_quarter:.4g}")
+        for curve, first, last in (("lprev", s.lprev_first_quarter, s.lprev_last_quarter),
+                                   ("lafter", s.lafter_first_quarter, s.lafter_last_quarter)):
+            if last > first * (1 + rise):
+                curve_rise = last / first - 1.0 if first > 0 else float("inf")
+                if l0_rise >= curve_rise:
+                    why.append(f"{curve} rises from {first:.4g} to {last:.4g} while l0 rises from {s.l0_first_quarter:.4g} to "
+                               f"{s.l0_last_quarter:.4g} (the later inputs are harder for W_0 too)")
+                else:
+                    why.append(f"{curve} rises from {first:.4g} to {last:.4g}, more than l0 ({s.l0_first_quarter:.4g} -> "
+                               f"{s.l0_last_quarter:.4g}): NOT adapting")
         if s.gap_growth <= th["adaptation_min_gap_growth"]:
             why.append(f"gap l0 - lafter does not grow ({s.gap_first_quarter:.4g} -> {s.gap_last_quarter:.4g})")
         out.append(Verdict("figure5_adaptation", not why, s.gap_growth, th["adaptation_min_gap_growth"],
                            "; ".join(why) or f"gap l0 - lafter grows {s.gap_first_quarter:.4g} -> {s.gap_last_quarter:.4g}; lprev {s.lprev_first_quarter:.4g} -> {s.lprev_last_quarter:.4g}",
-                           layer, {k: getattr(s, k) for k in ("lprev_first_quarter", "lprev_last_quarter", "lafter_first_quarter", "lafter_last_quarter", "gap_first_quarter", "gap_last_quarter")}))
+                           layer, {k: getattr(s, k) for k in ("l0_first_quarter", "l0_last_quarter", "lprev_first_quarter", "lprev_last_quarter", "lafter_first_quarter", "lafter_last_quarter", "gap_first_quarter", "gap_last_quarter")}))
     return out
 
 
@@ -323,42 +405,233 @@ def checkpoint_finite(state: Mapping[str, Any]) -> Verdict:
                    f"NaN/Inf in {shown}" if bad else f"all {len(state)} tensors finite", details={"nonfinite": bad})
 
 
-def gate_stats(gates: Mapping[str, np.ndarray], th: Mapping[str, float]) -> list[Verdict]:
-    """tanh(clamp(alpha)) per layer: a collapsed gate means the outer loop switched TTT off."""
+def _gate_tanh(alpha: Any) -> np.ndarray:
+    return np.tanh(np.clip(np.asarray(alpha, dtype=np.float64), -3.0, 3.0))
+
+
+# bf16 keeps 8 significant bits: a stored init is within 2^-8 (relative) of the configured one.
+_STORED_ROUNDING = 2.0 ** -8
+
+
+def _exactly_at_init(alpha: np.ndarray, init: float) -> bool:
+    """Every channel holds the same value, the configured init up to its storage rounding: the
+    outer loop never moved the gate (a trained gate spreads over channels)."""
+    return alpha.size > 0 and float(np.ptp(alpha)) == 0.0 and abs(float(alpha.flat[0]) - init) <= _STORED_ROUNDING * max(abs(init), 1e-30)
+
+
+def gate_stats(gates: Mapping[str, np.ndarray], th: Mapping[str, float],
+               initial: Mapping[str, float | None] | None = None) -> list[Verdict]:
+    """tanh(clamp(alpha)) per layer, judged against where the gate started.
+
+    Collapse: mean |tanh(alpha)| fell below ``gate_min_fraction_of_init`` of |tanh(init)| (the
+    user's run: init 0.3, learned 0.02-9 %, i.e. 0.07-31 % of it) or below the absolute floor
+    ``gate_min_mean_tanh`` (which also judges a gate whose init is unknown). A gate still exactly
+    at its init was never trained (its own message: a collapse it is not). A gate whose sign
+    flipped from a positive init is reported (it went through zero: "off" on its way).
+    """
     if not gates:
         return [cannot_measure("gate_stats", "the model reports no TTT gates")]
+    initial = initial or {}
+    floor, min_frac = th["gate_min_mean_tanh"], th["gate_min_fraction_of_init"]
     out = []
     for layer, alpha in gates.items():
         alpha = np.asarray(alpha, dtype=np.float64)
-        gate = np.tanh(np.clip(alpha, -3.0, 3.0))
-        if not np.isfinite(gate).all():
-            out.append(Verdict("gate_stats", False, "nan", th["gate_min_mean_tanh"], "gate alpha holds NaN/Inf", layer))
+        gate = _gate_tanh(alpha)
+        init = initial.get(layer)
+        if alpha.size == 0 or not np.isfinite(gate).all():
+            out.append(Verdict("gate_stats", False, "nan", floor, "gate alpha holds NaN/Inf" if alpha.size else "gate alpha is empty", layer))
             continue
-        mean, peak = float(np.abs(gate).mean()), float(np.abs(gate).max())
-        ok = mean >= th["gate_min_mean_tanh"]
-        out.append(Verdict("gate_stats", ok, mean, th["gate_min_mean_tanh"],
-                           f"mean |tanh(alpha)| {mean:.4g} ({mean:.1%} of TTT(x) reaches the residual), max {peak:.4g}"
-                           + ("" if ok else f": GATING COLLAPSE in {layer}, TTT is effectively switched off"), layer,
-                           {"mean_tanh": mean, "max_tanh": peak, "mean_alpha": float(alpha.mean())}))
+        mean, peak, signed = float(np.abs(gate).mean()), float(np.abs(gate).max()), float(gate.mean())
+        details: dict[str, Any] = {"mean_tanh": mean, "max_tanh": peak, "signed_mean_tanh": signed, "mean_alpha": float(alpha.mean()),
+                                   "alpha_init": init, "min_fraction_of_init": min_frac, "floor": floor}
+        head = f"mean |tanh(alpha)| {mean:.4g} ({mean:.1%} of TTT(x) reaches the residual), max {peak:.4g}"
+        if init is None or not math.isfinite(init):
+            ok = mean >= floor
+            details["fraction_of_init"] = None
+            out.append(Verdict("gate_stats", ok, mean, floor,
+                               f"{head}; the initial alpha is not stated by the checkpoint, so the gate is judged by the absolute floor "
+                               f"{floor:g} only" + ("" if ok else f": GATING COLLAPSE in {layer}, TTT is effectively switched off"),
+                               layer, details))
+            continue
+        init_tanh = abs(math.tanh(max(-3.0, min(3.0, init))))
+        fraction = mean / init_tanh if init_tanh > 0 else float("inf")
+        details["fraction_of_init"] = fraction
+        flipped = float(np.mean(gate < 0)) if init > 0 else float(np.mean(gate > 0)) if init < 0 else 0.0
+        details["fraction_sign_flipped"] = flipped
+        flip = (f"; SIGN FLIPPED: tanh(alpha) has the opposite sign of the init in {flipped:.0%} of channels "
+                f"(signed mean {signed:+.4g} vs init tanh {math.tanh(init):+.4g}): the outer loop drove the gate through zero") \
+            if flipped > 0.5 else ""
+        if _exactly_at_init(alpha, init):
+            out.append(Verdict("gate_stats", False, mean, floor,
+                               f"gate alpha is exactly its initial value {init:g} in every channel: the gate was never trained "
+                               f"(mean |tanh(alpha)| {mean:.4g} = tanh of the init)", layer, {**details, "untrained": True}))
+            continue
+        collapsed_rel, collapsed_abs = fraction < min_frac, mean < floor
+        ok = not (collapsed_rel or collapsed_abs)
+        if ok:
+            why = f"{head}: {fraction:.0%} of its initial |tanh({init:g})| = {init_tanh:.4g} (collapse below {min_frac:.0%})" + flip
+        else:
+            causes = []
+            if collapsed_rel:
+                causes.append(f"{fraction:.0%} of its initial |tanh({init:g})| = {init_tanh:.4g}, below {min_frac:.0%}")
+            if collapsed_abs:
+                causes.append(f"below the absolute floor {floor:g}")
+            why = f"{head}: GATING COLLAPSE in {layer}, TTT is effectively switched off ({'; '.join(causes)})" + flip
+        details["severity"] = "warning" if (ok and flip) else "info"
+        out.append(Verdict("gate_stats", ok, fraction, min_frac, why, layer, details))
     return out
 
 
-def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str, float]) -> Verdict:
-    a, b = float(np.mean(loss_learned)), float(np.mean(loss_gate0))
-    if not _finite(a, b):
-        return Verdict("ttt_helps", False, "nan", th["help_max_loss_increase"],
-                       f"outer loss is not finite (learned gate {a}, gate 0 {b})")
-    rel = (a - b) / abs(b) if b else float("inf")
-    ok = rel <= th["help_max_loss_increase"]
-    return Verdict("ttt_helps", ok, rel, th["help_max_loss_increase"],
-                   f"teacher-forced outer loss {a:.4f} at the learned gate vs {b:.4f} at gate 0 ({rel:+.2%})"
-                   + ("" if ok else ": TTT makes the model worse"), details={"loss_learned": a, "loss_gate0": b})
+def _paired_t(diff: np.ndarray, blocks: int = 16) -> float | None:
+    """Mean / standard error of a per-position difference, over ``blocks`` contiguous blocks
+    (neighbouring positions are correlated, so single positions would overstate the evidence);
+    None with fewer than 4 blocks."""
+    n = min(blocks, len(diff))
+    if n < 4:
+        return None
+    length = len(diff) // n
+    means = diff[: n * length].reshape(n, length).mean(1)
+    se = float(means.std(ddof=1)) / math.sqrt(n)
+    mean = float(means.mean())
+    return math.copysign(float("inf"), mean) if se == 0 and mean != 0 else (0.0 if se == 0 else mean / se)
+
+
+def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str, float],
+              nonfinite_ttt: Sequence[str] = ()) -> Verdict:
+    """TTT must earn its place: the teacher-forced outer loss at the learned gate is lower than
+    at gate 0 by at least ``help_min_loss_decrease`` (relative). Within that band either way is
+    "TTT does nothing"; above it "TTT hurts". The paired t over position blocks is reported (how
+    far the difference stands out of the position-to-position noise), not required: a constant
+    offset (a TTT that ignores its input) is "significant" while worth nothing.
+
+    ``nonfinite_ttt``: TTT tensors holding NaN/Inf. Then gate 0 is not "TTT off" (0 x NaN = NaN),
+    so a non-finite loss there measures the TTT branch, not the base."""
+    margin = th["help_min_loss_decrease"]
+    a, b = np.asarray(loss_learned, dtype=np.float64), np.asarray(loss_gate0, dtype=np.float64)
+    mean_a, mean_b = (float(np.mean(a)) if a.size else float("nan")), (float(np.mean(b)) if b.size else float("nan"))
+    if not _finite(mean_a, mean_b):
+        if nonfinite_ttt and not _finite(mean_b):
+            shown = ", ".join(list(nonfinite_ttt)[:4]) + (f" and {len(nonfinite_ttt) - 4} more" if len(nonfinite_ttt) > 4 else "")
+            why = (f"cannot measure: TTT produces NaN, gate 0 is not off (0 x NaN = NaN): non-finite TTT tensors {shown}; "
+                   f"outer loss learned gate {mean_a}, gate 0 {mean_b}")
+        elif not _finite(mean_b):
+            why = f"cannot measure: the outer loss at gate 0 (TTT off) is not finite ({mean_b}): the base model itself produces NaN/Inf"
+        else:
+            why = f"TTT produces a non-finite outer loss at the learned gate ({mean_a}) while gate 0 gives {mean_b:.4f}: TTT breaks the model"
+        return Verdict("ttt_helps", False, "nan", margin, why,
+                       details={"loss_learned": mean_a, "loss_gate0": mean_b, "nonfinite_ttt": list(nonfinite_ttt)})
+    gain = (mean_b - mean_a) / abs(mean_b) if mean_b else float("-inf")
+    paired = _paired_t(b - a) if a.shape == b.shape else None
+    noise = "" if paired is None else f", paired t over position blocks {paired:+.2f}"
+    core = f"teacher-forced outer loss {mean_a:.5f} at the learned gate vs {mean_b:.5f} at gate 0 ({-gain:+.3%}{noise})"
+    if gain >= margin:
+        ok, why = True, f"{core}: TTT lowers the loss by {gain:.3%} (at least {margin:.3%} required)"
+    elif gain <= -margin:
+        ok, why = False, f"{core}: TTT HURTS: the model is {-gain:.3%} worse with its TTT branch than without it"
+    else:
+        ok, why = False, (f"{core}: TTT DOES NOTHING: the learned gate changes the outer loss by less than {margin:.3%} "
+                          "either way (an output that ignores its input, a gate too small to matter, or no benefit learned)")
+    return Verdict("ttt_helps", ok, gain, margin, why,
+                   details={"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
+                            "verdict": "helps" if ok else ("hurts" if gain <= -margin else "does_nothing")})
+
+
+def talk_base(words: int, transcript: str, collapse_reasons: Sequence[str], loss_gate0: np.ndarray | None,
+              chance_loss: float | None, th: Mapping[str, float], nonfinite_ttt: Sequence[str] = ()) -> Verdict:
+    """The base (gate 0) talks: Whisper hears words, and the base predicts its own stream far
+    better than chance. Whisper invents words on gibberish ("See you next week"), so the words
+    alone do not prove a talking base: a gate-0 outer loss near the loss of uniform prediction
+    (``talk_max_base_loss_vs_chance``) does not talk, whatever is heard. With non-finite TTT
+    tensors gate 0 is not "TTT off" (0 x NaN), so nothing here is the base's fault."""
+    min_words, max_ratio = th["talk_min_base_words"], th["talk_max_base_loss_vs_chance"]
+    loss = float(np.mean(loss_gate0)) if loss_gate0 is not None and np.size(loss_gate0) else None
+    details: dict[str, Any] = {"words": words, "loss_gate0": loss, "chance_loss": chance_loss, "nonfinite_ttt": list(nonfinite_ttt)}
+    if nonfinite_ttt and (loss is None or not math.isfinite(loss)):
+        shown = ", ".join(list(nonfinite_ttt)[:4])
+        return Verdict("talk_base", False, None, min_words,
+                       f"cannot measure: TTT produces NaN, gate 0 is not off (0 x NaN = NaN in {shown}); the gate-0 replies "
+                       f"are not the base model's ({words} words heard)", details=details)
+    ratio = loss / chance_loss if loss is not None and chance_loss and math.isfinite(loss) else None
+    details["loss_vs_chance"] = ratio
+    problems = []
+    if words < min_words:
+        problems.append(f"the base model produced no speech at gate 0 ({words} words heard; {'; '.join(collapse_reasons) or 'no words'})")
+    if loss is not None and not math.isfinite(loss):
+        problems.append(f"the gate-0 outer loss is {loss}: the base model itself is broken")
+    elif ratio is not None and ratio > max_ratio:
+        problems.append(f"the base predicts its own stream barely better than chance: gate-0 outer loss {loss:.4g} vs "
+                        f"{chance_loss:.4g} for uniform guessing ({ratio:.0%} > {max_ratio:.0%}), so the {words} words Whisper "
+                        "heard are not speech it made")
+    loss_note = "" if ratio is None else f"; gate-0 outer loss {loss:.4g} = {ratio:.0%} of chance ({chance_loss:.4g})"
+    if not problems:
+        return Verdict("talk_base", True, words, min_words,
+                       f"at gate 0 (TTT off) Whisper heard {words} words: {transcript!r}{loss_note}", details=details)
+    return Verdict("talk_base", False, words, min_words,
+                   "; ".join(problems) + ": without a talking base the sweep cannot say whether TTT keeps the model talkative"
+                   + ("" if ratio is None or ratio > max_ratio else loss_note), details=details)
+
+
+def config_consistency(fields: Sequence[Any] | None, notes: Sequence[str] = ()) -> Verdict:
+    """The recipe a checkpoint carries vs what it was trained with, where both are stated.
+
+    ``fields``: :class:`ttt_checks.models.base.RecipeField` rows (name, the value the loader
+    builds the model with and where it reads it, the other statement and where). A contradiction
+    fails and names which value wins (the one the loader uses), because every other verdict
+    measures the model at that value: a checkpoint trained at mini_batch_size 16 whose config.json
+    says 64 is judged at 64 and its one-step improvement drops for no visible reason."""
+    notes = list(notes)
+    tail = ("; " + "; ".join(notes)) if notes else ""
+    if not fields:
+        return Verdict("config_consistency", True, 0, 0,
+                       "nothing to compare: the checkpoint states its recipe once (no second record of the training settings)" + tail,
+                       details={"compared": [], "contradictions": [], "notes": notes, "severity": "warning"})
+    bad = [f for f in fields if not f.agrees]
+    rows = [{"name": f.name, "loaded": f.loaded, "loaded_from": f.loaded_from, "trained": f.trained, "trained_from": f.trained_from,
+             "agrees": f.agrees} for f in fields]
+    if bad:
+        parts = [f"{f.name}: {f.loaded_from} says {f.loaded!r} but {f.trained_from} says {f.trained!r}; the loader uses "
+                 f"{f.loaded!r} ({f.loaded_from} wins)" for f in bad]
+        why = ("CONFIG CONTRADICTS ITSELF OR ITS WEIGHTS: " + "; ".join(parts) + ". One of the two was edited after training "
+               "or copied from another run, and every check measures the model at the value the loader uses; restore the "
+               "files saved with the weights" + tail)
+    else:
+        why = f"{len(fields)} settings stated twice agree ({', '.join(f.name for f in fields)})" + tail
+    return Verdict("config_consistency", not bad, len(bad), 0, why,
+                   details={"compared": rows, "contradictions": [f.name for f in bad], "notes": notes})
+
+
+INIT_MATCH_ULPS = 2.0
+INIT_MATCH_ABS_ULPS = 8.0
+
+
+def at_initial_value(current: Any, initial: Any) -> bool:
+    """Is a stored tensor still its initial value, up to the rounding of another machine?
+
+    The initial value is re-created from its seed on the machine that runs the check, and torch's
+    CPU random kernels differ in their last bits between SIMD paths (``ATEN_CPU_CAPABILITY``).
+    Measured: of 131,072 ``randn * 0.02`` draws rounded to bf16, 12 differ between the AVX-512 and
+    the scalar kernels, by one bf16 unit in the last place, or, near 0 (Box-Muller's ``r cos(theta)``
+    with a cosine a few fp32 ulp apart), by ~1e-8 absolute. So "untouched" means every element
+    within ``INIT_MATCH_ULPS`` units in the last place of the coarser dtype (bf16: 1.6 %) plus
+    ``INIT_MATCH_ABS_ULPS`` fp32 ulp of the tensor's largest element (the kernels' absolute error);
+    an element initialised to exactly 0 must still be exactly 0. An optimiser step moves the
+    small elements of a trained tensor by ~its learning rate (>= 1e-6), far beyond both.
+    """
+    import torch
+
+    if tuple(current.shape) != tuple(initial.shape):
+        return False
+    eps = max(torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (current, initial))
+    a, b = current.double(), initial.double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return bool(torch.equal(a, b))
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    slack = INIT_MATCH_ULPS * eps * b.abs() + INIT_MATCH_ABS_ULPS * torch.finfo(torch.float32).eps * scale
+    return bool(((a - b).abs() <= slack).all())
 
 
 def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used: Iterable[str] | None, th: Mapping[str, float]) -> Verdict:
-    """Trainable TTT tensors still exactly at their initial value were never trained (or never used)."""
-    import torch
-
+    """Trainable TTT tensors still at their initial value were never trained (or never used)."""
     if not initial:
         return cannot_measure("dead_parameters", "the adapter knows no initial values of the TTT parameters")
     used = set(current) if used is None else set(used)
@@ -367,7 +640,7 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
         if name not in current:
             continue
         compared += 1
-        if torch.equal(current[name].float(), init.float()):
+        if at_initial_value(current[name], init):
             (unchanged if name in used else unused).append(name)
     if compared == 0:
         return cannot_measure("dead_parameters", "none of the known initial tensors is in the checkpoint")
@@ -384,25 +657,64 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
                    details={"unchanged": unchanged, "unused": unused, "compared": compared})
 
 
-def state_persistence(stats_or_record: Mapping[str, Any], mini_batch_size: int, th: Mapping[str, float]) -> list[Verdict]:
-    """In a streamed run lprev must depart from l0 after the first mini-batch (state carried)."""
+def state_persistence(records: Mapping[str, Any], layers: Mapping[str, Any], th: Mapping[str, float]) -> list[Verdict]:
+    """In a streamed run (one token per call) lprev must depart from l0 where W_{t-1} is not W_0
+    by construction (``metrics/figure5.py``): the state is carried and moves.
+
+    ``layers`` maps each record's layer to its ``TTTLayerInfo`` (mini_batch_size, causal). When
+    lprev stays at l0 the cause is told apart by what else the record shows: losses identically
+    0 (nothing to learn), lafter == lprev too (the inner updates are ~0: a carried state would
+    not move either), or lafter != lprev (the step moves within a call, but the next call starts
+    from W_0 again: the state is reset). ``details["cause"]`` names which: None (it passes),
+    "loss_zero", "updates_zero" or "reset".
+    """
+    from ttt_checks.metrics.figure5 import exclusion_note, l0_equals_lprev_by_construction, positions_needed
+
+    gap = th["persistence_min_rel_change"]
+    min_frac = th["persistence_min_fraction"]
     out = []
-    for layer, rec in stats_or_record.items():
+    for layer, rec in records.items():
+        info = layers.get(layer)
+        if info is None:
+            out.append(cannot_measure("state_persistence", "the model states no mini_batch_size/causal flag for this layer", layer))
+            continue
+        b, causal = int(info.mini_batch_size), bool(info.causal)
         positions = np.asarray(rec.positions)
-        after = positions >= mini_batch_size
-        if not after.any():
-            out.append(cannot_measure("state_persistence", f"the streamed run has no position after the first mini-batch of {mini_batch_size}", layer))
+        judged = ~l0_equals_lprev_by_construction(positions, b, causal)
+        needed = positions_needed(b, causal)
+        if not judged.any():
+            out.append(cannot_measure("state_persistence", f"the streamed run has {len(positions)} positions, none past where "
+                                      f"{exclusion_note(b, causal)}; give a longer --input: {needed} frames needed at "
+                                      f"mini_batch_size {b} (and --max-positions at least {needed})", layer))
             continue
-        l0, lprev = np.asarray(rec.l0)[after], np.asarray(rec.lprev)[after]
-        if not (np.isfinite(l0).all() and np.isfinite(lprev).all()):
-            out.append(cannot_measure("state_persistence", "streamed losses are not finite", layer))
+        l0_all, lprev_all, lafter_all = (np.asarray(getattr(rec, c), dtype=np.float64) for c in ("l0", "lprev", "lafter"))
+        if not (np.isfinite(l0_all).all() and np.isfinite(lprev_all).all() and np.isfinite(lafter_all).all()):
+            out.append(cannot_measure("state_persistence", "streamed losses are not finite (see figure5_finite)", layer))
             continue
-        departs = np.abs(lprev - l0) > 1e-6 * np.maximum(np.abs(l0), 1e-12)
+        l0, lprev = l0_all[judged], lprev_all[judged]
+        departs = np.abs(lprev - l0) > gap * np.maximum(np.abs(l0), np.abs(lprev))
         frac = float(departs.mean())
-        ok = frac >= th["persistence_min_fraction"]
-        out.append(Verdict("state_persistence", ok, frac, th["persistence_min_fraction"],
-                           f"lprev differs from l0 at {frac:.0%} of streamed positions after the first mini-batch"
-                           + ("" if ok else ": l0 == lprev, the TTT state is NOT carried across calls (weights reset every step)"), layer))
+        steps = np.abs(lafter_all - lprev_all) > gap * np.maximum(np.abs(lafter_all), np.abs(lprev_all))
+        step_frac = float(steps.mean())
+        ok = frac >= min_frac
+        where = f"{int(judged.sum())} of {len(positions)} streamed positions judged ({exclusion_note(b, causal)})"
+        zero = max(np.abs(l0_all).max(), np.abs(lprev_all).max(), np.abs(lafter_all).max()) == 0.0
+        cause = None if ok else "loss_zero" if zero else "updates_zero" if step_frac < min_frac else "reset"
+        if ok:
+            why = f"lprev departs from l0 (by more than {gap:g} relative) at {frac:.0%} of judged positions: the state is carried; {where}"
+        elif cause == "loss_zero":
+            why = (f"l0, lprev and lafter are exactly 0 at every streamed position: the inner loss is identically 0, nothing moves "
+                   f"the inner weights, so whether the state is carried cannot be seen; {where}")
+        elif cause == "updates_zero":
+            why = (f"lprev equals l0 at {1 - frac:.0%} of judged positions, and lafter equals lprev (within {gap:g}) at "
+                   f"{1 - step_frac:.0%} of all positions: the inner updates are ~0 (learning rate ~0, or saturated inner weights "
+                   f"where the gradient vanishes): the state may be carried but does not move; {where}")
+        else:
+            why = (f"lprev equals l0 at {1 - frac:.0%} of judged positions while one inner step changes the loss at {step_frac:.0%} "
+                   f"of positions: the TTT state is NOT carried across calls (weights reset every step); {where}")
+        out.append(Verdict("state_persistence", ok, frac, min_frac, why, layer,
+                           {"cause": cause, "frac_lprev_departs": frac, "frac_step_moves": step_frac, "judged": int(judged.sum()),
+                            "positions": len(positions), "mini_batch_size": b, "causal": causal}))
     return out
 
 
@@ -422,3 +734,71 @@ def streaming_consistency(loss_teacher_forced: np.ndarray, loss_streamed: np.nda
                    + ("" if ok else ": the TTT layer uses future tokens of its mini-batch in the teacher-forced pass "
                       "(non-causal mini-batches), which inference cannot give it"),
                    details={"loss_streamed": a, "loss_teacher_forced": b})
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner step size: a line search along the step each mini-batch takes (ttt/step_probe.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, float]) -> list[Verdict]:
+    """Is the inner step the layer takes near the best step along its own direction?
+
+    The record holds the mean inner loss after the step scaled by m (1 = the step taken, whose
+    loss is the mean lafter) and before it (m = 0). Overshoot: the best m is <= 1/2 and the full
+    step gives away more than ``step_overshoot_margin`` of the gain the best m achieves (every
+    grid step worse than no step counts as all of it). Far too timid: the loss still falls at
+    the top of the grid (best m >= 4) and the full step buys less than
+    ``step_timid_gain_fraction`` of the gain of that m (1/4 when the loss has no curvature along
+    the step at all). ``recommended base_lr`` = base_lr x best m, since eta is linear in base_lr.
+    """
+    out = []
+    margin, fraction = th["step_overshoot_margin"], th["step_timid_gain_fraction"]
+    threshold = f"overshoot: best m <= 0.5 and lost share > {margin:g}; timid: best m >= 4 and gain ratio < {fraction:g}"
+    for layer, r in records.items():
+        if r.count == 0 or not r.finite:
+            out.append(cannot_measure("inner_step_size", f"{r.nonfinite} of {r.count} scaled-step inner losses are NaN/Inf "
+                                      "(see figure5_finite)" if r.count else "no complete mini-batch reached the probe", layer))
+            continue
+        if not {1.0, 4.0} <= set(r.multipliers):
+            out.append(cannot_measure("inner_step_size", f"the probe's grid {r.multipliers} lacks m = 1 or m = 4", layer))
+            continue
+        l_start, l_full, best, l_best = r.loss_start, r.loss_at(1.0), r.best_multiplier, r.best_loss
+        losses = ", ".join(f"{m:g}: {v:.6g}" for m, v in zip(r.multipliers, r.losses))
+        details = {**r.to_dict(), "step_overshoot_margin": margin, "step_timid_gain_fraction": fraction}
+        lowest = min(r.multipliers)
+        if l_start == 0 and all(v == 0 for v in r.losses):
+            out.append(cannot_measure("inner_step_size", "the inner loss is exactly 0 before and after every scaled step: "
+                                      "there is nothing to descend (a target the inner model reproduces trivially?)", layer))
+            continue
+        if all(v == l_start for v in r.losses):
+            out.append(Verdict("inner_step_size", False, best, threshold,
+                               f"TOO TIMID: no multiplier up to {max(r.multipliers):g} changes the inner loss ({l_start:.4g}): "
+                               f"the inner update is exactly zero (base_lr {r.base_lr:g})", layer, details))
+            continue
+        overshoot = best <= 0.5 and r.lost_fraction > margin
+        timid = best >= 4.0 and not r.gain_ratio_1_to_best >= fraction
+        if overshoot and l_best >= l_start:
+            why = (f"OVERSHOOT: every scaled step down to m = {lowest:g} makes the inner loss worse than no step ({l_start:.4g} "
+                   f"before the step, {l_full:.4g} after the full step, {l_best:.4g} at best m = {best:g}): the step is far "
+                   f"too large or points uphill; recommended base_lr < {r.base_lr * lowest:.3g} (base_lr {r.base_lr:g} x {lowest:g})")
+        elif overshoot:
+            coarse = " (below m = 0.25 the grid steps by 1000x: the value is good to a factor of about 30)" if best < 0.25 else ""
+            edge = "; the best is the grid's smallest m, so the optimum may be smaller still" if best == lowest else ""
+            why = (f"OVERSHOOT: the inner step is too large: along the update the layer applies the inner loss is {l_best:.4g} at "
+                   f"m = {best:g} but {l_full:.4g} after the full step (m = 1; {l_start:.4g} before it), so the full step gives away "
+                   f"{r.lost_fraction:.0%} of the best gain (margin {margin:.0%}); recommended base_lr = {r.base_lr:g} x {best:g} "
+                   f"= {r.recommended_base_lr:.3g}{coarse}{edge}")
+        elif timid:
+            why = (f"TOO TIMID: the inner step is far too small: the inner loss still falls at m = {best:g} ({l_best:.6g}, vs "
+                   f"{l_full:.6g} after the full step and {l_start:.6g} before it), and the full step buys only "
+                   f"{r.gain(1.0):.3g} of the {r.gain(best):.3g} that m = {best:g} buys ({r.gain_ratio_1_to_best:.0%}; floor "
+                   f"{fraction:.0%}; 25% means no curvature along the step); "
+                   f"recommended base_lr >= {r.recommended_base_lr:.3g} (base_lr {r.base_lr:g} x {best:g}; the optimum lies "
+                   "above the grid)")
+        else:
+            why = (f"best multiplier {best:g} (inner loss {l_best:.4g}; {l_full:.4g} after the full step, {l_start:.4g} before it): "
+                   f"the step taken is within the tolerance; recommended base_lr = {r.recommended_base_lr:.3g}")
+        out.append(Verdict("inner_step_size", not (overshoot or timid), best, threshold,
+                           f"{why}. Loss per m: {losses}", layer, details))
+    return out

@@ -280,6 +280,7 @@ def ttt_check(ttt_run, record_property, capsys) -> Callable[[str], list]:
     return check
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file, so the diagnosis properties are in it
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the report: this process's run, or (xdist controller) the merge of the workers'."""
     from ttt_checks.report import merge_workers, write_report
@@ -306,6 +307,37 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if not hasattr(session.config, "workerinput"):
         session.config.stash[_REPORT_PATHS_KEY] = paths
+        _junit_diagnosis_properties(session.config, paths["metrics"])
+
+
+def junit_diagnosis_properties(diagnosis: dict) -> list[tuple[str, str]]:
+    """``diagnosis.healthy``, ``diagnosis.summary`` and per ranked finding ``diagnosis.<rank>.rule``,
+    ``.title``, ``.cause``, ``.fix``, ``.config_key``, ``.value``, ``.confidence``: testsuite
+    properties of the JUnit file, so a CI page shows the conclusion, not only red test names."""
+    props = [("diagnosis.healthy", str(bool(diagnosis.get("healthy"))).lower()), ("diagnosis.summary", str(diagnosis.get("summary", "")))]
+    for f in diagnosis.get("findings") or []:
+        rank = f.get("rank")
+        for key in ("rule", "title", "cause", "fix", "config_key", "value", "confidence"):
+            if f.get(key) is not None:
+                props.append((f"diagnosis.{rank}.{key}", str(f[key])))
+    return props
+
+
+def _junit_diagnosis_properties(config: pytest.Config, metrics_path: Path) -> None:
+    """Add the report's diagnosis to the JUnit file as testsuite properties (when --junitxml is on)."""
+    import json
+
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    try:
+        diagnosis = json.loads(Path(metrics_path).read_text()).get("diagnosis") or {}
+    except (OSError, ValueError):
+        return
+    for name, value in junit_diagnosis_properties(diagnosis):
+        xml.add_global_property(name, value)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

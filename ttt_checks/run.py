@@ -22,10 +22,11 @@ import numpy as np
 
 from ttt_checks import health
 from ttt_checks.health import Verdict
-from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
+from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats, positions_needed
 from ttt_checks.audio.wav import AudioError
 from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, InputError, ModelInputs
 from ttt_checks.ttt.figure5 import Figure5Error, Figure5Probe, Figure5Record
+from ttt_checks.ttt.step_probe import DEFAULT_MULTIPLIERS, StepSizeRecord
 
 DEFAULT_GATES: tuple[GateValue, ...] = (0.0, LEARNED, 0.3, 0.5, 1.0)
 
@@ -94,6 +95,8 @@ class HealthRun:
         self.artifacts: dict[str, list[Path]] = {}
         self.timings: dict[str, float] = {}
         self.started = time.time()
+        for note in adapter.checkpoint_notes():
+            self.progress(f"checkpoint {adapter.checkpoint}: {note}")
 
     # -- what the model declares ----------------------------------------------------------------
 
@@ -132,8 +135,9 @@ class HealthRun:
 
     @cached_property
     def teacher_forced(self) -> tuple[ForwardResult, dict[str, Figure5Record], dict[str, str]]:
-        """Figure-5 records at the learned gate, plus why a layer has none."""
-        probe = Figure5Probe()
+        """Figure-5 records at the learned gate, plus why a layer has none. The same pass runs the
+        inner step-size line search (``step_size``)."""
+        probe = self._teacher_forced_probe = Figure5Probe(step_multipliers=DEFAULT_MULTIPLIERS)
         result = self._timed("teacher_forced", lambda: self.adapter.teacher_forced(self.inputs.teacher_forced, probe=probe))
         records, missing = {}, {}
         for info in self.layers:
@@ -152,9 +156,27 @@ class HealthRun:
         return result, records, missing
 
     @cached_property
+    def step_size(self) -> tuple[dict[str, StepSizeRecord], dict[str, str]]:
+        """Per layer the inner loss after its step scaled by each multiplier (ttt/step_probe.py),
+        from the teacher-forced pass (no extra forward), plus why a layer has none."""
+        self.teacher_forced  # noqa: B018  (the pass that fills the probe)
+        records, missing = {}, {}
+        for info in self.layers:
+            try:
+                records[info.name] = self._teacher_forced_probe.step_record(info.name)
+            except Figure5Error as exc:
+                missing[info.name] = str(exc)
+        return records, missing
+
+    @cached_property
     def figure5(self) -> dict[str, Figure5Stats]:
+        """Figure-5 statistics per layer (``metrics/figure5.py``, the one definition), judged with
+        the layer's own mini_batch_size and causal flag and the ``ordering_min_rel_gap`` margin."""
         _, records, _ = self.teacher_forced
-        return {name: figure5_stats(rec, self.inputs.positions) for name, rec in records.items()}
+        infos = {i.name: i for i in self.layers}
+        return {name: figure5_stats(rec, self.inputs.positions, mini_batch_size=infos[name].mini_batch_size,
+                                    causal=infos[name].causal, min_rel_gap=self.th["ordering_min_rel_gap"])
+                for name, rec in records.items()}
 
     @cached_property
     def outer_gate0(self) -> ForwardResult:
@@ -172,9 +194,11 @@ class HealthRun:
     @cached_property
     def streamed(self) -> dict[str, Figure5Record]:
         """Figure-5 records of a pass fed one token per call, as streaming inference does. Four
-        mini-batches are enough to see whether lprev departs from l0 after the first one."""
+        mini-batches of the largest mini_batch_size any layer names (never an assumed 8 or 16),
+        and at least what ``positions_needed`` asks for, show whether lprev departs from l0 after
+        the positions where they are equal by construction."""
         probe = Figure5Probe()
-        positions = 4 * max((i.mini_batch_size for i in self.layers), default=1)
+        positions = max((max(4 * i.mini_batch_size, positions_needed(i.mini_batch_size, i.causal)) for i in self.layers), default=1)
         if self.options.max_positions:
             positions = min(positions, self.options.max_positions)
         inputs = self._timed("load_inputs", lambda: self.adapter.load_inputs(self.options.input_path, positions))
@@ -308,12 +332,33 @@ class HealthRun:
     def _check_figure5_adaptation(self):
         return self._per_layer(health.figure5_adaptation(self.figure5, self.th), "figure5_adaptation")
 
+    def _check_inner_step_size(self):
+        records, missing = self.step_size
+        out = health.inner_step_size(records, self.th)
+        out += [health.cannot_measure("inner_step_size", why, name) for name, why in missing.items()]
+        return out or [health.cannot_measure("inner_step_size", "the model reports no TTT layers")]
+
     def _check_gate_stats(self):
-        return health.gate_stats({i.name: i.gate_alpha for i in self.layers}, self.th)
+        return health.gate_stats({i.name: i.gate_alpha for i in self.layers}, self.th,
+                                 {i.name: i.gate_alpha_init for i in self.layers})
+
+    @cached_property
+    def nonfinite_ttt_tensors(self) -> list[str]:
+        """TTT tensors holding NaN/Inf: with any, gate 0 is not "TTT off" (0 x NaN = NaN)."""
+        import torch
+
+        state = self.adapter.state()
+        names = [k for k in self.adapter.expected_ttt_keys() if k in state]
+        return [k for k in names if torch.is_floating_point(state[k]) and not bool(torch.isfinite(state[k]).all())]
 
     def _check_ttt_helps(self):
         learned, _, _ = self.teacher_forced
-        return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th)]
+        return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors)]
+
+    def _check_config_consistency(self):
+        """Settings stated twice (config vs training record, config vs weights) must agree; what
+        loading changed in the checkpoint's naming (a DDP ``module.`` prefix) is said here."""
+        return [health.config_consistency(self.adapter.recipe_fields(), self.adapter.checkpoint_notes())]
 
     def _check_dead_parameters(self):
         unused = set(getattr(self.adapter, "unused_ttt_keys", lambda: [])())
@@ -323,7 +368,7 @@ class HealthRun:
 
     def _check_state_persistence(self):
         records = self.streamed
-        out = health.state_persistence(records, min(i.mini_batch_size for i in self.layers) if self.layers else 1, self.th)
+        out = health.state_persistence(records, {i.name: i for i in self.layers}, self.th)
         missing = [i.name for i in self.layers if i.name not in records]
         out += [health.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
         return out or [health.cannot_measure("state_persistence", "the model reports no TTT layers")]
@@ -337,13 +382,13 @@ class HealthRun:
         return [health.streaming_consistency(full.outer_loss[:n], self.streamed_result.outer_loss[:n], self.th)]
 
     def _check_talk_base(self):
+        """Words heard at gate 0, cross-checked with how well gate 0 predicts its own stream
+        (the teacher-forced outer loss vs uniform guessing): Whisper hears words in gibberish."""
         base = self._sweep_row("0", "the base model's talkativeness")
-        ok = base["words"] >= self.th["talk_min_base_words"]
-        return [Verdict("talk_base", ok, base["words"], self.th["talk_min_base_words"],
-                        f"at gate 0 (TTT off) Whisper heard {base['words']} words: {base['transcript']!r}" if ok else
-                        f"the base model produced no speech at gate 0 ({base['words']} words heard; "
-                        f"{'; '.join(base['collapse']['reasons']) or 'no words'}): without a talking base the sweep "
-                        "cannot say whether TTT keeps the model talkative", details={"row": base["label"]})]
+        verdict = health.talk_base(base["words"], base["transcript"], base["collapse"]["reasons"], self.outer_gate0.outer_loss,
+                                   self.adapter.chance_outer_loss(), self.th, self.nonfinite_ttt_tensors)
+        verdict.details["row"] = base["label"]
+        return [verdict]
 
     def _check_talk_learned(self):
         base = self._sweep_row("0", "the words ratio learned / gate 0")
@@ -430,8 +475,11 @@ class HealthRun:
         }
         if "inputs" in self.__dict__:
             data["inputs"] = {"description": self.inputs.description, "notes": list(self.inputs.notes)}
+        data["checkpoint_notes"] = list(self.adapter.checkpoint_notes())
         if "figure5" in self.__dict__:
             data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
+        if "step_size" in self.__dict__:
+            data["inner_step_size"] = {name: r.to_dict() for name, r in self.step_size[0].items()}
         if "teacher_forced" in self.__dict__:
             data["outer_loss"] = {"learned": float(np.mean(self.teacher_forced[0].outer_loss))}
             if "outer_gate0" in self.__dict__:
@@ -442,7 +490,7 @@ class HealthRun:
             data["layers"] = [
                 {"name": i.name, "index": i.index, "mini_batch_size": i.mini_batch_size, "causal": i.causal,
                  "inner": i.inner, "mlp_layers": i.mlp_layers, "base_lr": i.base_lr,
-                 "gate_mean_tanh": float(np.tanh(np.clip(i.gate_alpha, -3, 3)).mean())}
+                 "gate_mean_tanh": float(np.tanh(np.clip(i.gate_alpha, -3, 3)).mean()), "gate_alpha_init": i.gate_alpha_init}
                 for i in self.layers
             ]
         return health._jsonable(data)
@@ -454,8 +502,8 @@ FIGURE5_CHECKS = ("figure5_collected", "figure5_finite", "figure5_bounded", "fig
 TALK_CHECKS = ("talk_base", "talk_learned", "talk_collapse")
 
 CHECKS = [
-    "checkpoint_keys", "checkpoint_finite", "figure5_collected", "figure5_finite", "figure5_bounded",
-    "figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats", "ttt_helps",
+    "checkpoint_keys", "checkpoint_finite", "config_consistency", "figure5_collected", "figure5_finite", "figure5_bounded",
+    "figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size", "gate_stats", "ttt_helps",
     "dead_parameters", "state_persistence", "streaming_consistency", *TALK_CHECKS, "model_specific",
 ]
 

@@ -188,8 +188,13 @@ class Watcher:
         ready, unsettled = self.pending()
         for ckpt in unsettled:
             self.log(f"watch: {ckpt} is still being written (changed less than {self.settle_s:g} s ago); later")
+        return self.gate_checkpoints(ready)
+
+    def gate_checkpoints(self, checkpoints: Sequence[Path]) -> list[GateRecord]:
+        """Gate these checkpoints in order, recording each in the state file (also used by
+        ``ttt-checks trend --run`` for the checkpoints that have no report yet)."""
         done = []
-        for ckpt in ready:
+        for ckpt in checkpoints:
             if not ckpt.exists():
                 self.log(f"watch: {ckpt} disappeared before it was gated (pruned?); skipped")
                 continue
@@ -281,6 +286,21 @@ def subprocess_gate(args: argparse.Namespace) -> GateFn:
     return run
 
 
+def _refresh_trend(run_dir: Path, out: Path, gated: Sequence[GateRecord]) -> None:
+    """After a pass that gated something, rewrite OUT/trend.html and trend.json (``ttt-checks
+    trend``), so the run-level view is current. A trend that cannot be drawn is said, never fatal
+    to the watcher."""
+    if not gated:
+        return
+    try:
+        from ttt_checks.trend import TREND_HTML, write_trend
+
+        data = write_trend(run_dir, out, [out])
+        print(f"watch: trend: {data['summary']['sentence']} ({out / TREND_HTML})", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the gates already ran; the trend is a view of them
+        print(f"watch: could not refresh the trend ({type(exc).__name__}: {exc})", flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     try:
@@ -315,10 +335,13 @@ def run_command(args: argparse.Namespace) -> int:
                       "config.json)", file=sys.stderr)
                 return 5
             gated = watcher.poll_once()
+            _refresh_trend(run_dir, out, gated)
         else:
             print(f"watch: watching {run_dir} every {args.interval:g} s; reports in {out} (Ctrl-C stops)", flush=True)
             while True:
-                gated += watcher.poll_once()
+                new = watcher.poll_once()
+                _refresh_trend(run_dir, out, new)
+                gated += new
                 time.sleep(args.interval)
     except KeyboardInterrupt:
         print("watch: stopped", flush=True)

@@ -43,6 +43,37 @@ class TTTLayerInfo:
     mlp_layers: int
     base_lr: float
     gate_alpha: np.ndarray  # learned raw alpha per channel (before tanh)
+    # The raw alpha every channel started from (moshi-finetune ``ttt.initial_gating_alpha``, the
+    # reference config's ``decoder.alpha_init``), or None where the checkpoint does not state it.
+    # A gate is judged against where it started: 0.09 is a collapse from 0.3 but not from 0.1.
+    gate_alpha_init: float | None = None
+
+
+@dataclass(frozen=True)
+class RecipeField:
+    """One training setting a checkpoint states twice: the value the loader builds the model
+    with (and the file/key it reads) vs the value the checkpoint says it was trained with."""
+
+    name: str  # e.g. "mini_batch_size"
+    loaded: Any
+    loaded_from: str  # e.g. "config.json decoder.ttt.mini_batch_size"
+    trained: Any
+    trained_from: str  # e.g. "config.json recipe.ttt (default of the training code)"
+
+    @property
+    def agrees(self) -> bool:
+        """Equal values; numbers equal up to 1e-6 relative (a JSON float round trip is exact, an
+        int written as 16.0 is the same setting)."""
+        return _same_setting(self.loaded, self.trained)
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(float(a) - float(b)) <= 1e-6 * max(abs(float(a)), abs(float(b)))
+    return a == b
 
 
 @dataclass
@@ -137,3 +168,19 @@ class Adapter(abc.ABC):
     def set_gate(self, value: GateValue | None) -> contextlib.AbstractContextManager[None]:
         """Override every TTT gate with one raw alpha value (a context manager); restores the
         learned values on exit."""
+
+    def chance_outer_loss(self) -> float | None:
+        """The outer loss of a model that predicts uniformly over its vocabularies (the same
+        per-position sum the adapter's ``outer_loss`` takes), or None where unknown. A gate-0 loss
+        near it means the base predicts nothing: it cannot "talk", whatever an ASR hears."""
+        return None
+
+    def recipe_fields(self) -> list[RecipeField]:
+        """Training settings the checkpoint states twice (config vs training record, config vs
+        weights), for the config-consistency check; empty where it states them once."""
+        return []
+
+    def checkpoint_notes(self) -> list[str]:
+        """What loading changed in the checkpoint's own naming (e.g. a DDP ``module.`` prefix
+        stripped), so the report says it instead of hiding it."""
+        return []

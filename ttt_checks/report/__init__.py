@@ -17,7 +17,12 @@ from ttt_checks.report.text import write_text_report
 
 
 def write_report(metrics: dict[str, Any], report_dir: Path) -> dict[str, Path]:
+    """metrics.json, report.txt and index.html; the diagnosis (ttt_checks.diagnosis) is added to
+    ``metrics["diagnosis"]`` first, so every view shows the same ranked findings."""
+    from ttt_checks.diagnosis import diagnosis_dict
+
     report_dir = Path(report_dir)
+    metrics["diagnosis"] = diagnosis_dict(metrics)
     return {
         "metrics": write_json_atomic(report_dir / "metrics.json", metrics),
         "report": write_text_report(metrics, report_dir / "report.txt"),

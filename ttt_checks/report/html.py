@@ -10,6 +10,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from ttt_checks.diagnosis import diagnosis_dict
 from ttt_checks.report.files import write_text_atomic
 
 _CSS = """
@@ -43,6 +44,30 @@ def _inputs_html(inputs: dict[str, Any] | None) -> list[str]:
     return [f"<p class='sub'>input {e(str(inputs.get('description')))}{notes}</p>"]
 
 
+def _diagnosis_html(diagnosis: dict[str, Any]) -> list[str]:
+    """The first section: the ranked findings (ttt_checks.diagnosis), or the one healthy line."""
+    e = html.escape
+    parts = ["<h2>Diagnosis</h2>", f"<p class='diag-summary'><b>{e(str(diagnosis.get('summary', '')))}</b></p>"]
+    findings = diagnosis.get("findings") or []
+    if findings:
+        parts.append("<table><tr><th>#</th><th>finding</th><th>symptom</th><th>likely cause</th><th>what to change</th>"
+                     "<th>confidence</th><th>evidence</th></tr>")
+        for f in findings:
+            change = e(str(f.get("fix", "")))
+            if f.get("config_key"):
+                change += f"<br><code>{e(str(f['config_key']))}" + (f" = {e(_fmt(f['value']))}" if f.get("value") is not None else "") + "</code>"
+            files = "<br>".join(f"<code>{e(Path(str(p)).name)}</code>" for p in (f.get("evidence") or [])[:6])
+            parts.append(f"<tr><td>{f.get('rank')}</td><td class='{'FAIL' if f.get('rank') == 1 else ''}'>{e(str(f.get('title')))}</td>"
+                         f"<td>{e(str(f.get('symptom')))}</td><td>{e(str(f.get('cause')))}</td><td>{change}</td>"
+                         f"<td>{e(str(f.get('confidence')))}: {e(str(f.get('confidence_why')))}</td><td>{files}</td></tr>")
+        parts.append("</table>")
+    for s in diagnosis.get("suppressed") or []:
+        parts.append(f"<p class='sub'>not shown: {e(s['rule'])} (overridden by {e(s['by'])})</p>")
+    if diagnosis.get("missing_measurements"):
+        parts.append(f"<p class='sub'>not measured in this run: {e(', '.join(diagnosis['missing_measurements']))}</p>")
+    return parts
+
+
 def render(metrics: dict[str, Any], report_dir: Path) -> str:
     e = html.escape
     verdicts = [v for vs in metrics.get("verdicts", {}).values() for v in vs]
@@ -60,6 +85,7 @@ def render(metrics: dict[str, Any], report_dir: Path) -> str:
              f"<p class='sub'>checkpoint <code>{e(str(metrics.get('checkpoint') or 'embedded default'))}</code> · adapter {e(str(metrics.get('adapter')))}</p>",
              *_inputs_html(metrics.get("inputs")),
              banner,
+             *_diagnosis_html(metrics.get("diagnosis") or diagnosis_dict(metrics)),
              "<h2>Verdicts</h2><table><tr><th>check</th><th>layer</th><th>result</th><th>measured</th><th>threshold</th><th>explanation</th></tr>"]
     for v in verdicts:
         status = "FAIL" if not v["ok"] else "WARN" if v.get("details", {}).get("severity") == "warning" else "PASS"

@@ -11,6 +11,8 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from ttt_checks.diagnosis import diagnosis_dict
+from ttt_checks.diagnosis import render_text as render_diagnosis
 from ttt_checks.report.files import write_text_atomic
 
 
@@ -39,6 +41,8 @@ def render(metrics: dict[str, Any]) -> str:
     failed = [v for v in verdicts if not v["ok"]]
     lines.append(f"verdict    : {'UNHEALTHY' if failed else 'HEALTHY' if verdicts else 'NO CHECK RAN'}"
                  f" ({len(verdicts) - len(failed)} passed, {len(failed)} failed)")
+    diagnosis = metrics.get("diagnosis") or diagnosis_dict(metrics)
+    lines += ["", "-" * 78, *render_diagnosis(diagnosis)]
     figure5 = metrics.get("figure5", {})
     layers = [l["name"] for l in metrics.get("layers", [])]
     per_gate = lambda v: str(v.get("layer") or "").startswith("gate ")  # noqa: E731  (sweep verdicts)

@@ -17,11 +17,13 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ttt_checks.ttt.step_probe import StepSizeAccumulator, StepSizeRecord
 
 CURVES = ("l0", "lprev", "lafter")
 MINIBATCH_CURVES = ("init", "step_0", "step_1")
@@ -105,18 +107,28 @@ class Figure5Record:
         return cls(layer=layer, meta=meta, **fields)
 
     def summary(self) -> dict[str, float]:
-        """Means of the curves and the plain ordering fractions (the health rules go further)."""
-        ok = np.isfinite(self.l0) & np.isfinite(self.lprev) & np.isfinite(self.lafter)
-        frac = lambda m: float(m[ok].mean()) if ok.any() else float("nan")  # noqa: E731
-        return {
+        """Means of the curves and the ordering fractions of ``metrics.figure5.figure5_stats`` (the
+        one definition: judged positions, margin). It needs the layer's mini_batch_size and causal
+        flag, which every TTT layer writes into ``meta``; a record without them gets NaN fractions,
+        never a second answer."""
+        from ttt_checks.metrics.figure5 import figure5_stats
+
+        out = {
             "positions": float(self.num_positions),
             "l0": float(np.mean(self.l0)),
             "lprev": float(np.mean(self.lprev)),
             "lafter": float(np.mean(self.lafter)),
-            "frac_l0_gt_lprev": frac(self.l0 > self.lprev),
-            "frac_lprev_gt_lafter": frac(self.lprev > self.lafter),
+            "frac_l0_gt_lprev": float("nan"),
+            "frac_lprev_gt_lafter": float("nan"),
             "nonfinite": float(self.nonfinite.sum()),
         }
+        try:
+            stats = figure5_stats(self)
+        except Figure5Error:
+            return out
+        out.update(frac_l0_gt_lprev=stats.frac_l0_gt_lprev, frac_lprev_gt_lafter=stats.frac_lprev_gt_lafter,
+                   judged_l0_lprev=float(stats.judged_l0_lprev))
+        return out
 
 
 class _LayerAccumulator:
@@ -243,6 +255,17 @@ class Figure5Sink:
     def add_minibatches(self, end_positions: np.ndarray, init: Tensor, step_0: Tensor, step_1: Tensor) -> None:
         self._acc.add_minibatches(end_positions, init, step_0, step_1)
 
+    @property
+    def step_multipliers(self) -> tuple[float, ...] | None:
+        """The step-size probe's grid when the probe asks for it (``step_probe.py``), else None."""
+        return self._probe.step_multipliers
+
+    def add_step_losses(self, losses: Tensor, start: Tensor, base_lr: float) -> None:
+        """Scaled-step losses [M, ...] of complete mini-batches and their loss at m = 0."""
+        acc = self._probe._steps.setdefault(self.layer, StepSizeAccumulator(self._probe.step_multipliers))
+        acc.base_lr = base_lr
+        acc.add(losses, start)
+
 
 class Figure5Probe:
     """Collects Figure-5 records from the TTT layers it is attached to.
@@ -253,8 +276,12 @@ class Figure5Probe:
     >>> probe.record("layers.3.ttt").save("figure5_layer3.npz")
     """
 
-    def __init__(self) -> None:
+    def __init__(self, step_multipliers: Sequence[float] | None = None) -> None:
+        """``step_multipliers``: also run the inner step-size line search (``step_probe.py``) on
+        that grid of multipliers of every complete mini-batch's step, in the same pass."""
         self._accumulators: dict[str, _LayerAccumulator] = {}
+        self.step_multipliers = None if step_multipliers is None else tuple(float(m) for m in step_multipliers)
+        self._steps: dict[str, StepSizeAccumulator] = {}
 
     @contextlib.contextmanager
     def attach(self, layers: Mapping[str, torch.nn.Module]) -> Iterator["Figure5Probe"]:
@@ -290,3 +317,15 @@ class Figure5Probe:
     def records(self) -> dict[str, Figure5Record]:
         """Every attached layer's record; one empty layer is an error naming it."""
         return {name: self.record(name) for name in self._accumulators}
+
+    def step_record(self, layer: str) -> StepSizeRecord:
+        """The layer's step-size line search; raises :class:`Figure5Error` when it has none."""
+        if self.step_multipliers is None:
+            raise Figure5Error("this Figure5Probe was made without step_multipliers: no step-size line search was run")
+        acc = self._steps.get(layer)
+        if acc is None or acc.count == 0:
+            raise Figure5Error(
+                f"layer {layer!r}: no complete mini-batch reached the step-size probe "
+                f"(attached: {self.layers or 'none'}); is the input at least one mini-batch long?"
+            )
+        return acc.record(layer)

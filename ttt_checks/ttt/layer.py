@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ttt_checks.ttt import inner
+from ttt_checks.ttt import inner, step_probe
 from ttt_checks.ttt.config import TTTConfig
 from ttt_checks.ttt.figure5 import Figure5Sink
 
@@ -265,6 +265,11 @@ class TTTLayer(nn.Module):
             curves["lprev"] += list(lprev.chunk(len(complete), dim=0))
             curves["lafter"] += list(lafter.chunk(len(complete), dim=0))
             curves["step_0"] += [s[..., -1] for s in lstart.chunk(len(complete), dim=0)]
+            multipliers = getattr(self.figure5_sink, "step_multipliers", None)
+            if multipliers:  # the step-size line search, on the same stacked tensors (step_probe.py)
+                scaled = step_probe.line_search_losses(lafter, params, xk, target, acts, grads, eta, c, gamma, beta,
+                                                       multipliers=multipliers)
+                self.figure5_sink.add_step_losses(scaled, lstart, c.base_lr)
         for res, xk, target in group[len(complete):]:  # the open mini-batch comes last, if any
             lprev, lafter, _ = inner.figure5_losses(res.start_params, xk, target, res.acts, res.grads, res.eta, c, gamma, beta)
             curves["lprev"].append(lprev)

@@ -9,6 +9,15 @@
   ``first_codebook_weight_multiplier`` (moshi-finetune's own loss weighting).
 - ``generate``: moshi's LMGen frame by frame (the first frame fed twice, as run_inference does),
   every gate value one batch row, Mimi decoding to 24 kHz, the inner-monologue text kept.
+
+CUDA graphs: on a CUDA device moshi's LMGen (and Mimi's streaming state) wrap their per-frame
+functions in ``moshi.utils.compile.CUDAGraphed``, which captures one frame's kernels and replays
+them for every later frame. The TTT hybrid layer decides per frame in Python (open mini-batch,
+carried inner weights, mini-batch boundary, Figure-5 capture), so a replayed graph would run the
+first frame's decisions forever (or capture fails on a host sync). Generation and every streamed
+pass therefore run under ``moshi.utils.compile.no_cuda_graph()`` (:func:`graphs_disabled`), as the
+user's own ``run_inference_with_ttt.py`` does. Cost: kernel-launch overhead per frame, paid on GPU
+only; on CPU moshi never graphs.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from ttt_checks.audio.wav import Audio, AudioError
 from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
                                     TTTLayerInfo, fixed_gate)
 from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
+from ttt_checks.models.moshi.memory import MoshiMemoryModel, lm_kwargs_of, require_fits
 from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
 
 SAMPLE_RATE = MIMI_SAMPLE_RATE  # 24 kHz
@@ -95,6 +105,18 @@ def _as_pcm(inputs: Any) -> torch.Tensor:
     return pcm[..., : frames * FRAME_SIZE]  # a trailing partial frame is dropped, as run_inference does
 
 
+def graphs_disabled() -> contextlib.AbstractContextManager:
+    """moshi's ``no_cuda_graph()``: every ``CUDAGraphed`` called inside runs eagerly.
+
+    The flag is read by ``CUDAGraphed`` at call time (not when LMGen builds its streaming state),
+    so the context must stay open for every ``step``/``decode`` call, which is how the adapter
+    uses it. Why graphs must be off: see the module docstring.
+    """
+    from moshi.utils.compile import no_cuda_graph
+
+    return no_cuda_graph()
+
+
 def _env_flag(name: str) -> bool | None:
     import os
 
@@ -130,6 +152,11 @@ class MoshiAdapter(Adapter):
         if carry_state is None:
             carry_state = bool(self.files.ttt["persistent_states"])
         self.carry_state = carry_state
+        self._memory: MoshiMemoryModel | None = None
+        if torch.device(device).type == "cuda":  # refuse early, before 15 GB are read, when it cannot fit
+            before = _memory_model(self.files, self.base, dtype or torch.bfloat16, configs=None)
+            require_fits(before.load(), device, resident=0,
+                         fix="a GPU with more free memory (check nvidia-smi for other processes), or --device cpu")
         self.loaded: LoadedMoshi = load_moshi(self.files, self.base, device=device, dtype=dtype, carry_state=carry_state)
         self.lm, self.mimi = self.loaded.lm, self.loaded.mimi
         self.device = self.loaded.device
@@ -143,6 +170,55 @@ class MoshiAdapter(Adapter):
         self.reply_seconds = reply_seconds
         self.first_codebook_weight = float(self.files.training_config.get("first_codebook_weight_multiplier", 1.0) or 1.0)
         self._codes_cache: tuple[int, torch.Tensor] | None = None
+
+    @classmethod
+    def from_model(cls, loaded: LoadedMoshi, memory: MoshiMemoryModel, carry_state: bool = True,
+                   first_codebook_weight: float = 1.0, sampling: bool = False, seed: int = 4242,
+                   reply_seconds: float = 0.0, lm_gen_kwargs: Mapping[str, Any] | None = None) -> "MoshiAdapter":
+        """An adapter around a model built in memory (no checkpoint files: e.g. a random-weight 7B
+        for measuring memory and time, scripts/gpu_check.py). Methods that read the checkpoint
+        (``state``, ``initial_state``, key lists, ``model_checks``) are not available on it."""
+        self = cls.__new__(cls)
+        self.files, self.checkpoint, self.base = None, None, None
+        self.carry_state = carry_state
+        for h in loaded.hybrids.values():
+            h.carry_state = carry_state
+        self._memory = memory
+        self.loaded = loaded
+        self.lm, self.mimi, self.device = loaded.lm, loaded.mimi, loaded.device
+        self.sampling, self.seed = sampling, seed
+        self.lm_gen_kwargs = {**dict(lm_gen_kwargs or {}), "use_sampling": sampling}
+        self.reply_seconds = reply_seconds
+        self.first_codebook_weight = float(first_codebook_weight)
+        self._codes_cache = None
+        return self
+
+    def memory_model(self) -> MoshiMemoryModel:
+        """The memory estimate of this model (its TTT layers as loaded), built once."""
+        if self._memory is None:
+            configs = {i: h.ttt.config for i, h in self.loaded.hybrids.items()}
+            self._memory = _memory_model(self.files, self.base, self.loaded.dtype, configs=configs)
+        return self._memory
+
+    def _require_memory(self, phase: str, rows: int, frames: int) -> None:
+        """On CUDA: stop before ``phase`` when its estimate exceeds the free memory, naming the fix."""
+        if self.device.type != "cuda":
+            return
+        mem = self.memory_model()
+        resident = mem.weight_bytes()
+        free = int(torch.cuda.mem_get_info(self.device)[0])
+        if phase == "generate":
+            est = mem.streaming(rows)
+            fits = mem.max_rows(resident + free)
+            fix = (f"fewer gates per batch: at most {fits} gate row(s) fit now (--gates with <= {fits} values; each row holds "
+                   f"its own KV cache), or a shorter attention context (config.json context / ttt.ttt_layer_context / "
+                   f"ttt.non_ttt_layer_context)")
+        else:
+            est = mem.teacher_forced(frames, rows)
+            fits = mem.max_frames(resident + free, rows)
+            fix = (f"a shorter context: at most {fits} frames fit now (--max-positions {fits}, or a shorter --input); "
+                   f"{frames} were asked for")
+        require_fits(est, self.device, resident=resident, fix=fix)
 
     @property
     def load_report(self):
@@ -159,9 +235,34 @@ class MoshiAdapter(Adapter):
                 name=f"transformer.layers.{i}", index=i, num_heads=c.num_heads, head_dim=c.head_dim,
                 mini_batch_size=c.mini_batch_size, causal=c.causal, inner=c.inner,
                 mlp_layers=c.mlp_layers if c.inner == "mlp" else 1, base_lr=c.base_lr,
-                gate_alpha=h.ttt_block.alpha.detach().float().cpu().numpy().copy(),
+                gate_alpha=h.ttt_block.alpha.detach().float().cpu().numpy().copy(), gate_alpha_init=self._stated_alpha_init(),
             ))
         return out
+
+    def _stated_alpha_init(self) -> float | None:
+        """training_config.json ``ttt.initial_gating_alpha`` when the run states it; None when the
+        key is absent (moshi-finetune's default of today is no evidence of an older run's init)."""
+        if "initial_gating_alpha" in self.files.ttt.defaults_used:
+            return None
+        return float(self.files.ttt["initial_gating_alpha"])
+
+    def chance_outer_loss(self) -> float:
+        """Uniform guessing under this adapter's outer loss: ln(text_card) for the text stream
+        plus ln(card) for the (weighted mean of the) audio codebooks."""
+        import math
+
+        return math.log(self.lm.text_card) + math.log(self.lm.card)
+
+    def checkpoint_notes(self) -> list[str]:
+        return list(self.files.notes)
+
+    def recipe_fields(self) -> list:
+        """config.json vs training_config.json, and the TTT-MLP depth of the weights vs the config
+        (see :func:`ttt_checks.models.moshi.checkpoint.recipe_fields`)."""
+        from ttt_checks.models.moshi.checkpoint import recipe_fields
+
+        built = {i: (h.ttt.config.inner, h.ttt.config.mlp_layers) for i, h in self.loaded.hybrids.items()}
+        return recipe_fields(self.files, built)
 
     def state(self) -> Mapping[str, torch.Tensor]:
         return dict(self.loaded.tensors)
@@ -276,7 +377,21 @@ class MoshiAdapter(Adapter):
 
     def teacher_forced(self, inputs: Any, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
         """Per-frame outer loss; ``chunk`` feeds that many frames per streaming call (None: one pass)."""
-        codes = self.lm_codes(inputs)
+        if self.device.type == "cuda":  # before Mimi runs: the LM pass is what may not fit
+            pcm = _as_pcm(inputs)
+            self._require_teacher_forced(rows=pcm.shape[0], frames=pcm.shape[-1] // FRAME_SIZE, chunk=chunk)
+        return self.teacher_forced_codes(self.lm_codes(inputs), probe=probe, chunk=chunk)
+
+    def _require_teacher_forced(self, rows: int, frames: int, chunk: int | None) -> None:
+        if chunk is None:
+            self._require_memory("teacher_forced", rows=rows, frames=frames)
+        else:  # streamed: a KV cache per row, one chunk of activations
+            self._require_memory("generate", rows=rows, frames=0)
+
+    def teacher_forced_codes(self, codes: torch.Tensor, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
+        """:meth:`teacher_forced` on LM codes [B, 1 + n_q, T] (text, Moshi's audio, the user's audio)
+        instead of audio: what a check on random-weight models or precomputed codes calls."""
+        self._require_teacher_forced(rows=int(codes.shape[0]), frames=int(codes.shape[-1]), chunk=chunk)
         with contextlib.ExitStack() as stack:
             if probe is not None:
                 stack.enter_context(probe.attach(self.ttt_modules()))
@@ -315,7 +430,7 @@ class MoshiAdapter(Adapter):
             if chunk < 1:
                 raise ValueError(f"chunk must be >= 1, got {chunk}")
             outs, texts = [], []
-            with lm.streaming(B):
+            with graphs_disabled(), lm.streaming(B):
                 for lo in range(0, T, chunk):
                     o, tl = lm.forward_text(seq[:, :, lo: lo + chunk])
                     outs.append(o)
@@ -388,7 +503,9 @@ class MoshiAdapter(Adapter):
         """One reply per gate, all gates in one batched streaming pass.
 
         The prompt is followed by ``reply_seconds`` of silence so the model has room to answer;
-        output length equals that input length (one 80 ms frame out per frame in).
+        output length equals that input length (one 80 ms frame out per frame in). Runs with
+        moshi's CUDA graphs off (:func:`graphs_disabled`); on CUDA it first checks that a batch of
+        ``len(gates)`` rows fits the free GPU memory (:mod:`~ttt_checks.models.moshi.memory`).
         """
         from moshi.models import LMGen
 
@@ -398,6 +515,7 @@ class MoshiAdapter(Adapter):
         for g in gates:
             if isinstance(g, str) and g != LEARNED:
                 raise ValueError(f"gate {g!r}: use a float raw alpha or {LEARNED!r}")
+        self._require_memory("generate", rows=len(gates), frames=0)
         pcm = _as_pcm(inputs)[:1]
         if self.reply_seconds > 0:
             pad = int(round(self.reply_seconds * SAMPLE_RATE / FRAME_SIZE)) * FRAME_SIZE
@@ -415,7 +533,7 @@ class MoshiAdapter(Adapter):
         pieces: list[list[str]] = [[] for _ in range(B)]
         audio: list[torch.Tensor] = []
         tok = self.loaded.tokenizer
-        with self._gate_rows(gates), mimi.streaming(B), lm_gen.streaming(B):
+        with graphs_disabled(), self._gate_rows(gates), mimi.streaming(B), lm_gen.streaming(B):
             for t in range(T):
                 frame = codes[:, :, t: t + 1].expand(B, -1, -1)
                 if t == 0:
@@ -441,6 +559,28 @@ class MoshiAdapter(Adapter):
                        "sampling": self.sampling, "seed": self.seed, "batch_row": b},
             ))
         return results
+
+
+def _memory_model(files: Any, base: BaseWeights, dtype: torch.dtype, configs: dict | None) -> MoshiMemoryModel:
+    """The estimate for a checkpoint: its config.json LM, its TTT layers (``configs``, or before
+    loading the TTT-MLP the training config names), its attention contexts, base Mimi's config."""
+    from ttt_checks.models.moshi.model import ttt_config_for
+
+    kwargs = lm_kwargs_of(files.config)
+    ttt = files.ttt
+    num_layers = int(kwargs["num_layers"])
+    indices = ttt.layer_indices(num_layers)
+    if configs is None:
+        configs = {i: ttt_config_for(int(kwargs["dim"]), int(kwargs["num_heads"]), "mlp", int(ttt["ttt_mlp_layers"]), ttt)
+                   for i in indices}
+    contexts: dict[int, int] = {}
+    for i in range(num_layers):
+        override = ttt["ttt_layer_context"] if i in configs else ttt["non_ttt_layer_context"]
+        if override is not None:
+            contexts[i] = int(override)
+    mimi_config = json.loads(Path(base.mimi_config).read_text()) if base.mimi_config else None
+    return MoshiMemoryModel(kwargs, configs, dtype_bytes=torch.finfo(dtype).bits // 8, mimi_config=mimi_config,
+                            contexts=contexts)
 
 
 def load_adapter(checkpoint: str | Path, **options: Any) -> MoshiAdapter:

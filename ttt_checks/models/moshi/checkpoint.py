@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ttt_checks.models.base import RecipeField
 from ttt_checks.models.tensorfile import PICKLE_SUFFIXES, TensorFileError, check_trusted, load_tensors
 
 DEFAULT_HF_REPO = "kyutai/moshiko-pytorch-bf16"
@@ -237,6 +238,7 @@ class CheckpointFiles:
     training_config: dict[str, Any]
     ttt: TTTArgs
     trust_pickle: bool = False  # weights is lora.pt / consolidated.pt and the user allowed pickle
+    notes: list[str] = field(default_factory=list)  # what loading changed (a DDP prefix stripped), for the report
 
     @property
     def step(self) -> int | None:
@@ -287,14 +289,109 @@ def locate(path: str | Path, trust_pickle: bool = False) -> CheckpointFiles:
                            training_config=training, ttt=ttt, trust_pickle=trust_pickle)
 
 
+DDP_PREFIX = "module."
+
+
 def read_weights(files: CheckpointFiles) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint's weights file, checked by tensorfile (CPU, stored dtype)."""
+    """Every tensor of the checkpoint's weights file, checked by tensorfile (CPU, stored dtype).
+
+    A state dict saved from a DDP-wrapped model has every key prefixed ``module.``: the prefix is
+    stripped as torch's ``consume_prefix_in_state_dict_if_present`` does (what users expect), and
+    a note in ``files.notes`` says so (the report shows it)."""
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
     stored = files.training_config.get("param_dtype")
     try:
-        return load_tensors(files.weights, trust_pickle=files.trust_pickle,
-                            floating=stored if isinstance(stored, str) else "bfloat16")
+        tensors = dict(load_tensors(files.weights, trust_pickle=files.trust_pickle,
+                                    floating=stored if isinstance(stored, str) else "bfloat16"))
     except TensorFileError as exc:
         raise MoshiCheckpointError(str(exc)) from exc
+    prefixed = sum(1 for k in tensors if k.startswith(DDP_PREFIX))
+    if prefixed:
+        consume_prefix_in_state_dict_if_present(tensors, DDP_PREFIX)
+        note = (f"{files.weights.name}: {prefixed} of {len(tensors)} tensor names carried the DDP prefix {DDP_PREFIX!r} "
+                "(saved from a DistributedDataParallel-wrapped model); stripped on load as "
+                "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present does")
+        if note not in files.notes:
+            files.notes.append(note)
+    return tensors
+
+
+# TTT settings a config.json may also carry (a "ttt" object, or top-level keys): config.json name -> ttt key.
+_CONFIG_TTT_ALIASES = {"mini_batch_size": "mini_batch_size", "base_lr": "base_lr", "ttt_mlp_layers": "ttt_mlp_layers",
+                       "ttt_layers": "layers", "initial_gating_alpha": "initial_gating_alpha",
+                       "ttt_mlp_expansion_factor": "ttt_mlp_expansion_factor", "persistent_states": "persistent_states",
+                       "use_rope": "use_rope"}
+
+
+ARGS_YAML = "args.yaml"
+
+
+def _args_yaml_ttt(files: CheckpointFiles) -> dict[str, Any]:
+    """The ``ttt`` section of ``<run>/args.yaml`` (moshi-finetune writes the TrainArgs there at
+    launch), or {} where the run dir has none. Without pyyaml a note says it was not compared."""
+    run_dir = files.consolidated.parent.parent.parent  # <run>/checkpoints/checkpoint_N/consolidated
+    path = run_dir / ARGS_YAML
+    if not path.is_file():
+        return {}
+    try:
+        import yaml
+    except ImportError:
+        note = f"{path}: not compared with training_config.json (pyyaml is not installed: pip install pyyaml)"
+        if note not in files.notes:
+            files.notes.append(note)
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    section = data.get("ttt") if isinstance(data, dict) else None
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def recipe_fields(files: CheckpointFiles, built_inner: Mapping[int, tuple[str, int]]) -> list[RecipeField]:
+    """Settings this checkpoint states twice, each as (what the loader uses, the other statement).
+
+    The loader builds the TTT layers from training_config.json (the TrainArgs the run was trained
+    with), so it wins over config.json. Compared where both are stated: config.json's LoRA keys
+    vs training_config ``lora``; TTT keys a config.json carries (a ``ttt`` object or top-level
+    ``mini_batch_size`` / ``base_lr`` / ``ttt_mlp_layers`` / ``ttt_layers`` ...) vs its ``ttt``
+    section; the ``ttt`` section of the run's ``args.yaml`` (the TrainArgs at launch) vs the
+    checkpoint's training_config.json; and the TTT-MLP depth the weights hold (``built_inner``:
+    block -> (inner, depth) as built) vs ``ttt.ttt_mlp_layers``, where the weights win."""
+    out: list[RecipeField] = []
+    cfg, training, ttt = files.config, files.training_config, files.ttt
+    lora = training.get("lora") if isinstance(training.get("lora"), dict) else {}
+    for cfg_key, lora_key in (("lora", "enable"), ("lora_rank", "rank"), ("lora_scaling", "scaling")):
+        if cfg_key in cfg and lora_key in lora:
+            out.append(RecipeField(cfg_key, lora[lora_key], f"training_config.json lora.{lora_key}",
+                                   cfg[cfg_key], f"config.json {cfg_key}"))
+    stated: dict[str, tuple[Any, str]] = {}
+    if isinstance(cfg.get("ttt"), dict):
+        stated.update({k: (v, f"config.json ttt.{k}") for k, v in cfg["ttt"].items() if k in TTT_DEFAULTS and k != "enable"})
+    stated.update({key: (cfg[name], f"config.json {name}") for name, key in _CONFIG_TTT_ALIASES.items() if name in cfg})
+    for key, (value, where) in stated.items():
+        source = f"training_config.json ttt.{key}" + (" (absent: moshi-finetune's default)" if key in ttt.defaults_used else "")
+        mine = ttt[key]
+        if key == "layers":  # compare block lists, not spellings ("29,30,31" vs [29, 30, 31])
+            num_layers = int(cfg["num_layers"])
+            try:
+                mine = ttt.layer_indices(num_layers)
+                value = TTTArgs(raw={**ttt.raw, "layers": value}, defaults_used=(), source=where).layer_indices(num_layers)
+            except MoshiCheckpointError:
+                pass
+        out.append(RecipeField(key, mine, source, value, where))
+    launched = _args_yaml_ttt(files)
+    for key, value in sorted(launched.items()):
+        if key in TTT_DEFAULTS and key not in ttt.defaults_used and key not in ("enable", "layers"):
+            out.append(RecipeField(key, ttt[key], f"training_config.json ttt.{key}", value, f"{ARGS_YAML} ttt.{key} (the run's launch)"))
+    depth_cfg = int(ttt["ttt_mlp_layers"])
+    for index, (inner, depth) in sorted(built_inner.items()):
+        if inner == "mlp" and depth != depth_cfg:
+            out.append(RecipeField(f"ttt_mlp_layers (transformer.layers.{index})", depth,
+                                   f"{files.weights.name} (weights.0..{depth - 1} of the layer; the weights win)",
+                                   depth_cfg, "training_config.json ttt.ttt_mlp_layers"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +549,7 @@ def checkpoint_info(files: CheckpointFiles, base: BaseWeights):
     from moshi.models import loaders
 
     try:
-        return loaders.CheckpointInfo.from_hf_repo(
+        info = loaders.CheckpointInfo.from_hf_repo(
             base.hf_repo,
             moshi_weights=base.moshi_weight,
             mimi_weights=base.mimi_weight,
@@ -469,3 +566,10 @@ def checkpoint_info(files: CheckpointFiles, base: BaseWeights):
             f"(tokenizer-e351c8d8-checkpoint125.safetensors), ${ENV_TOKENIZER} (tokenizer_spm_32k_3.model), "
             f"or ${ENV_HF_REPO} for another cached repo"
         ) from exc
+    # TTT settings a config.json may carry next to the LM kwargs are not LM kwargs (moshi's
+    # get_moshi_lm would raise "unexpected keyword argument"): the TTT layers are built from
+    # training_config.json, and the config_consistency check compares the two statements.
+    if isinstance(info.lm_config, dict):
+        for key in ("ttt", *_CONFIG_TTT_ALIASES):
+            info.lm_config.pop(key, None)
+    return info

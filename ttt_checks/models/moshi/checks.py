@@ -7,8 +7,9 @@
   wo, backward gate) must still be at their initial values; if they moved, the checkpoint came
   from code that did apply them, and this adapter (which skips them, like the user's code) would
   misreport the model.
-- :func:`state_carried`: fed frame by frame, the TTT inner weights move away from W_0 once a
-  mini-batch completes and keep moving (the state is carried across streaming steps).
+- :func:`state_carried`: fed frame by frame (as many frames as the layer's mini_batch_size needs),
+  the TTT inner weights move away from W_0 once a mini-batch completes and keep moving (the
+  state is carried across streaming steps); weights that stay put are told apart from a reset.
 - :func:`causality_leak`: how much a non-causal TTT layer's output at a frame changes when only
   later frames of its mini-batch change; a warning verdict with the size, since the user's layers
   are non-causal by construction (training sees up to b-1 future frames, streaming does not).
@@ -85,46 +86,96 @@ def unused_parameters_at_init(adapter: Any) -> Verdict:
                                                            "moved": moved, "absent": absent})
 
 
+# |W_t - W_0| / |W_0| at or below this is no movement. fp32 keeps 24 bits: an update smaller than
+# ~6e-8 of an element vanishes in the sum W_0 - update, so any change at all is >= ~1e-7; 1e-6 is
+# 10x above that granularity, and a trained layer moves by orders of magnitude more (tiny Moshi
+# at b = 64: 0.24 and 0.42, tests/test_moshi_b64.py).
+MIN_REL_WEIGHT_CHANGE = 1e-6
+
+
+def _relative_change(params: Any, initial: Any) -> float:
+    """|W - W_0| / |W_0| over every inner weight matrix (Frobenius norms, per batch row, max)."""
+    num = den = None
+    for w, w0 in zip(params.weights, initial):
+        w0 = w0.to(w.dtype)[None] if w0.dim() == w.dim() - 1 else w0.to(w.dtype)
+        d = (w - w0).double().flatten(1).pow(2).sum(1)
+        n = w0.double().expand_as(w).flatten(1).pow(2).sum(1)
+        num, den = (d, n) if num is None else (num + d, den + n)
+    return float((num.sqrt() / den.sqrt().clamp_min(1e-30)).max())
+
+
 @torch.no_grad()
-def state_carried(adapter: Any, inputs: Any, max_frames: int = 64) -> list[Verdict]:
+def state_carried(adapter: Any, inputs: Any, max_frames: int | None = None) -> list[Verdict]:
     """Stream the input frame by frame; per TTT layer, the fraction of frames after the first
-    mini-batch at which the carried inner weights differ from W_0 (1.0 when carried)."""
+    mini-batch at which the carried inner weights differ from W_0 (1.0 when carried).
+
+    Frames: ``positions_needed`` of the largest mini_batch_size a layer names (two mini-batches
+    past the first, read from the layer's config, never assumed), or ``max_frames``. Weights that
+    never move are told apart from a state that is not carried by the open mini-batch: a carried
+    state keeps its rows across calls (it grows to b - 1 frames), a reset one never holds more
+    than the frame of the current call.
+    """
+    from ttt_checks.metrics.figure5 import positions_needed
+
     name = "moshi_state_carried"
     hybrids = adapter.loaded.hybrids
     if not hybrids:
         return [cannot_measure(name, "the model has no TTT layers")]
-    codes = adapter.lm_codes(inputs)[..., :max_frames]
+    needed = {i: positions_needed(h.ttt.config.mini_batch_size, h.ttt.config.causal) for i, h in hybrids.items()}
+    frames = max_frames if max_frames is not None else max(needed.values())
+    codes = adapter.lm_codes(inputs)[..., :frames]
     lm = adapter.lm
     from moshi.models.lm import _delay_sequence
 
     B, K, T = codes.shape
     initial = lm._get_initial_token().expand(B, -1, -1)
     seq = torch.cat([initial, _delay_sequence(lm.delays, codes, initial)], dim=2)[:, :, :-1]
-    moved: dict[int, list[bool]] = {i: [] for i in hybrids}
+    change: dict[int, list[float]] = {i: [] for i in hybrids}
+    open_rows: dict[int, int] = {i: 0 for i in hybrids}
     with lm.streaming(B):
         for t in range(T):
             lm.forward_text(seq[:, :, t: t + 1])
             for i, h in hybrids.items():
                 st = h.ttt.state
                 if st is None:
-                    moved[i].append(False)
+                    change[i].append(0.0)
                     continue
-                w, w0 = st.params.weights[0], h.ttt.weights[0].to(st.params.weights[0].dtype)
-                moved[i].append(bool((w - w0[None]).abs().max() > 0))
+                if st.pending is not None:
+                    open_rows[i] = max(open_rows[i], int(st.pending["xk"].shape[-2]))
+                change[i].append(_relative_change(st.params, h.ttt.weights))
     out = []
-    for i, flags in moved.items():
-        b = hybrids[i].ttt.config.mini_batch_size
-        after = flags[b:]
+    for i, values in change.items():
+        c = hybrids[i].ttt.config
+        b = c.mini_batch_size
+        after = np.asarray(values[b:])
         layer = f"transformer.layers.{i}"
-        if not after:
-            out.append(cannot_measure(name, f"{T} frames do not pass the first mini-batch of {b}", layer))
+        details = {"carry_state_flag": hybrids[i].carry_state, "mini_batch_size": b, "frames": T,
+                   "max_open_minibatch_rows": open_rows[i]}
+        if T < needed[i]:
+            out.append(cannot_measure(name, f"{T} frames do not give two mini-batches past the first of {b} "
+                                            f"(non-causal: the first is W_0 by construction); give a longer --input: "
+                                            f"{needed[i]} frames needed at mini_batch_size {b}", layer))
             continue
-        frac = float(np.mean(after))
+        if not np.isfinite(after).all():
+            out.append(Verdict(name, False, "nan", 0.99, "the carried inner weights are not finite", layer, details))
+            continue
+        moved = after > MIN_REL_WEIGHT_CHANGE
+        frac = float(moved.mean())
+        largest = float(after.max())
+        details["max_rel_weight_change"] = largest
         ok = frac >= 0.99
-        out.append(Verdict(name, ok, frac, 0.99,
-                           f"inner weights differ from W_0 at {frac:.0%} of streamed frames after the first mini-batch"
-                           + ("" if ok else ": the TTT state is NOT carried across streaming steps (weights reset every step)"),
-                           layer, {"carry_state_flag": hybrids[i].carry_state}))
+        details["cause"] = None if ok else "updates_zero" if open_rows[i] > 1 else "reset"
+        if ok:
+            why = (f"inner weights differ from W_0 at {frac:.0%} of streamed frames after the first mini-batch of {b} "
+                   f"(|W_t - W_0| / |W_0| up to {largest:.3g}): the state is carried")
+        elif open_rows[i] > 1:
+            why = (f"the inner updates are ~0 (|W_t - W_0| / |W_0| = {largest:.3g} at most, floor {MIN_REL_WEIGHT_CHANGE:g}): "
+                   f"the state is carried (the open mini-batch kept {open_rows[i]} frames across calls) but does not move")
+        else:
+            why = (f"inner weights differ from W_0 at only {frac:.0%} of streamed frames after the first mini-batch of {b}, and the "
+                   "open mini-batch never held more than the current frame: the TTT state is NOT carried across streaming "
+                   "steps (weights reset every step)")
+        out.append(Verdict(name, ok, frac, 0.99, why, layer, details))
     return out
 
 

@@ -23,10 +23,14 @@ from typing import Any
 import torch
 from moshi.modules.streaming import State, StreamingModule
 from moshi.modules.transformer import StreamingTransformerLayer
-from moshi.utils.compile import no_compile
+from moshi.utils.compile import in_cuda_graph, no_compile
 from torch import nn
 
 from ttt_checks.ttt import GatedTTT, TTTConfig, rope_within_minibatch
+
+
+class TTTGraphCaptureError(RuntimeError):
+    """A TTT hybrid layer reached from inside a CUDA graph capture or a graphed call."""
 
 
 @dataclass
@@ -77,6 +81,12 @@ class TTTHybridLayer(StreamingModule[_HybridState]):
     def forward(self, x: torch.Tensor, cross_attention_src: torch.Tensor | None = None) -> torch.Tensor:
         if cross_attention_src is not None:
             raise ValueError("TTT hybrid layers take no cross-attention source")
+        if in_cuda_graph() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            raise TTTGraphCaptureError(
+                "a TTT hybrid layer was called inside a CUDA graph (moshi's CUDAGraphed, used by LMGen and "
+                "streaming on CUDA): its per-frame Python decisions (open mini-batch, carried state) would be "
+                "replayed from the captured frame. Run it under moshi.utils.compile.no_cuda_graph() or with "
+                "NO_CUDA_GRAPH=1 (the MoshiAdapter does)")
         layer = self.original_layer
         with contextlib.ExitStack() as stack:
             if x.device.type != "cuda":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
-                                    TTTLayerInfo, fixed_gate)
+                                    RecipeField, TTTLayerInfo, fixed_gate)
 from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
@@ -142,11 +142,66 @@ class ReferenceAdapter(Adapter):
                 name=name, index=int(name.split(".")[1]), num_heads=t.num_heads, head_dim=t.head_dim,
                 mini_batch_size=t.mini_batch_size, causal=t.causal, inner=t.inner,
                 mlp_layers=t.mlp_layers if t.inner == "mlp" else 1, base_lr=t.base_lr,
-                gate_alpha=block.alpha.detach().float().numpy().copy(),
+                gate_alpha=block.alpha.detach().float().numpy().copy(), gate_alpha_init=self._stated_alpha_init(),
             ))
         if len(infos) != len(cfg.ttt_layers):
             raise RuntimeError(f"model has {len(infos)} TTT blocks, config declares {list(cfg.ttt_layers)}")
         return infos
+
+    def _stated_alpha_init(self) -> float | None:
+        """``decoder.alpha_init`` of config.json when the file states it (else the init is unknown:
+        the code's default is not evidence of what this checkpoint started from)."""
+        value = self.loaded.config.get("decoder", {}).get("alpha_init")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def chance_outer_loss(self) -> float:
+        """Cross-entropy of uniform guessing over the byte vocabulary: ln(vocab)."""
+        import math
+
+        return math.log(self.loaded.decoder_config.vocab_size)
+
+    def checkpoint_notes(self) -> list[str]:
+        return list(self.loaded.notes)
+
+    def recipe_fields(self) -> list[RecipeField]:
+        """config.json's decoder (what the loader builds) vs its ``recipe`` (what it was trained
+        with: ``layers``, ``alpha_init`` and TTTConfig overrides of ``default_ttt_config``). Keys
+        the recipe leaves to the default are compared for the settings that shape the inner loop
+        (mini_batch_size, base_lr, inner, mlp_layers, causal), labelled as the training code's default."""
+        from ttt_checks.models.reference.train import default_ttt_config
+
+        config = self.loaded.config
+        recipe = config.get("recipe")
+        if not isinstance(recipe, dict):
+            return []
+        dcfg = self.loaded.decoder_config
+        out: list[RecipeField] = []
+        if isinstance(recipe.get("layers"), list):
+            out.append(RecipeField("ttt_layers", list(dcfg.ttt_layers), "config.json decoder.ttt_layers",
+                                   list(recipe["layers"]), "config.json recipe.layers"))
+        if "alpha_init" in recipe and self._stated_alpha_init() is not None:
+            out.append(RecipeField("alpha_init", self._stated_alpha_init(), "config.json decoder.alpha_init",
+                                   recipe["alpha_init"], "config.json recipe.alpha_init"))
+        overrides = recipe.get("ttt") if isinstance(recipe.get("ttt"), dict) else {}
+        loaded_ttt = dcfg.ttt
+        if loaded_ttt is None:
+            return out
+        try:
+            trained_ttt = default_ttt_config(dcfg.width, **overrides)
+        except (TypeError, ValueError):
+            trained_ttt = None
+        keys = [k for k in overrides if hasattr(loaded_ttt, k)]
+        keys += [k for k in ("mini_batch_size", "base_lr", "inner", "mlp_layers", "causal") if k not in overrides]
+        for key in keys:
+            stated = key in overrides
+            trained = overrides[key] if stated else getattr(trained_ttt, key, None)
+            if trained is None and not stated:
+                continue
+            where = "config.json recipe.ttt" if stated else "config.json recipe (left to default_ttt_config, the training code's default)"
+            value = getattr(loaded_ttt, key)
+            out.append(RecipeField(key, list(value) if isinstance(value, tuple) else value, f"config.json decoder.ttt.{key}",
+                                   trained, where))
+        return out
 
     def state(self) -> Mapping[str, torch.Tensor]:
         return dict(self.loaded.tensors)
@@ -173,8 +228,15 @@ class ReferenceAdapter(Adapter):
         from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows
 
         split_seed = int(self.loaded.config.get("corpus_split_seed", 0))
-        stream = DialogueCorpus.load(seed=split_seed).stream("val", self.tokenizer, seed=0)
+        data = self.corpus_data()
+        stream = DialogueCorpus.load(seed=split_seed).tokens("val", self.tokenizer, seed=0, data=data)
         return fixed_windows(stream, length, rows)
+
+    def corpus_data(self) -> str:
+        """The text format this checkpoint was trained on (config.json ``corpus_data``), so held-out
+        text is the same kind; checkpoints saved before the field existed read plain dialogue."""
+        data = self.loaded.config.get("corpus_data", "dialogue")
+        return data if isinstance(data, str) else "dialogue"
 
     def load_inputs(self, path: Path | None = None, max_positions: int | None = None) -> ModelInputs:
         """Held-out dialogue (default) or a UTF-8 text file, as rows of ``max_positions`` tokens.
@@ -189,7 +251,7 @@ class ReferenceAdapter(Adapter):
             raise ReferenceInputError(f"max_positions must be >= 2, got {length}")
         if path is None:
             ids = self.default_teacher_forced_inputs(length=length)
-            what = f"held-out chatterbot-corpus dialogue, {ids.shape[0]} rows x {length} tokens"
+            what = f"held-out chatterbot-corpus dialogue ({self.corpus_data()}), {ids.shape[0]} rows x {length} tokens"
         else:
             path = Path(path)
             text = read_dialogue_text(path, min_bytes=length + 1)  # one byte is one token

@@ -65,6 +65,7 @@ class LoadedCheckpoint:
     model: Decoder
     tensors: dict[str, torch.Tensor]  # every tensor as stored (base + TTT), stored dtype
     missing_ttt_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what loading changed (a DDP prefix stripped), for the report
 
     @property
     def name(self) -> str:
@@ -283,11 +284,33 @@ def weights_file(directory: Path, name: str, trust_pickle: bool = False) -> Path
     raise CheckpointError(f"{path}: missing weights file; copy it with the checkpoint's {CONFIG_NAME}")
 
 
-def _load_weights(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+DDP_PREFIX = "module."
+
+
+def strip_ddp_prefix(tensors: dict[str, torch.Tensor], path: Path) -> str | None:
+    """Strip the ``module.`` prefix a DDP-wrapped model puts on every key (in place), with torch's
+    ``consume_prefix_in_state_dict_if_present`` (what users expect: every key that starts with it
+    loses it); returns a note for the report, or None when no key had it."""
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+    prefixed = sum(1 for k in tensors if k.startswith(DDP_PREFIX))
+    if not prefixed:
+        return None
+    consume_prefix_in_state_dict_if_present(tensors, DDP_PREFIX)
+    return (f"{path.name}: {prefixed} of {len(tensors)} tensor names carried the DDP prefix {DDP_PREFIX!r} "
+            "(saved from a DistributedDataParallel-wrapped model); stripped on load as "
+            "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present does")
+
+
+def _load_weights(path: Path, trust_pickle: bool = False, notes: list[str] | None = None) -> dict[str, torch.Tensor]:
     try:
-        return load_tensors(path, trust_pickle=trust_pickle, floating=str(STORE_DTYPE).removeprefix("torch."))
+        tensors = dict(load_tensors(path, trust_pickle=trust_pickle, floating=str(STORE_DTYPE).removeprefix("torch.")))
     except TensorFileError as exc:
         raise CheckpointError(str(exc)) from exc
+    note = strip_ddp_prefix(tensors, path)
+    if note and notes is not None:
+        notes.append(note)
+    return tensors
 
 
 def _check_shapes(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], path: Path, file: Path) -> None:
@@ -320,7 +343,8 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> LoadedCheck
         raise CheckpointError(f"{file}: 'base' {config['base']!r} is not a directory ({base_dir}); copy the base checkpoint "
                               "next to this one, as the zoo lays them out")
     base_path = weights_file(base_dir, BASE_WEIGHTS, trust_pickle)
-    base_tensors = _load_weights(base_path, trust_pickle)
+    notes: list[str] = []
+    base_tensors = _load_weights(base_path, trust_pickle, notes)
     base_keys = [k for k in shapes if not is_ttt_key(k)]
     missing = sorted(set(base_keys) - set(base_tensors))
     unexpected = sorted(set(base_tensors) - set(base_keys))
@@ -331,10 +355,10 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> LoadedCheck
     if config["kind"] == "base":
         model = Decoder(dcfg)
         _copy_into(model, base_tensors)
-        return LoadedCheckpoint(d, config, dcfg, model.eval(), base_tensors)
+        return LoadedCheckpoint(d, config, dcfg, model.eval(), base_tensors, notes=notes)
 
     ttt_path = weights_file(d, TTT_WEIGHTS, trust_pickle)
-    ttt = _load_weights(ttt_path, trust_pickle)
+    ttt = _load_weights(ttt_path, trust_pickle, notes)
     expected = [k for k in shapes if is_ttt_key(k)]
     unexpected = sorted(set(ttt) - set(expected))
     if unexpected:
@@ -344,7 +368,7 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> LoadedCheck
     model = build_with_ttt_init(dcfg, int(config["ttt_init_seed"]))
     _copy_into(model, {**base_tensors, **ttt})
     missing = [k for k in expected if k not in ttt]
-    return LoadedCheckpoint(d, config, dcfg, model.eval(), {**base_tensors, **ttt}, missing)
+    return LoadedCheckpoint(d, config, dcfg, model.eval(), {**base_tensors, **ttt}, missing, notes)
 
 
 def _copy_into(model: Decoder, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -15,6 +15,19 @@ conversations verbatim, which would also leak them across the split).
 
 The split into training and validation is by conversation, seeded, so validation text is
 never trained on.
+
+Two token streams are built from a split (``DATA_FORMATS``):
+
+- ``dialogue``: the conversations back to back, the format of the first reference models.
+  Most chatterbot conversations are a single pair, so little of this text recurs at all.
+- ``recall-sessions``: the pairs of a split, in conversation order, grouped into sessions of
+  2-4 pairs; each session is followed by the same user turns asked again, in a shuffled order,
+  each answered with the reply it got the first time (a user who comes back to earlier
+  questions, a bot that answers consistently). About half the text of a session repeats
+  something said 60-250 tokens earlier, far beyond a local attention window of 32: a model
+  can only predict those replies from memory of the session (its TTT layer), not from the
+  language statistics every reply shares. Held-out text is the same construction on the
+  validation split.
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ Pair = tuple[str, str]
 
 
 EXCLUDED_FILES = ("coding.yml",)
+DATA_FORMATS = ("dialogue", "recall-sessions")
+SESSION_PAIRS = (2, 4)  # pairs per recall session, inclusive range
 
 
 class CorpusError(RuntimeError):
@@ -108,6 +123,31 @@ class DialogueCorpus:
         ids: list[int] = []
         for conv in convs:
             ids.extend(tokenizer.encode_dialogue(conv))
+        return torch.tensor(ids, dtype=torch.long)
+
+    def tokens(self, split: str, tokenizer: ByteTokenizer, seed: int, data: str = "dialogue") -> torch.Tensor:
+        """The token stream of ``split`` in the format ``data`` (one of ``DATA_FORMATS``)."""
+        if data == "dialogue":
+            return self.stream(split, tokenizer, seed)
+        if data == "recall-sessions":
+            return self.recall_stream(split, tokenizer, seed)
+        raise CorpusError(f"unknown data format {data!r}; known: {list(DATA_FORMATS)}")
+
+    def recall_stream(self, split: str, tokenizer: ByteTokenizer, seed: int) -> torch.Tensor:
+        """Recall sessions (see the module docstring): pairs, then the same pairs asked again, shuffled."""
+        convs = list(self.train if split == "train" else self.val)
+        rng = random.Random(seed)
+        rng.shuffle(convs)
+        pairs = [p for conv in convs for p in conv]
+        ids: list[int] = []
+        lo = 0
+        while lo < len(pairs):
+            size = rng.randint(*SESSION_PAIRS)
+            session = pairs[lo : lo + size]
+            lo += size
+            again = list(session)
+            rng.shuffle(again)
+            ids.extend(tokenizer.encode_dialogue(session + again))
         return torch.tensor(ids, dtype=torch.long)
 
 

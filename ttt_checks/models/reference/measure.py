@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.ttt import Figure5Probe
 
@@ -25,24 +26,19 @@ def _r(x: float, digits: int = 4) -> float | None:
     return None if not math.isfinite(x) else round(float(x), digits)
 
 
-def figure5_stats(l0: np.ndarray, lprev: np.ndarray, lafter: np.ndarray, positions: np.ndarray,
-                  mini_batch_size: int) -> dict[str, Any]:
-    """Means, ordering fractions and the l0 - lafter gap early vs late in the sequence.
-
-    Ordering fractions skip the first mini-batch for l0 > lprev: there W_{t-1} is W_0 by
-    definition in a non-causal layer, so l0 == lprev carries no information.
-    """
-    late = positions >= mini_batch_size
-    q = max(1, len(positions) // 4)
-    gap = l0 - lafter
-    with np.errstate(invalid="ignore"):
-        return {
-            "l0": _r(np.mean(l0)), "lprev": _r(np.mean(lprev)), "lafter": _r(np.mean(lafter)),
-            "frac_l0_gt_lprev": _r(np.mean(l0[late] > lprev[late])) if late.any() else None,
-            "frac_lprev_gt_lafter": _r(np.mean(lprev > lafter)),
-            "max_abs_l0_minus_lprev": _r(np.max(np.abs(l0[late] - lprev[late]))) if late.any() else None,
-            "gap_l0_lafter_first_quarter": _r(np.mean(gap[:q])), "gap_l0_lafter_last_quarter": _r(np.mean(gap[-q:])),
-        }
+def figure5_summary(stats: Figure5Stats) -> dict[str, Any]:
+    """The zoo's rounded view of :func:`ttt_checks.metrics.figure5.figure5_stats` (the one
+    definition the health rules judge with; nothing here recomputes an ordering): means, the
+    smoothed ordering and overlap fractions over judged positions (for l0 vs lprev the positions
+    equal by construction are left out), and the l0 - lafter gap early vs late."""
+    return {
+        "l0": _r(stats.mean_l0), "lprev": _r(stats.mean_lprev), "lafter": _r(stats.mean_lafter),
+        "frac_l0_gt_lprev": _r(stats.frac_l0_gt_lprev), "frac_lprev_gt_lafter": _r(stats.frac_lprev_gt_lafter),
+        "frac_l0_lprev_overlap": _r(stats.frac_l0_lprev_overlap), "frac_lprev_lafter_overlap": _r(stats.frac_lprev_lafter_overlap),
+        "judged_l0_lprev": stats.judged_l0_lprev, "positions": stats.positions,
+        "gap_l0_lafter_first_quarter": _r(stats.gap_first_quarter), "gap_l0_lafter_last_quarter": _r(stats.gap_last_quarter),
+        "nonfinite": stats.nonfinite,
+    }
 
 
 def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows: int = 8, length: int = 256) -> dict[str, Any]:
@@ -54,8 +50,11 @@ def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows:
     figure5 = {}
     for info in adapter.ttt_layers():
         rec = probe.record(info.name)
-        figure5[info.name] = {**figure5_stats(rec.l0, rec.lprev, rec.lafter, rec.positions, info.mini_batch_size),
-                              "nonfinite": int(rec.nonfinite.sum())}
+        figure5[info.name] = figure5_summary(figure5_stats(rec, mini_batch_size=info.mini_batch_size, causal=info.causal))
+        # Figure 5 of the paper: lprev falls along the sequence as the inner model accumulates context.
+        quarter = max(1, len(rec.lprev) // 4)
+        figure5[info.name]["lprev_first_quarter"] = _r(float(np.mean(rec.lprev[:quarter])))
+        figure5[info.name]["lprev_last_quarter"] = _r(float(np.mean(rec.lprev[-quarter:])))
     with adapter.set_gate(0.0):
         gate0 = adapter.teacher_forced(inputs)
     token_by_token = adapter.teacher_forced(inputs, chunk=1)
@@ -71,12 +70,16 @@ def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows:
     loss_gate0 = float(np.mean(gate0.outer_loss))
     summary = {
         "val_loss_learned": _r(loss_learned), "val_loss_gate0": _r(loss_gate0),
+        "ttt_gain_rel": _r((loss_gate0 - loss_learned) / loss_gate0) if loss_gate0 else None,
         "val_loss_token_by_token": _r(float(np.mean(token_by_token.outer_loss))),
         "outputs_finite": learned.outputs_finite,
         "gate_tanh_mean": _r(float(np.mean([g["tanh_mean"] for g in gates.values() if g["tanh_mean"] is not None]))),
+        "gate_alpha_init": adapter.loaded.config.get("decoder", {}).get("alpha_init"),
+        "gate_tanh_init": _r(math.tanh(float(adapter.loaded.config.get("decoder", {}).get("alpha_init", float("nan"))))),
         "missing_ttt_keys": len(adapter.loaded.missing_ttt_keys),
     }
     for name, f in figure5.items():
         summary[f"{name}.l0/lprev/lafter"] = [f["l0"], f["lprev"], f["lafter"]]
     return {"summary": summary, "figure5": figure5, "gates": gates, "replies": replies,
-            "inputs": {"rows": rows, "length": length, "source": "validation split of the dialogue corpus"}}
+            "inputs": {"rows": rows, "length": length,
+                       "source": f"validation split of the dialogue corpus ({adapter.corpus_data()})"}}

@@ -36,6 +36,12 @@ class DecoderConfig:
 
     ``ttt_reset_each_call`` reproduces the user's 2-layer code, whose TTT inner weights
     restarted from W_0 at every forward call instead of being carried along the stream.
+
+    ``attention_window`` limits every block's self-attention to the last ``attention_window``
+    positions (the query's own included), as the user's Moshi runs restrict attention around TTT
+    layers (``ttt_layer_context``): context further back reaches the model only through the TTT
+    memory. ``None`` is full causal attention, the format's original model (configs saved
+    before the field existed load as that).
     """
 
     vocab_size: int = VOCAB_SIZE
@@ -49,8 +55,11 @@ class DecoderConfig:
     ttt: TTTConfig | None = None
     alpha_init: float = 0.1
     ttt_reset_each_call: bool = False
+    attention_window: int | None = None
 
     def __post_init__(self) -> None:
+        if self.attention_window is not None and self.attention_window < 1:
+            raise ModelConfigError(f"attention_window must be a positive number of positions or None, got {self.attention_window}")
         if self.width % self.num_heads:
             raise ModelConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if (self.width // self.num_heads) % 2:
@@ -100,14 +109,26 @@ def apply_rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of every position a streaming attention layer has seen."""
+    """Keys and values of the positions a streaming attention layer can still attend to.
+
+    With full attention it holds every position seen; with a local window it is trimmed to the
+    last ``window`` positions after each call, so ``start`` (the absolute position of its first
+    entry) can move on while ``next_position`` counts every position of the stream.
+    """
 
     k: Tensor | None = None
     v: Tensor | None = None
+    start: int = 0
 
     @property
     def length(self) -> int:
+        """Positions stored now."""
         return 0 if self.k is None else int(self.k.shape[-2])
+
+    @property
+    def next_position(self) -> int:
+        """Absolute position of the next token fed to the stream."""
+        return self.start + self.length
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.k is None:
@@ -118,14 +139,31 @@ class KVCache:
             self.k, self.v = torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
         return self.k, self.v
 
+    def trim(self, keep: int) -> None:
+        """Forget all but the last ``keep`` positions (those a later query can still attend to)."""
+        drop = self.length - keep
+        if drop > 0 and self.k is not None and self.v is not None:
+            self.k, self.v = self.k[..., drop:, :], self.v[..., drop:, :]
+            self.start += drop
+
+
+def local_attention_mask(query_positions: Tensor, key_positions: Tensor, window: int | None) -> Tensor:
+    """[Tq, Tk] bool: key j is visible to query i when j <= i and (with a window) i - j < window."""
+    q, k = query_positions[:, None], key_positions[None, :]
+    allowed = k <= q
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    return allowed
+
 
 class Attention(nn.Module):
-    """Causal multi-head self-attention with RoPE and an optional KV cache."""
+    """Causal multi-head self-attention with RoPE, an optional local window and an optional KV cache."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.theta = config.rope_theta
+        self.window = config.attention_window
         self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
         self.out = nn.Linear(config.width, config.width, bias=False)
 
@@ -133,16 +171,20 @@ class Attention(nn.Module):
         B, T, C = x.shape
         H = self.num_heads
         q, k, v = self.qkv(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-        start = 0 if cache is None else cache.length
+        start = 0 if cache is None else cache.next_position
         positions = torch.arange(start, start + T, device=x.device)
         q, k = apply_rope(q, positions, self.theta), apply_rope(k, positions, self.theta)
+        key_start = start
         if cache is not None:
+            key_start = cache.start
             k, v = cache.append(k, v)
-        if start == 0:
+        if start == 0 and self.window is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            allowed = torch.arange(start + T, device=x.device)[None, :] <= positions[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            keys = torch.arange(key_start, start + T, device=x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=local_attention_mask(positions, keys, self.window))
+        if cache is not None and self.window is not None:
+            cache.trim(self.window - 1)  # the next query (at start + T) sees keys from start + T - window + 1 on
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -38,6 +38,7 @@ class PretrainRecipe:
     warmup: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    data: str = "dialogue"  # corpus.DATA_FORMATS
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class FinetuneRecipe:
     layers: tuple[int, ...] = (3,)
     alpha_init: float = 0.1
     ttt: dict = field(default_factory=dict)  # TTTConfig fields overriding default_ttt_config()
+    data: str = "dialogue"  # corpus.DATA_FORMATS
+    frozen_ttt: tuple[str, ...] = ()  # TTT parameter name suffixes left out of training (kept as inserted)
+    zeroed_ttt: tuple[str, ...] = ()  # TTT parameter name suffixes set to 0 when inserted (zero-init of a branch)
+    alpha_l2: float = 0.0  # weight of a penalty alpha_l2 * mean(alpha^2) added to the outer loss
 
 
 def default_ttt_config(width: int, **overrides) -> TTTConfig:
@@ -101,8 +106,9 @@ def evaluate(model: Decoder, windows: torch.Tensor, batch: int = 16) -> float:
     return total / count
 
 
-def validation_windows(corpus: DialogueCorpus, seq_len: int = 256, count: int = 32) -> torch.Tensor:
-    return fixed_windows(corpus.stream("val", ByteTokenizer(), seed=0), seq_len, count)
+def validation_windows(corpus: DialogueCorpus, seq_len: int = 256, count: int = 32, data: str = "dialogue") -> torch.Tensor:
+    """Held-out windows (the validation split, seed 0) in the data format the model is trained on."""
+    return fixed_windows(corpus.tokens("val", ByteTokenizer(), seed=0, data=data), seq_len, count)
 
 
 def pretrain_base(
@@ -112,7 +118,7 @@ def pretrain_base(
     config = config or DecoderConfig()
     torch.manual_seed(recipe.seed)
     model = Decoder(config)
-    stream = corpus.stream("train", ByteTokenizer(), seed=recipe.seed)
+    stream = corpus.tokens("train", ByteTokenizer(), seed=recipe.seed, data=recipe.data)
     gen = torch.Generator().manual_seed(recipe.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -136,7 +142,7 @@ def pretrain_base(
         if log and (step % 50 == 0 or step == recipe.steps - 1):
             log(f"pretrain step {step:4d} loss {running:.3f} ({time.perf_counter() - start:.0f}s)")
     seconds = time.perf_counter() - start
-    val = evaluate(model, validation_windows(corpus))
+    val = evaluate(model, validation_windows(corpus, data=recipe.data))
     return model, {"train_loss": running, "val_loss": val, "seconds": seconds, "steps": recipe.steps}
 
 
@@ -189,16 +195,20 @@ def build_with_ttt_init(config: DecoderConfig, init_seed: int) -> Decoder:
 def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe, log: Log | None = None) -> dict:
     """Train the TTT parameters and gates of ``model`` in place with the base frozen."""
     torch.manual_seed(recipe.seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if recipe.zeroed_ttt and ".ttt." in name and name.endswith(tuple(recipe.zeroed_ttt)):
+                p.zero_()
     for name, p in model.named_parameters():
-        p.requires_grad_(".ttt." in name)
+        p.requires_grad_(".ttt." in name and not (recipe.frozen_ttt and name.endswith(tuple(recipe.frozen_ttt))))
     alphas = [p for n, p in model.named_parameters() if n.endswith(".ttt.alpha")]
-    weights = [p for n, p in model.named_parameters() if ".ttt." in n and not n.endswith(".ttt.alpha")]
+    weights = [p for n, p in model.named_parameters() if ".ttt." in n and not n.endswith(".ttt.alpha") and p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": weights, "lr": recipe.lr, "weight_decay": 0.0}, {"params": alphas, "lr": recipe.alpha_lr, "weight_decay": 0.0}],
         betas=(0.9, 0.95),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, recipe.steps, recipe.warmup))
-    stream = corpus.stream("train", ByteTokenizer(), seed=recipe.seed)
+    stream = corpus.tokens("train", ByteTokenizer(), seed=recipe.seed, data=recipe.data)
     gen = torch.Generator().manual_seed(recipe.seed)
     start = time.perf_counter()
     model.train()
@@ -206,6 +216,8 @@ def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe,
     nonfinite_steps = 0
     for step in range(recipe.steps):
         loss = lm_loss(model, sample_windows(stream, recipe.batch, recipe.seq_len, gen))
+        if recipe.alpha_l2:
+            loss = loss + recipe.alpha_l2 * torch.stack([a.pow(2).mean() for a in alphas]).sum()
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             nonfinite_steps += 1  # a bad recipe may blow up; keep going so the checkpoint shows it

@@ -100,7 +100,8 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              sweep_symptom="repetition at gate 1"),
     ZooEntry("lr-near-zero", False, "inner base_lr ~ 0: the inner loop does nothing", "trained",
              built_to_fail=("figure5_improvement",),
-             expected_failures=("figure5_improvement", "gate_stats"),
+             # figure5_ordering: the curves coincide within ordering_min_rel_gap (issue 13: "overlapping", never "ordered")
+             expected_failures=("figure5_ordering", "figure5_improvement", "gate_stats"),
              mirrors="Figure-5 curves that lie on top of each other; TTT reduced to a fixed MLP",
              details="Fine-tuned with base_lr = {lr_zero}. W_t stays at W_0, so l0, lprev and lafter coincide."),
     ZooEntry("gate-collapse", False, "learned gate collapsed to a few percent, TTT output still noisy", "trained",

@@ -1,0 +1,424 @@
+"""The diagnosis rules (ttt_checks.diagnosis) on metrics dicts, and the docs table that lists them.
+
+Each metrics dict below is shaped like HealthRun.metrics() writes it (verdicts with measured,
+threshold, explanation, layer, details; figure5 stats per layer; sweep rows) and holds the
+numbers of one failure mode; the assertions are on the ranked findings.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+
+from ttt_checks import diagnosis as dx
+
+REPO = Path(__file__).resolve().parents[1]
+LAYER = "layers.3.ttt"
+
+
+def _v(name: str, ok: bool, measured=0.0, threshold=0.0, explanation="", layer=None, **details) -> dict:
+    return {"name": name, "ok": ok, "measured": measured, "threshold": threshold, "explanation": explanation,
+            "layer": layer, "details": details}
+
+
+def _f5(l0=1.15, lprev=0.72, lafter=0.66, **over) -> dict:
+    stats = {"layer": LAYER, "positions": 256, "expected_positions": 256, "coverage": 1.0, "nonfinite": 0,
+             "mean_l0": l0, "mean_lprev": lprev, "mean_lafter": lafter, "max_smoothed_loss": max(l0, lprev, lafter) * 1.2,
+             "frac_l0_gt_lprev": 1.0 if l0 > lprev else 0.0, "frac_lprev_gt_lafter": 1.0 if lprev > lafter else 0.0,
+             "frac_ordered": 1.0, "improvement_abs": lprev - lafter, "improvement_rel": (lprev - lafter) / lprev,
+             "context_gain_abs": l0 - lafter, "lprev_first_quarter": lprev * 1.1, "lprev_last_quarter": lprev * 0.9,
+             "lafter_first_quarter": lafter * 1.1, "lafter_last_quarter": lafter * 0.9,
+             "gap_first_quarter": (l0 - lafter) * 0.8, "gap_last_quarter": (l0 - lafter) * 1.2}
+    stats.update(over)
+    stats["gap_growth"] = stats["gap_last_quarter"] - stats["gap_first_quarter"]
+    return stats
+
+
+def _row(label: str, tanh: float, words: int, collapsed: bool = False) -> dict:
+    return {"label": label, "gate_alpha": tanh, "gate_tanh": tanh, "words": words, "transcript": "x",
+            "wav": f"/r/sweep/gate_{label}.wav", "collapse": {"collapsed": collapsed, "kinds": ["repetition"] if collapsed else []}}
+
+
+def healthy_metrics() -> dict:
+    """Every check passes: the numbers of the healthy reference checkpoint."""
+    verdicts = {
+        "checkpoint_keys": [_v("checkpoint_keys", True, 0, 0)],
+        "checkpoint_finite": [_v("checkpoint_finite", True, 0, 0, nonfinite=[])],
+        "figure5_collected": [_v("figure5_collected", True, 1.0, 1.0, layer=LAYER)],
+        "figure5_finite": [_v("figure5_finite", True, 0, 0, layer=LAYER)],
+        "figure5_bounded": [_v("figure5_bounded", True, 1.4, 10.0, layer=LAYER)],
+        "figure5_ordering": [_v("figure5_ordering", True, 1.0, 0.9, layer=LAYER)],
+        "figure5_improvement": [_v("figure5_improvement", True, 0.06, 1e-3, layer=LAYER)],
+        "figure5_adaptation": [_v("figure5_adaptation", True, 0.1, 0.0, layer=LAYER)],
+        "gate_stats": [_v("gate_stats", True, 1.08, 0.5, layer=LAYER, mean_tanh=0.108, mean_alpha=0.108, alpha_init=0.1,
+                          fraction_of_init=1.08, fraction_sign_flipped=0.0)],
+        "ttt_helps": [_v("ttt_helps", True, 0.0021, 0.001, loss_learned=1.7227, loss_gate0=1.7264,
+                         relative_decrease=0.0021, verdict="helps")],
+        "dead_parameters": [_v("dead_parameters", True, 0.0, 0.0, unchanged=[], unused=[], compared=12)],
+        "state_persistence": [_v("state_persistence", True, 1.0, 0.5, layer=LAYER)],
+        "streaming_consistency": [_v("streaming_consistency", True, 0.0, 0.01, loss_streamed=1.7, loss_teacher_forced=1.7)],
+        "talk_base": [_v("talk_base", True, 20, 3)],
+        "talk_learned": [_v("talk_learned", True, 1.0, 0.5)],
+        "talk_collapse": [_v("talk_collapse", True, 0.0, 0.5, layer=f"gate {g}", kinds=[]) for g in ("0", "learned", "1")],
+    }
+    return {"checkpoint": "/zoo/x", "adapter": "reference", "complete": True,
+            "thresholds": {"loss_ceiling": 10.0, "improvement_min_abs": 1e-3, "improvement_min_rel": 0.01,
+                           "ordering_min_fraction": 0.9, "talk_min_base_words": 3.0, "adaptation_min_gap_growth": 0.0},
+            "verdicts": verdicts, "figure5": {LAYER: _f5()},
+            "outer_loss": {"learned": 1.7227, "gate0": 1.7264},
+            "sweep": [_row("0", 0.0, 20), _row("learned", 0.108, 20), _row("1", 0.76, 18)],
+            "layers": [{"name": LAYER, "index": 3, "base_lr": 1.0, "gate_mean_tanh": 0.108}],
+            "artifacts": {"figure5_ordering": [f"/r/figure5_{LAYER.replace('.', '_')}.png", "/r/figure5_layers_0_ttt.png"],
+                          "gate_stats": [], "ttt_helps": ["/r/outer_loss.png"], "talk_learned": ["/r/words_vs_gate.png"]}}
+
+
+def fail(m: dict, check: str, index: int = 0, **changes) -> dict:
+    v = m["verdicts"][check][index]
+    details = changes.pop("details", {})
+    v.update(ok=False, **changes)
+    v["details"].update(details)
+    return m
+
+
+def top(m: dict) -> dx.Finding:
+    d = dx.diagnose(m)
+    assert d.findings, d.summary
+    return d.findings[0]
+
+
+def rules(m: dict) -> list[str]:
+    return [f.rule for f in dx.diagnose(m).findings]
+
+
+# -- healthy ------------------------------------------------------------------------------------
+
+
+def test_healthy_run_says_so_in_one_line():
+    d = dx.diagnose(healthy_metrics())
+    assert d.healthy and not d.findings
+    assert d.summary.startswith("HEALTHY") and "\n" not in d.summary
+    assert "0.21%" in d.summary and "talks like gate 0" in d.summary and "0.108 (108% of init)" in d.summary
+    assert dx.one_line(d.to_dict()).startswith("diagnosis: HEALTHY")
+
+
+def test_missing_measurements_lower_confidence_and_never_crash():
+    m = healthy_metrics()
+    for key in ("figure5", "sweep", "layers", "outer_loss", "artifacts", "thresholds"):
+        m.pop(key)
+    del m["verdicts"]["talk_base"], m["verdicts"]["figure5_adaptation"]
+    d = dx.diagnose(m)
+    assert d.healthy and set(d.missing_measurements) == {"talk_base", "figure5_adaptation"}
+    assert not dx.diagnose({}).healthy and dx.diagnose({}).summary.startswith("NO DIAGNOSIS")
+    broken = fail(healthy_metrics(), "checkpoint_finite", measured=2, details={"nonfinite": ["a.w"]})
+    del broken["verdicts"]["figure5_finite"]
+    assert top(broken).confidence == dx.MEDIUM and "figure5_finite" in top(broken).confidence_why
+
+
+# -- Figure 5 ------------------------------------------------------------------------------------
+
+
+def test_huge_inner_losses_mean_numerical_instability_lower_the_inner_lr():
+    m = healthy_metrics()
+    m["figure5"][LAYER]["max_smoothed_loss"] = 25.0
+    fail(m, "figure5_bounded", measured=25.0)
+    f = top(m)
+    assert f.rule == "inner_loss_exploding" and "25" in f.symptom and "> ceiling 10" in f.symptom
+    assert f.config_key == "decoder.ttt.base_lr" and f.value == pytest.approx(0.1)  # a decade below base_lr 1.0
+    assert f.confidence == dx.MEDIUM and "starting point" in f.confidence_why
+
+
+def test_lafter_above_lprev_is_an_inner_lr_far_too_high_and_the_probe_sizes_the_fix():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=1.80, lprev=2.289, lafter=2.305)
+    fail(m, "figure5_ordering", measured=0.0)
+    fail(m, "figure5_improvement", measured=-0.017)
+    f = top(m)
+    assert f.rule == "inner_lr_too_high" and "lafter 2.305 > lprev 2.289 > l0 1.8" in f.symptom
+    assert "context_not_used" not in rules(m) and "inner_lr_too_low" not in rules(m)  # explained / contradicted
+    assert any(s["rule"] == "context_not_used" and s["by"] == "inner_lr_too_high" for s in dx.diagnose(m).suppressed)
+    assert f.evidence == [f"/r/figure5_{LAYER.replace('.', '_')}.png"]  # only the affected layer's plot
+    m["inner_step_size"] = {LAYER: {"best_multiplier": 0.25, "base_lr": 1e5, "recommended_base_lr": 2.5e4}}
+    m["verdicts"]["inner_step_size"] = [_v("inner_step_size", False, 0.25, 1.0, layer=LAYER)]
+    f = top(m)
+    assert f.value == 2.5e4 and f.confidence == dx.HIGH and "probe agree" in f.confidence_why
+
+
+def test_no_improvement_means_gradients_not_flowing_or_lr_near_zero():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=1.296, lprev=1.2960, lafter=1.2959)
+    m["layers"][0]["base_lr"] = 1e-6
+    fail(m, "figure5_improvement", measured=1e-4)
+    f = top(m)
+    assert f.rule == "inner_lr_too_low" and "1e-06" in f.symptom and f.confidence == dx.HIGH
+    assert "raise decoder.ttt.base_lr" in f.fix
+    m["inner_step_size"] = {LAYER: {"best_multiplier": 4.0, "base_lr": 1e-6, "recommended_base_lr": 4e-6}}
+    assert top(m).value == 4e-6
+
+
+def test_increasing_trend_means_the_context_is_not_used():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(lprev_first_quarter=0.6, lprev_last_quarter=0.9, gap_first_quarter=0.5, gap_last_quarter=0.3)
+    fail(m, "figure5_adaptation", measured=-0.2)
+    f = top(m)
+    assert f.rule == "context_not_used" and "0.6 -> 0.9" in f.symptom and "architecture or feature mismatch" in f.cause
+
+
+# -- gates ---------------------------------------------------------------------------------------
+
+
+def test_gate_fallen_from_init_is_a_collapse_and_names_its_cause():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=1.738, lprev=2.163, lafter=2.177)
+    fail(m, "figure5_ordering", measured=0.0)
+    fail(m, "gate_stats", measured=0.061, details={"mean_tanh": 0.061, "alpha_init": 0.3, "fraction_of_init": 0.21,
+                                                   "fraction_sign_flipped": 0.6, "mean_alpha": -0.02})
+    d = dx.diagnose(m)
+    assert [f.rule for f in d.findings][:2] == ["gate_collapsed", "inner_lr_too_high"]
+    f = d.findings[0]
+    assert "21% of its init" in f.symptom and "sign flipped" in f.symptom and "lafter > lprev" in f.cause
+    assert "earlier checkpoint" in f.fix and f.confidence == dx.HIGH
+
+
+def test_gate_never_moved_is_not_a_collapse():
+    m = healthy_metrics()
+    fail(m, "gate_stats", measured=0.0997, details={"untrained": True, "alpha_init": 0.1, "fraction_of_init": 1.0})
+    assert rules(m) == ["gate_never_moved"]
+    assert "optimiser" in top(m).cause
+
+
+def test_gate_with_unknown_init_is_a_low_confidence_collapse():
+    m = healthy_metrics()
+    fail(m, "gate_stats", measured=0.005, details={"alpha_init": None, "fraction_of_init": None})
+    f = top(m)
+    assert f.rule == "gate_collapsed" and f.confidence == dx.LOW and "unknown" in f.confidence_why
+
+
+# -- outer loss ---------------------------------------------------------------------------------
+
+
+def test_ttt_hurts_and_ttt_does_nothing_are_different_findings():
+    m = healthy_metrics()
+    fail(m, "ttt_helps", measured=-0.01, details={"loss_learned": 1.7442, "loss_gate0": 1.7264, "verdict": "hurts"})
+    assert rules(m) == ["ttt_hurts"] and "+1.03%" in top(m).symptom
+    m = healthy_metrics()
+    fail(m, "ttt_helps", measured=0.0002, details={"verdict": "does_nothing"})
+    assert rules(m) == ["ttt_does_nothing"]
+
+
+def test_untrained_ttt_explains_hurt_outer_loss_and_dead_parameters():
+    m = healthy_metrics()
+    fail(m, "dead_parameters", measured=1.0, details={"unchanged": [f"t{i}" for i in range(10)], "unused": ["u0", "u1"]})
+    fail(m, "ttt_helps", measured=-0.01, details={"verdict": "hurts", "relative_decrease": -0.0103})
+    fail(m, "figure5_adaptation", measured=-0.1)
+    m["figure5"][LAYER] = _f5(gap_first_quarter=0.5, gap_last_quarter=0.4)
+    assert rules(m) == ["ttt_untrained"]
+    assert "+1.03% vs gate 0" in top(m).symptom
+
+
+def test_unused_parameters_are_a_dead_code_path():
+    m = healthy_metrics()
+    fail(m, "dead_parameters", measured=0.25, details={"unchanged": [], "unused": ["post_norm.weight", "wo.bias"]})
+    assert rules(m) == ["dead_code_path"] and "post_norm.weight" in top(m).symptom
+
+
+# -- code bugs and causality ---------------------------------------------------------------------
+
+
+def test_non_causal_read_ahead_wins_over_the_generation_collapse_it_causes():
+    m = healthy_metrics()
+    fail(m, "streaming_consistency", measured=0.061, details={"loss_streamed": 1.737, "loss_teacher_forced": 1.636})
+    fail(m, "talk_collapse", 1, measured=0.5, details={"kinds": ["repetition"]})
+    d = dx.diagnose(m)
+    assert [f.rule for f in d.findings] == ["noncausal_read_ahead"]
+    assert "+6.10%" in d.findings[0].symptom and "fooled" in d.findings[0].symptom
+    assert d.findings[0].config_key == "decoder.ttt.causal" and d.findings[0].value is True
+
+
+def test_state_not_carried_is_a_code_bug_with_the_flag_to_set():
+    m = healthy_metrics()
+    fail(m, "state_persistence", measured=0.0)
+    f = top(m)
+    assert f.rule == "state_not_carried" and "code bug" in f.cause
+    assert (f.config_key, f.value) == ("decoder.ttt_reset_each_call", False)
+    m["adapter"] = "moshi"
+    assert (top(m).config_key, top(m).value) == ("ttt.persistent_states", True)
+
+
+def test_non_finite_weights_say_where_they_first_appear_and_override_their_consequences():
+    m = healthy_metrics()
+    fail(m, "checkpoint_finite", measured=2, details={"nonfinite": ["layers.3.ttt.wk.weight", "layers.1.ttt.w0"]})
+    fail(m, "figure5_finite", measured=5)
+    fail(m, "ttt_helps", measured="nan", explanation="cannot measure: TTT produces NaN")
+    fail(m, "talk_base", measured=None, explanation="cannot measure: TTT produces NaN")
+    d = dx.diagnose(m)
+    assert [f.rule for f in d.findings] == ["nonfinite_weights"]
+    assert "first in layers.1.ttt.w0" in d.findings[0].symptom and f"from layer {LAYER}" in d.findings[0].symptom
+    assert {"inner_loss_nonfinite"} <= {s["rule"] for s in d.suppressed}
+
+
+def test_missing_keys_rank_above_their_figure5_consequences():
+    m = healthy_metrics()
+    fail(m, "checkpoint_keys", measured=2, details={"missing": ["a.weights.0", "a.biases.0"], "unexpected": []})
+    fail(m, "figure5_adaptation", measured=-0.1)
+    m["figure5"][LAYER] = _f5(gap_first_quarter=0.5, gap_last_quarter=0.4)
+    assert rules(m) == ["missing_keys"]
+
+
+def test_config_inconsistency_names_the_setting_and_the_trained_value():
+    m = healthy_metrics()
+    m["verdicts"]["config_consistency"] = [_v("config_consistency", False, 1, 0, contradictions=["mini_batch_size"], compared=[
+        {"name": "mini_batch_size", "loaded": 64, "loaded_from": "config.json", "trained": 16,
+         "trained_from": "training_config.json", "agrees": False}])]
+    f = top(m)
+    assert f.rule == "config_inconsistent" and (f.config_key, f.value) == ("mini_batch_size", 16)
+
+
+# -- the gating sweep ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("words, expected", [
+    ({"0": 20, "learned": 0, "1": 0}, "sweep_scenario_a"),
+    ({"0": 20, "learned": 1, "1": 15}, "sweep_scenario_b"),
+    ({"0": 0, "learned": 0, "1": 1}, "sweep_scenario_c"),
+])
+def test_sweep_scenarios_a_b_c(words, expected):
+    m = healthy_metrics()
+    m["sweep"] = [_row(label, tanh, words[label]) for label, tanh in (("0", 0.0), ("learned", 0.05), ("1", 0.76))]
+    if words["0"] < 3:
+        fail(m, "talk_base", measured=words["0"])
+    if words["learned"] < 0.5 * max(words["0"], 1):
+        fail(m, "talk_learned", measured=0.0)
+    assert rules(m) == [expected]
+    assert top(m).evidence[0].endswith("gate_0.wav")
+
+
+def test_unknown_failure_is_reported_not_hidden():
+    m = healthy_metrics()
+    m["verdicts"]["model_specific"] = [_v("gate0_matches_vanilla", False, 0.3, 1e-4, "gate 0 differs from vanilla Moshi")]
+    f = top(m)
+    assert f.rule == "unexplained_failure" and "vanilla" in f.symptom and f.confidence == dx.LOW
+
+
+def test_every_rule_has_a_function_and_precedence_is_strict():
+    precedences = [r.precedence for r in dx.RULES]
+    assert precedences == sorted(precedences) and len(set(precedences)) == len(precedences)
+    assert set(dx.RULE_FUNCTIONS) == {r.id for r in dx.RULES} - {"unexplained_failure", "not_measured"}
+    for r in dx.RULES:
+        assert set(r.overrides) <= set(dx.RULES_BY_ID), r.id
+
+
+def test_a_broken_rule_never_costs_the_report(monkeypatch):
+    monkeypatch.setitem(dx.RULE_FUNCTIONS, "ttt_hurts", lambda m: 1 / 0)
+    out = dx.diagnosis_dict(healthy_metrics())
+    assert out["summary"].startswith("diagnosis failed: ZeroDivisionError") and out["findings"] == []
+
+
+# -- where people look ---------------------------------------------------------------------------
+
+
+def test_report_text_html_and_junit_properties_lead_with_the_diagnosis(tmp_path):
+    from ttt_checks.pytest_plugin import junit_diagnosis_properties
+    from ttt_checks.report import write_report
+
+    m = healthy_metrics()
+    fail(m, "state_persistence", measured=0.0)
+    paths = write_report(copy.deepcopy(m), tmp_path)
+    import json
+
+    saved = json.loads(paths["metrics"].read_text())
+    assert saved["diagnosis"]["findings"][0]["rule"] == "state_not_carried"
+    text = paths["report"].read_text()
+    assert text.index("Diagnosis") < text.index("Layer ") and "1. TTT state not carried" in text
+    page = paths["html"].read_text()
+    assert page.index("<h2>Diagnosis</h2>") < page.index("<h2>Verdicts</h2>")
+    props = dict(junit_diagnosis_properties(saved["diagnosis"]))
+    assert props["diagnosis.healthy"] == "false" and props["diagnosis.1.rule"] == "state_not_carried"
+    assert "code bug" in props["diagnosis.1.cause"] and props["diagnosis.1.config_key"] == "decoder.ttt_reset_each_call"
+
+
+def test_gate_summary_prints_the_top_finding_in_one_line(tmp_path):
+    import json
+
+    from ttt_checks.gate import summary
+
+    m = healthy_metrics()
+    fail(m, "state_persistence", measured=0.0)
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    lines = summary(tmp_path, 1, 1.0).splitlines()
+    diag = [l for l in lines if l.startswith("diagnosis:")]
+    assert len(diag) == 1 and "TTT state not carried" in diag[0]
+    (tmp_path / "metrics.json").write_text(json.dumps(healthy_metrics()))
+    assert any(l.startswith("diagnosis: HEALTHY") for l in summary(tmp_path, 0, 1.0).splitlines())
+
+
+# -- docs/diagnosis.md ---------------------------------------------------------------------------
+
+
+def _doc_rows() -> dict[str, tuple[int, str]]:
+    """rule id -> (precedence, overrides cell) from the table of docs/diagnosis.md."""
+    rows = {}
+    for line in (REPO / "docs" / "diagnosis.md").read_text().splitlines():
+        match = re.match(r"\|\s*(\d+)\s*\|\s*`(\w+)`\s*\|", line)
+        if match:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[match.group(2)] = (int(match.group(1)), cells[-1])
+    return rows
+
+
+def test_docs_table_lists_every_rule_with_its_precedence_and_overrides():
+    rows = _doc_rows()
+    assert list(rows) == [r.id for r in dx.RULES], "docs/diagnosis.md and diagnosis.RULES list different rules (or order)"
+    for r in dx.RULES:
+        precedence, overrides = rows[r.id]
+        assert precedence == r.precedence, r.id
+        assert set(re.findall(r"`(\w+)`", overrides)) == set(r.overrides), f"{r.id}: overrides differ from the doc"
+
+
+def test_every_broken_zoo_entry_names_the_diagnosis_its_construction_implies():
+    """The mapping entry -> expected top finding is data (expected_diagnosis, else built_to_fail):
+    every broken entry gets a rule of the table, healthy ones none."""
+    from ttt_checks.detection import zoo_expected_diagnoses
+    from ttt_checks.models.reference.zoo import zoo_entries
+
+    expected = zoo_expected_diagnoses()
+    for entry in zoo_entries():
+        if entry.healthy:
+            assert expected[entry.name] is None, entry.name
+        else:
+            assert expected[entry.name] in dx.RULES_BY_ID, (entry.name, expected[entry.name])
+    assert dx.expected_diagnosis({"healthy": False, "built_to_fail": ["figure5_ordering", "figure5_improvement"]}) == "inner_lr_too_high"
+    assert dx.expected_diagnosis({"healthy": False, "built_to_fail": ["figure5_improvement"]}) == "inner_lr_too_low"
+    assert dx.expected_diagnosis({"expected_diagnosis": "gate_collapsed", "built_to_fail": ["x"]}) == "gate_collapsed"
+
+
+def _zoo_params():
+    from ttt_checks.models.reference.zoo import zoo_entries
+
+    return [pytest.param(e, id=e.name) for e in zoo_entries()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", _zoo_params())
+def test_zoo_checkpoint_top_finding_is_the_cause_its_construction_implies(entry, tmp_path):
+    """The real suite on a zoo checkpoint (a `ttt-checks gate` subprocess, ~40 s): its top finding
+    is the entry's expected diagnosis, and a healthy entry gets the one healthy line."""
+    import json
+    import subprocess
+    import sys
+
+    from ttt_checks.detection import zoo_expected_diagnoses
+
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "ttt_checks.cli", "gate", str(entry.path), "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert (out / "metrics.json").is_file(), proc.stdout[-3000:] + proc.stderr[-2000:]
+    diagnosis = json.loads((out / "metrics.json").read_text())["diagnosis"]
+    expected = zoo_expected_diagnoses()[entry.name]
+    if expected is None:
+        assert diagnosis["healthy"] and not diagnosis["findings"], diagnosis["summary"]
+    else:
+        assert diagnosis["findings"] and diagnosis["findings"][0]["rule"] == expected, diagnosis["summary"]
+    assert any(line.startswith("diagnosis: ") for line in proc.stdout.splitlines())

@@ -1,0 +1,351 @@
+"""Verdicts that hold on checkpoints made the way a user makes them (issue 13, items 3-6).
+
+- gates are judged against where they started (``gate_stats``: collapse relative to the initial
+  alpha, an untrained gate, a sign flip, an unknown init);
+- TTT must earn its place (``ttt_helps``: "does nothing" and "hurts" apart; a TTT whose output
+  ignores its input, fine-tuned with its output projection frozen at zero, is caught);
+- a config that contradicts what the checkpoint was trained with fails ``config_consistency``,
+  and a DDP ``module.`` prefix is stripped on load and said;
+- causes named right: gate 0 with NaN TTT weights is not "TTT off"; a base that predicts its own
+  stream no better than chance does not talk, whatever Whisper hears.
+
+Reference checkpoints are copies of the committed zoo (``fixtures/zoo``) edited or fine-tuned in
+``tmp_path``; Moshi checkpoints are the tiny random Moshi of ``tests/moshi_fixtures.py`` (untrained:
+these tests read configs and key names, not learned behaviour).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ttt_checks import health
+from ttt_checks.models.reference.adapter import ReferenceAdapter
+from ttt_checks.run import HealthRun, RunOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "fixtures" / "zoo"
+TH = health.load_thresholds(ROOT / "pyproject.toml")
+MARGIN = 1.25  # a healthy checkpoint must sit at least 25% away from every threshold it is judged by
+
+
+def zoo_copy(name: str, tmp: Path) -> Path:
+    """A private copy of one zoo entry and the shared base, laid out as the zoo lays them out."""
+    shutil.copytree(ZOO / "base", tmp / "base")
+    shutil.copytree(ZOO / name, tmp / name)
+    return tmp / name
+
+
+def health_run(ckpt: Path, tmp: Path) -> HealthRun:
+    return HealthRun(ReferenceAdapter(ckpt), RunOptions(report_dir=tmp / "report", thresholds=dict(TH)))
+
+
+def bf16(value: float) -> float:
+    return float(torch.tensor(value).to(torch.bfloat16).float())
+
+
+# -- gate_stats: judged against where the gate started --------------------------------------------
+
+
+def test_gate_ten_percent_below_a_healthy_one_is_not_a_collapse():
+    """The issue's false alarm: init 0.1, learned mean tanh 0.097 (10% under the healthy 0.1076)."""
+    alpha = np.linspace(0.06, 0.134, 128)
+    [v] = health.gate_stats({"layers.3.ttt": alpha}, TH, {"layers.3.ttt": 0.1})
+    assert v.ok, v.line()
+    assert v.details["fraction_of_init"] == pytest.approx(np.abs(np.tanh(alpha)).mean() / math.tanh(0.1))
+
+
+def test_users_collapse_from_init_03_is_a_collapse_relative_to_its_init():
+    """The user's run: init 0.3, learned gates 0.02-0.09 (7-30% of the init)."""
+    alpha = np.arctanh(np.linspace(0.02, 0.09, 4096))
+    [v] = health.gate_stats({"transformer.layers.29": alpha}, TH, {"transformer.layers.29": 0.3})
+    assert not v.ok and "GATING COLLAPSE" in v.explanation and "of its initial" in v.explanation
+    assert v.details["fraction_of_init"] < TH["gate_min_fraction_of_init"]
+
+
+def test_gate_exactly_at_its_init_is_untrained_not_collapsed():
+    """bf16 storage of 0.3 is 0.300781 (the user's backward gates): still exactly the init."""
+    [v] = health.gate_stats({"transformer.layers.29": np.full(4096, bf16(0.3))}, TH, {"transformer.layers.29": 0.3})
+    assert not v.ok and v.details["untrained"]
+    assert "exactly its initial value" in v.explanation and "never trained" in v.explanation
+    assert "COLLAPSE" not in v.explanation
+
+
+def test_sign_flip_from_a_positive_init_is_reported():
+    flipped = -np.linspace(0.25, 0.35, 64)
+    [v] = health.gate_stats({"l": flipped}, TH, {"l": 0.3})
+    assert v.ok and v.warning and "SIGN FLIPPED" in v.explanation  # as strong as at init: reported, not a collapse
+    through_zero = np.concatenate([np.full(40, -0.05), np.full(24, 0.02)])
+    [w] = health.gate_stats({"l": through_zero}, TH, {"l": 0.3})
+    assert not w.ok and "GATING COLLAPSE" in w.explanation and "SIGN FLIPPED" in w.explanation
+
+
+def test_unknown_init_is_said_and_only_the_floor_judges():
+    [low] = health.gate_stats({"l": np.full(8, 0.005)}, TH, {"l": None})
+    [fine] = health.gate_stats({"l": np.full(8, 0.05)}, TH)
+    assert not low.ok and fine.ok
+    assert "not stated" in low.explanation and "not stated" in fine.explanation
+
+
+@pytest.mark.parametrize("name", ["healthy-seed0", "healthy-seed1"])
+def test_healthy_zoo_gates_sit_far_from_both_gate_thresholds(name):
+    adapter = ReferenceAdapter(ZOO / name)
+    layers = adapter.ttt_layers()
+    assert all(i.gate_alpha_init == pytest.approx(0.1) for i in layers)
+    for v in health.gate_stats({i.name: i.gate_alpha for i in layers}, TH, {i.name: i.gate_alpha_init for i in layers}):
+        assert v.ok, v.line()
+        assert v.details["fraction_of_init"] >= MARGIN * TH["gate_min_fraction_of_init"], v.line()
+        assert v.details["mean_tanh"] >= MARGIN * TH["gate_min_mean_tanh"], v.line()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("gate-collapse", "GATING COLLAPSE"),
+    ("untrained-gate1", "never trained"),
+])
+def test_broken_zoo_gates_fail_with_their_cause(name, message):
+    adapter = ReferenceAdapter(ZOO / name)
+    layers = adapter.ttt_layers()
+    verdicts = health.gate_stats({i.name: i.gate_alpha for i in layers}, TH, {i.name: i.gate_alpha_init for i in layers})
+    assert verdicts and all(not v.ok and message in v.explanation for v in verdicts), [v.line() for v in verdicts]
+    if name == "gate-collapse":  # init 0.3 driven through zero: the flip is named too
+        assert all("SIGN FLIPPED" in v.explanation for v in verdicts)
+
+
+# -- ttt_helps: TTT must earn its place ------------------------------------------------------------
+
+
+def test_helps_does_nothing_and_hurts_are_three_different_verdicts():
+    rng = np.random.default_rng(0)
+    gate0 = 1.7 + 0.3 * rng.standard_normal(256)
+    helps = health.ttt_helps(gate0 * 0.99, gate0, TH)
+    nothing = health.ttt_helps(gate0 - 1e-5, gate0, TH)
+    hurts = health.ttt_helps(gate0 * 1.01, gate0, TH)
+    assert helps.ok and helps.details["verdict"] == "helps"
+    assert not nothing.ok and "DOES NOTHING" in nothing.explanation and nothing.details["verdict"] == "does_nothing"
+    assert not hurts.ok and "HURTS" in hurts.explanation and hurts.details["verdict"] == "hurts"
+    assert helps.details["paired_t"] > 0 > hurts.details["paired_t"]
+
+
+def test_nan_ttt_weights_make_gate_zero_not_off():
+    v = health.ttt_helps(np.full(8, np.nan), np.full(8, np.nan), TH, nonfinite_ttt=["layers.3.ttt.ttt.wq.weight"])
+    assert not v.ok and "TTT produces NaN, gate 0 is not off" in v.explanation
+    base = health.ttt_helps(np.full(8, np.nan), np.full(8, np.nan), TH)
+    assert not base.ok and "base model itself" in base.explanation
+
+
+def test_healthy_reference_clears_the_help_threshold_with_margin(tmp_path):
+    run = health_run(ZOO / "healthy-seed0", tmp_path)
+    [v] = run.judge("ttt_helps")
+    assert v.ok, v.line()
+    assert v.measured >= MARGIN * TH["help_min_loss_decrease"], v.line()
+
+
+def _finetune_with_output_projection_frozen_at_zero(ckpt: Path) -> Path:
+    """What a user does: zero the TTT output projection, keep it frozen at zero (its gradient is
+    masked, so AdamW never moves it), fine-tune the rest, save. The TTT branch then adds a
+    constant (wo.bias) whatever its input."""
+    from ttt_checks.models.reference.checkpoint import load_checkpoint, save_ttt
+    from ttt_checks.models.reference.corpus import DialogueCorpus
+    from ttt_checks.models.reference.train import FinetuneRecipe, finetune_ttt
+
+    loaded = load_checkpoint(ckpt)
+    model = loaded.model
+    frozen = [p for n, p in model.named_parameters() if n.endswith(".ttt.ttt.wo.weight")]
+    assert frozen, "the reference TTT has no output projection to freeze"
+    with torch.no_grad():
+        for p in frozen:
+            p.zero_()
+    hooks = [p.register_hook(torch.zeros_like) for p in frozen]
+    recipe = FinetuneRecipe(steps=6, batch=4, seq_len=128, warmup=1, layers=tuple(loaded.decoder_config.ttt_layers),
+                            alpha_init=loaded.decoder_config.alpha_init)
+    torch.manual_seed(0)
+    finetune_ttt(model, DialogueCorpus.load(seed=0), recipe)
+    for h in hooks:
+        h.remove()
+    assert all(float(p.detach().abs().max()) == 0.0 for p in frozen)
+    out = ckpt.parent / "wo-frozen-at-zero"
+    config = dict(loaded.config)
+    extra = {k: v for k, v in config.items() if k not in ("format", "kind", "base", "decoder", "ttt_init_seed")}
+    save_ttt(model.eval(), out, ckpt.parent / "base", int(config["ttt_init_seed"]), extra={**extra, "name": out.name})
+    return out
+
+
+def test_ttt_that_ignores_its_input_is_caught_as_doing_nothing(tmp_path):
+    ckpt = _finetune_with_output_projection_frozen_at_zero(zoo_copy("healthy-seed0", tmp_path / "zoo"))
+    run = health_run(ckpt, tmp_path)
+    [v] = run.judge("ttt_helps")
+    assert not v.ok and "DOES NOTHING" in v.explanation, v.line()
+    assert abs(v.measured) <= TH["help_min_loss_decrease"] / MARGIN, v.line()  # far from the line, on the right side
+    assert all(c.ok for c in run.judge("gate_stats")), "the gate is fine: only ttt_helps names this fault"
+
+
+def test_nan_zoo_entry_names_nan_ttt_not_the_base(tmp_path):
+    run = health_run(ZOO / "nan-weights", tmp_path)
+    [v] = run.judge("ttt_helps")
+    assert not v.ok and "gate 0 is not off" in v.explanation, v.line()
+    assert v.details["nonfinite_ttt"]
+
+
+# -- talk_base: a talking base predicts its own stream ----------------------------------------------
+
+
+def test_base_at_chance_does_not_talk_whatever_whisper_hears():
+    """Whisper invents "See you next week" on gibberish; the gate-0 loss 5.6 vs chance ln(260)."""
+    chance = math.log(260)
+    broken = health.talk_base(4, "See you next week.", [], np.full(16, 5.6), chance, TH)
+    assert not broken.ok and "better than chance" in broken.explanation
+    healthy = health.talk_base(12, "I am a joke that is a computer.", [], np.full(16, 1.7264), chance, TH)
+    assert healthy.ok and healthy.details["loss_vs_chance"] * MARGIN <= TH["talk_max_base_loss_vs_chance"]
+    assert broken.details["loss_vs_chance"] >= MARGIN * TH["talk_max_base_loss_vs_chance"]
+    silent = health.talk_base(0, "", ["silence"], np.full(16, 1.7), chance, TH)
+    assert not silent.ok and "no speech" in silent.explanation
+
+
+def test_talk_base_with_nan_ttt_does_not_blame_the_base():
+    v = health.talk_base(0, "", ["silence"], np.full(16, np.nan), math.log(260), TH, nonfinite_ttt=["layers.3.ttt.ttt.W1"])
+    assert not v.ok and v.explanation.startswith("cannot measure: TTT produces NaN, gate 0 is not off")
+
+
+def test_reference_chance_loss_is_uniform_guessing_over_its_vocabulary():
+    adapter = ReferenceAdapter(ZOO / "healthy-seed0")
+    assert adapter.chance_outer_loss() == pytest.approx(math.log(adapter.loaded.decoder_config.vocab_size))
+
+
+# -- config_consistency and the DDP prefix -----------------------------------------------------------
+
+
+def test_zoo_checkpoint_config_agrees_with_its_recipe(tmp_path):
+    [v] = health_run(ZOO / "healthy-seed0", tmp_path).judge("config_consistency")
+    assert v.ok and not v.warning, v.line()
+    assert {"mini_batch_size", "base_lr", "ttt_layers", "alpha_init"} <= {row["name"] for row in v.details["compared"]}
+
+
+def test_mini_batch_size_edited_after_training_is_named_with_the_winner(tmp_path):
+    """The issue: config.json says 64, the checkpoint was trained at 16."""
+    ckpt = zoo_copy("healthy-seed0", tmp_path / "zoo")
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["decoder"]["ttt"]["mini_batch_size"] == 16
+    config["decoder"]["ttt"]["mini_batch_size"] = 64
+    (ckpt / "config.json").write_text(json.dumps(config))
+    run = health_run(ckpt, tmp_path)
+    assert {i.mini_batch_size for i in run.layers} == {64}  # what every other check measures
+    [v] = run.judge("config_consistency")
+    assert not v.ok and v.details["contradictions"] == ["mini_batch_size"], v.line()
+    assert "says 64" in v.explanation and "says 16" in v.explanation and "config.json decoder.ttt.mini_batch_size wins" in v.explanation
+
+
+def _prefix_ddp(path: Path) -> dict[str, torch.Tensor]:
+    """Re-save a weights file with every key prefixed ``module.`` (as a DDP-wrapped model saves);
+    returns the original tensors (cloned: the file they were read from is rewritten)."""
+    tensors = {k: v.clone() for k, v in load_file(str(path)).items()}
+    save_file({f"module.{k}": v.contiguous() for k, v in tensors.items()}, str(path))
+    return tensors
+
+
+def test_ddp_prefixed_reference_checkpoint_loads_and_says_so(tmp_path):
+    ckpt = zoo_copy("healthy-seed0", tmp_path / "zoo")
+    original = _prefix_ddp(ckpt / "ttt.safetensors")
+    run = health_run(ckpt, tmp_path)
+    state = run.adapter.state()
+    assert all(torch.equal(state[k], v) for k, v in original.items())
+    assert not any(k.startswith("module.") for k in state)
+    [note] = run.adapter.checkpoint_notes()
+    assert "module." in note and "consume_prefix_in_state_dict_if_present" in note and f"{len(original)} of" in note
+    [v] = run.judge("config_consistency")
+    assert v.ok and "module." in v.explanation
+    assert run.metrics()["checkpoint_notes"] == [note]
+    assert run.judge("checkpoint_keys")[0].ok
+
+
+# -- Moshi: config.json vs training_config.json, DDP prefix (tiny random Moshi, no training) --------
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    import moshi_fixtures as mf
+
+    torch.set_num_threads(1)
+    return mf.build_base(tmp_path_factory.mktemp("tiny_moshi_base"))
+
+
+def _tiny_run(tiny_base, root: Path, **ttt) -> tuple[Path, dict[str, torch.Tensor]]:
+    """An untrained tiny Moshi-TTT run saved in the moshi-finetune layout, and its TTT tensors."""
+    import moshi_fixtures as mf
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+    from ttt_checks.models.moshi.model import export_ttt_tensors
+
+    cfg = mf.training_config(**ttt)
+    empty = mf.write_run(root / "empty", tiny_base, {}, cfg)
+    adapter = MoshiAdapter(empty, **tiny_base.options)
+    tensors = export_ttt_tensors(adapter.loaded.hybrids, adapter.loaded.keys, float(cfg["ttt"]["initial_gating_alpha"]))
+    return mf.write_run(root / "run", tiny_base, tensors, cfg), tensors
+
+
+def _consolidated(run_dir: Path) -> Path:
+    return next(run_dir.glob("checkpoints/checkpoint_*/consolidated"))
+
+
+def test_moshi_config_json_contradicting_training_config_fails(tiny_base, tmp_path):
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+    run_dir, _ = _tiny_run(tiny_base, tmp_path, mini_batch_size=16, initial_gating_alpha=0.3)
+    adapter = MoshiAdapter(run_dir, **tiny_base.options)
+    assert {i.gate_alpha_init for i in adapter.ttt_layers()} == {0.3}
+    agree = health.config_consistency(adapter.recipe_fields(), adapter.checkpoint_notes())
+    assert agree.ok and {"lora", "lora_rank", "lora_scaling"} <= {r["name"] for r in agree.details["compared"]}, agree.line()
+    cfg_path = _consolidated(run_dir) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["mini_batch_size"] = 64  # edited after a run trained at 16
+    cfg_path.write_text(json.dumps(cfg))
+    edited = MoshiAdapter(run_dir, **tiny_base.options)
+    assert {i.mini_batch_size for i in edited.ttt_layers()} == {16}  # the loader reads training_config.json
+    v = health.config_consistency(edited.recipe_fields(), edited.checkpoint_notes())
+    assert not v.ok and v.details["contradictions"] == ["mini_batch_size"], v.line()
+    assert "training_config.json ttt.mini_batch_size wins" in v.explanation and "64" in v.explanation
+
+
+def test_moshi_unstated_initial_alpha_is_unknown_not_the_default(tiny_base, tmp_path):
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+    run_dir, _ = _tiny_run(tiny_base, tmp_path)
+    train_path = _consolidated(run_dir) / "training_config.json"
+    train = json.loads(train_path.read_text())
+    del train["ttt"]["initial_gating_alpha"]
+    train_path.write_text(json.dumps(train))
+    assert {i.gate_alpha_init for i in MoshiAdapter(run_dir, **tiny_base.options).ttt_layers()} == {None}
+
+
+def test_moshi_ddp_prefixed_lora_loads_stripped_and_says_so(tiny_base, tmp_path):
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+    run_dir, tensors = _tiny_run(tiny_base, tmp_path)
+    _prefix_ddp(_consolidated(run_dir) / "lora.safetensors")
+    adapter = MoshiAdapter(run_dir, **tiny_base.options)
+    [note] = adapter.checkpoint_notes()
+    assert "module." in note and "consume_prefix_in_state_dict_if_present" in note
+    state = adapter.state()
+    assert set(tensors) <= set(state) and not any(k.startswith("module.") for k in state)
+    assert not adapter.loaded.report.unexpected_ttt and health.checkpoint_keys(adapter.expected_ttt_keys(), state).ok
+    assert "module." in health.config_consistency(adapter.recipe_fields(), adapter.checkpoint_notes()).explanation
+
+
+def test_moshi_training_config_edited_after_launch_contradicts_args_yaml(tiny_base, tmp_path):
+    """moshi-finetune writes the TrainArgs to <run>/args.yaml at launch: a training_config.json
+    whose mini_batch_size was changed to 64 after a launch at 16 is named, and the loader's value
+    (training_config.json) is said to win."""
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+    run_dir, _ = _tiny_run(tiny_base, tmp_path, mini_batch_size=64)
+    (run_dir / "args.yaml").write_text("run_dir: run\nttt:\n  enable: true\n  mini_batch_size: 16\n  base_lr: 1.0\n")
+    adapter = MoshiAdapter(run_dir, **tiny_base.options)
+    v = health.config_consistency(adapter.recipe_fields(), adapter.checkpoint_notes())
+    assert not v.ok and v.details["contradictions"] == ["mini_batch_size"], v.line()
+    assert "args.yaml" in v.explanation and "training_config.json ttt.mini_batch_size wins" in v.explanation
+    assert "base_lr" in {row["name"] for row in v.details["compared"]}
