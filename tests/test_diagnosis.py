@@ -422,3 +422,20 @@ def test_zoo_checkpoint_top_finding_is_the_cause_its_construction_implies(entry,
     else:
         assert diagnosis["findings"] and diagnosis["findings"][0]["rule"] == expected, diagnosis["summary"]
     assert any(line.startswith("diagnosis: ") for line in proc.stdout.splitlines())
+
+
+def test_an_interrupted_run_is_never_called_healthy():
+    m = healthy_metrics()
+    m["complete"] = False
+    d = dx.diagnose(m)
+    assert not d.healthy and d.summary.startswith("INCOMPLETE") and "HEALTHY" not in d.summary
+
+
+def test_detection_matrix_diagnosis_table_marks_a_wrong_top_finding():
+    from ttt_checks.detection import render_diagnoses
+
+    text = render_diagnoses([("a", "gate_collapsed", "gate_collapsed", "x | y"), ("b", "missing_keys", "ttt_hurts", "z"),
+                             ("c", None, None, "HEALTHY")])
+    rows = [l for l in text.splitlines() if l.startswith(("| a |", "| b |", "| c |"))]
+    assert rows[0].endswith("| yes |") and rows[1].endswith("| NO |") and rows[2].endswith("| yes |")
+    assert "x \\| y" in rows[0]

@@ -358,18 +358,48 @@ def test_committed_measurements_are_reproduced():
                 assert_same_greedy_reply(model, tok.encode_prompt(prompt), alpha, *replies)
 
 
+# What a rebuild on another machine must reproduce. Training is chaotic: another CPU's kernels
+# (ATEN_CPU_CAPABILITY) or thread count change the last bits of one step and the trajectory drifts,
+# so rebuilt weights are never compared. The verdicts must be equal, and the held-out losses
+# within the spread measured by scripts/zoo_spread.py (fixtures/zoo/README.md, "Reproducibility").
+ZOO_REBUILD_LOSS_TOLERANCE = 0.05  # nats/byte, absolute: the measured spread with margin (README)
+ZOO_REBUILD_GAIN_TOLERANCE = 0.01  # (gate 0 - learned) / gate 0, absolute: base and TTT drift together
+
+
+def failing_checks_without_sweep(path: Path, report_dir: Path) -> set[str]:
+    """Names of the health checks that fail on ``path``, all but the gating sweep's.
+
+    The sweep (greedy replies, espeak-ng, Whisper) is judged on the committed checkpoints by the
+    meta-tests; here it would only add minutes per entry.
+    """
+    from ttt_checks.run import TALK_CHECKS, HealthRun, RunOptions, run_all
+
+    run = HealthRun(ReferenceAdapter(path), RunOptions(report_dir=report_dir))
+    return {v.name for v in run_all(run, [c for c in CHECKS if c not in TALK_CHECKS]) if not v.ok}
+
+
 @pytest.mark.slow
 def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
     from ttt_checks.models.reference.zoo import build_zoo
+    from ttt_checks.run import TALK_CHECKS
 
-    timings = build_zoo(tmp_path, log=None, measure_entries=True)
-    assert timings["build_total"] < 900
+    build_zoo(tmp_path / "zoo", log=None, measure_entries=True)
     for entry in zoo_entries():
+        rebuilt_dir = tmp_path / "zoo" / entry.name
         committed = json.loads((entry.path / "config.json").read_text())["measured"]["summary"]
-        rebuilt = json.loads((tmp_path / entry.name / "config.json").read_text())["measured"]["summary"]
+        rebuilt = json.loads((rebuilt_dir / "config.json").read_text())["measured"]["summary"]
         for key in ("val_loss_learned", "val_loss_gate0"):
+            assert (rebuilt[key] is None) == (committed[key] is None), (entry.name, key)
             if committed[key] is not None:
-                assert rebuilt[key] == pytest.approx(committed[key], abs=0.02), (entry.name, key)
+                assert rebuilt[key] == pytest.approx(committed[key], abs=ZOO_REBUILD_LOSS_TOLERANCE), (entry.name, key)
+        if committed["val_loss_gate0"] and committed["val_loss_learned"] is not None:
+            def gain(m):
+                return (m["val_loss_gate0"] - m["val_loss_learned"]) / m["val_loss_gate0"]
+
+            assert gain(rebuilt) == pytest.approx(gain(committed), abs=ZOO_REBUILD_GAIN_TOLERANCE), entry.name
+        expected = set(entry.expected_failures) - set(TALK_CHECKS)
+        failed = failing_checks_without_sweep(rebuilt_dir, tmp_path / "reports" / entry.name)
+        assert failed == expected, f"{entry.name}: rebuilt fails {sorted(failed)}, committed {sorted(expected)}"
 
 
 # -- local attention window ----------------------------------------------------------------------

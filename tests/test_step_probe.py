@@ -260,6 +260,14 @@ def test_a_step_worse_than_no_step_at_every_multiplier_fails_as_overshoot():
     assert not v.ok and "worse than no step" in v.explanation and "recommended base_lr < 0.1" in v.explanation
 
 
+def test_no_step_helping_is_overshoot_even_when_the_least_bad_is_the_largest():
+    """Saturated: every m is worse than no step and the flat line happens to dip at m = 4; that
+    is not a timid step."""
+    flat = {m: 2.3 - 1e-4 * m for m in DEFAULT_MULTIPLIERS}
+    [v] = health.inner_step_size({"layer": record(flat, 2.2, base_lr=1e5)}, TH)
+    assert not v.ok and "OVERSHOOT" in v.explanation and "TIMID" not in v.explanation
+
+
 def test_a_timid_step_fails_with_the_direction_and_a_lower_bound():
     linear = {m: 1.0 - 1e-4 * m for m in DEFAULT_MULTIPLIERS}  # no curvature: gain(1) / gain(4) = 1/4
     [v] = health.inner_step_size({"layer": record(linear, 1.0, base_lr=1e-6)}, TH)

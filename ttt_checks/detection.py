@@ -63,15 +63,16 @@ def zoo_expected_diagnoses() -> dict[str, str | None]:
 
 def read_top_finding(report_dir: Path) -> tuple[str | None, str]:
     """(rule of the top finding or None when healthy, its one line) from a run's metrics.json."""
-    from ttt_checks.diagnosis import diagnosis_dict
+    from ttt_checks.diagnosis import _fmt, diagnosis_dict
 
     metrics = json.loads((Path(report_dir) / "metrics.json").read_text())
-    diagnosis = metrics.get("diagnosis") or diagnosis_dict(metrics)
+    diagnosis = diagnosis_dict(metrics)  # the current rules on the measurements (a stored one may be older)
     findings = diagnosis.get("findings") or []
     if not findings:
         return None, str(diagnosis.get("summary", ""))
     top = findings[0]
-    change = f"{top.get('config_key')} = {top.get('value')}" if top.get("config_key") and top.get("value") is not None else top.get("fix", "")
+    change = (f"{top.get('config_key')} = {_fmt(top.get('value'))}" if top.get("config_key") and top.get("value") is not None
+              else top.get("fix", ""))
     return str(top["rule"]), f"{top.get('title')} -> {change}"
 
 
@@ -83,7 +84,7 @@ def render_diagnoses(rows: list[tuple[str, str | None, str | None, str]]) -> str
              "| checkpoint | expected top finding | top finding (measured) | what to change | as intended |", "|---|---|---|---|---|"]
     for name, expected, got, text in rows:
         ok = "yes" if expected == got else "NO"
-        lines.append(f"| {name} | {expected or '(healthy)'} | {got or '(healthy)'} | {text.replace('|', '/')} | {ok} |")
+        lines.append(f"| {name} | {expected or '(healthy)'} | {got or '(healthy)'} | {text.replace('|', chr(92) + '|')} | {ok} |")
     return "\n".join(lines) + "\n"
 
 

@@ -657,7 +657,10 @@ def rule_inner_lr_too_low(m: Metrics) -> Finding | None:
                    "; ".join(parts) + f" (floor {min_abs:g} / {min_rel:.0%})" + (f"; base_lr is {base:g}" if base is not None else ""),
                    "the inner learning rate is ~0" if near_zero else
                    "gradients do not reach the inner weights or the inner learning rate is ~0",
-                   f"raise {keys['base_lr']}" + (f" from {base:g}" if base is not None else "") + (f" to {value:.3g}" if value else "")
+                   f"raise {keys['base_lr']}" + (f" from {base:g}" if base is not None else "")
+                   + ((f" to at least {value:.3g} (the probe's best is its largest multiplier: the optimum may lie further)"
+                       if any((_num((probe.get(l) or {}).get("best_multiplier")) or 0) >= 4 for l in layers) else f" to {value:.3g}")
+                      if value else "")
                    + ("" if value or near_zero else "; check the inner gradient is computed (not detached)"),
                    config_key=keys["base_lr"], value=value,
                    confidence=HIGH if rec is not None or near_zero else MEDIUM,
@@ -1042,9 +1045,13 @@ def diagnose(metrics: Metrics) -> Diagnosis:
     warnings = [f"{check}{' [' + str(v.get('layer')) + ']' if v.get('layer') else ''}: {v.get('explanation', '')}"
                 for check, vs in (metrics.get("verdicts") or {}).items() if isinstance(vs, list)
                 for v in vs if isinstance(v, Mapping) and v.get("ok") and _details(v).get("severity") == "warning"]
-    healthy = not failing_all and bool(metrics.get("verdicts"))
+    complete = metrics.get("complete", True) is not False
+    healthy = not failing_all and bool(metrics.get("verdicts")) and complete
     if healthy:
         summary = _healthy_line(metrics)
+    elif not failing_all and metrics.get("verdicts"):  # interrupted: nothing failed among what finished
+        summary = (f"INCOMPLETE: the run was interrupted; no failure among the {len(metrics['verdicts'])} checks that "
+                   "finished, which proves nothing about the others")
     elif findings:
         top = findings[0]
         summary = f"{top.title}: {top.symptom}" + (f" -> {top.fix}" if top.fix else "")

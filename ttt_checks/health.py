@@ -45,7 +45,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("gate_min_fraction_of_init", 0.5, "mean |tanh(alpha)| per layer below this fraction of |tanh(initial alpha)| is a collapsed gate (the user's run: init 0.3, learned 0.07-31 % of it)"),
         Threshold("help_min_loss_decrease", 0.001, "outer loss at the learned gate must be lower than at gate 0 by at least this (relative); as much higher is 'TTT hurts', in between 'TTT does nothing'"),
         Threshold("persistence_min_fraction", 0.5, "fraction of streamed positions after the first mini-batch where lprev departs from l0"),
-        Threshold("persistence_min_rel_change", 1e-5, "lprev 'departs' from l0 (and lafter from lprev) in state_persistence when they differ by more than this fraction of the larger: 10x fp32 rounding of a loss, 10x below the smallest carried departure in the zoo (lr-near-zero, 1e-4)"),
+        Threshold("persistence_min_rel_change", 1e-5, "lprev 'departs' from l0 (and lafter from lprev) in state_persistence when they differ by more than this fraction of the larger: 10x fp32 rounding of a loss; a carried state at base_lr 1e-6 (zoo lr-near-zero) departs by more at every position"),
         Threshold("leak_max_loss_gap", 0.01, "outer loss fed one token per call (inference) may exceed the teacher-forced pass by at most this (relative): more means the TTT layer reads ahead in training"),
         Threshold("dead_max_fraction", 0.0, "fraction of trainable TTT tensors still at their initial value"),
         Threshold("talk_min_base_words", 3.0, "words Whisper must hear at gate 0 (the base model) for the sweep to mean anything"),
@@ -622,7 +622,7 @@ def at_initial_value(current: Any, initial: Any) -> bool:
     if tuple(current.shape) != tuple(initial.shape):
         return False
     eps = max(torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (current, initial))
-    a, b = current.double(), initial.double()
+    a, b = current.detach().double().cpu(), initial.detach().double().cpu()
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         return bool(torch.equal(a, b))
     scale = float(b.abs().max()) if b.numel() else 0.0
@@ -746,8 +746,9 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
 
     The record holds the mean inner loss after the step scaled by m (1 = the step taken, whose
     loss is the mean lafter) and before it (m = 0). Overshoot: the best m is <= 1/2 and the full
-    step gives away more than ``step_overshoot_margin`` of the gain the best m achieves (every
-    grid step worse than no step counts as all of it). Far too timid: the loss still falls at
+    step gives away more than ``step_overshoot_margin`` of the gain the best m achieves; a line on
+    which no grid step beats no step at all is an overshoot too, whichever m is least bad (a
+    saturated step can dip at m = 4 and still be worse than not stepping). Far too timid: the loss still falls at
     the top of the grid (best m >= 4) and the full step buys less than
     ``step_timid_gain_fraction`` of the gain of that m (1/4 when the loss has no curvature along
     the step at all). ``recommended base_lr`` = base_lr x best m, since eta is linear in base_lr.
@@ -776,9 +777,10 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
                                f"TOO TIMID: no multiplier up to {max(r.multipliers):g} changes the inner loss ({l_start:.4g}): "
                                f"the inner update is exactly zero (base_lr {r.base_lr:g})", layer, details))
             continue
-        overshoot = best <= 0.5 and r.lost_fraction > margin
-        timid = best >= 4.0 and not r.gain_ratio_1_to_best >= fraction
-        if overshoot and l_best >= l_start:
+        uphill = l_best >= l_start  # no step on the grid helps, whichever is least bad
+        overshoot = uphill or (best <= 0.5 and r.lost_fraction > margin)
+        timid = not overshoot and best >= 4.0 and r.gain_ratio_1_to_best < fraction
+        if uphill:
             why = (f"OVERSHOOT: every scaled step down to m = {lowest:g} makes the inner loss worse than no step ({l_start:.4g} "
                    f"before the step, {l_full:.4g} after the full step, {l_best:.4g} at best m = {best:g}): the step is far "
                    f"too large or points uphill; recommended base_lr < {r.base_lr * lowest:.3g} (base_lr {r.base_lr:g} x {lowest:g})")

@@ -314,6 +314,8 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
     steps = [p.step for p in points]
     files = []
     mark = summary.get("last_healthy_step")
+    gaps = [b - a for a, b in zip(steps, steps[1:]) if b > a]
+    half = 0.4 * min(gaps) if gaps else 0.5  # an unhealthy checkpoint's band, narrower than the spacing
 
     def decorate(ax, title: str, ylabel: str) -> None:
         ax.set_title(title)
@@ -324,8 +326,9 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
             ax.axvline(mark, color="#137333", linestyle=":", linewidth=1.2, label="last healthy")
         for p in points:
             if not p.healthy:
-                ax.axvspan(p.step - 0.5, p.step + 0.5, color="#c5221f", alpha=0.08)
-        ax.legend(fontsize=8)
+                ax.axvspan(p.step - half, p.step + half, color="#c5221f", alpha=0.08)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
 
     layers = sorted({l for p in points for l in p.gate_tanh})
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -362,13 +365,19 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
     decorate(top, "Outer loss change at the learned gate vs gate 0 (< 0: TTT helps)", "%")
     mid.plot(steps, [p.words_gate0 for p in points], marker="o", color="#7f7f7f", label="gate 0")
     mid.plot(steps, [p.words_learned for p in points], marker="o", color="#1f77b4", label="learned gate")
+    if all(p.words_gate0 is None and p.words_learned is None for p in points):
+        mid.text(0.5, 0.5, "no gating sweep in these reports (gated without the talk checks)", transform=mid.transAxes,
+                 ha="center", va="center", color="#666")
     decorate(mid, "Words heard in the gating sweep", "words")
     bottom.bar(steps, [len(p.failing_checks) for p in points], color=["#137333" if p.healthy else "#c5221f" for p in points],
-               width=max(1.0, (max(steps) - min(steps)) / (3 * len(steps))) if len(steps) > 1 else 1.0, label="failing checks")
-    for i, (check, info) in enumerate(sorted(summary.get("first_red", {}).items(), key=lambda kv: kv[1]["first_red"])):
-        bottom.annotate(f"{check} red from {info['red_from'] if info['red_from'] is not None else info['first_red']}",
-                        (info["red_from"] if info["red_from"] is not None else info["first_red"], 0), xytext=(4, 12 + 11 * i),
-                        textcoords="offset points", fontsize=7, color="#c5221f")
+               width=1.6 * half)
+    reds = sorted(summary.get("first_red", {}).items(), key=lambda kv: kv[1]["first_red"])
+    for i, (check, info) in enumerate(reds):
+        at = info["red_from"] if info["red_from"] is not None else info["first_red"]
+        bottom.axvline(at, color="#c5221f", linestyle="--", linewidth=0.8)
+        bottom.text(0.01, 0.95 - 0.09 * i, f"{check}: first red {info['first_red']}, red from {info['red_from']}",
+                    transform=bottom.transAxes, fontsize=7, color="#c5221f", va="top")
+    bottom.set_ylim(0, max([len(p.failing_checks) for p in points] + [1]) + 0.3 * (len(reds) + 1))
     decorate(bottom, "Failing checks per checkpoint (red: unhealthy)", "checks")
     fig.tight_layout()
     files.append(_save(fig, out / "trend_outer_words_checks.png"))

@@ -14,6 +14,9 @@ same pytest health suite as ``ttt-checks gate``; each gets its own report direct
 ``OUT/<checkpoint name>/``. ``OUT/watch-state.json`` remembers what was gated, so a restarted
 watcher, or ``--once`` from cron or CI, only gates what is new.
 
+After every pass that gated a checkpoint the run's trend (``ttt-checks trend``: OUT/trend.html,
+trend.json, the PNGs) is rewritten from the reports in OUT.
+
 With ``--baseline-chain`` each checkpoint is compared with the metrics.json of the last
 *healthy* checkpoint gated before it (an unhealthy checkpoint never becomes the reference; the
 first one uses ``--baseline`` when given).
@@ -340,8 +343,8 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"watch: watching {run_dir} every {args.interval:g} s; reports in {out} (Ctrl-C stops)", flush=True)
             while True:
                 new = watcher.poll_once()
+                gated += new  # counted before the trend is drawn: Ctrl-C while drawing loses no verdict
                 _refresh_trend(run_dir, out, new)
-                gated += new
                 time.sleep(args.interval)
     except KeyboardInterrupt:
         print("watch: stopped", flush=True)

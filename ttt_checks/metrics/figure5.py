@@ -19,12 +19,13 @@ the excluded equal values do not dilute the first judged window). A pair is *ord
 position when the smoothed gap exceeds ``min_rel_gap`` times the larger of the two smoothed
 values there (the local loss scale, the scale fp32 rounding is relative to), *reversed* when it
 is below minus that, and *overlapping* in between: curves equal within the margin are never
-called ordered. Why the default margin is 1e-4: the inner
-loop runs in fp32 (``ttt/layer.py``), whose rounding of a loss is ~1e-6 relative, so 1e-4 is
-100x above that noise; the smallest healthy gap, per smoothed position (1st percentile), is
-5.3e-2 relative (zoo healthy-seed1, lprev vs lafter; trained tiny Moshi at b = 64: 1.7e-1),
-500x above the margin. 1e-4 is the geometric middle of the two, rounded down
-(``docs/health-checks.md`` records both sides).
+called ordered.
+
+Why the default margin is 1e-4: the inner loop runs in fp32 (``ttt/layer.py``), whose rounding
+of a loss is ~1e-6 relative, so 1e-4 is 100x above that noise; the smallest healthy gap, per
+smoothed position (1st percentile), is 5.3e-2 relative (zoo healthy-seed1, lprev vs lafter;
+trained tiny Moshi at b = 64: 1.7e-1), 500x above the margin. The geometric middle of 1e-6 and
+5.3e-2 is 2.3e-4, rounded down to 1e-4 (``docs/health-checks.md`` records both sides).
 
 A run judges the inner loop over its context only when it has at least ``MIN_JUDGED_MINIBATCHES``
 complete mini-batches with judged positions; ``positions_needed`` says how many positions that

@@ -25,7 +25,9 @@ where X_l, g_l are the start-of-mini-batch inputs and output gradients of layer 
 ``inner.dual_form``) and h_l(m) the query's activation through the already-scaled earlier
 layers. For the first layer h_1 = k does not depend on m, so k W_1' + b_1' and the masked
 product (eta * (k X_1^T + 1)) @ g_1 are computed once and shared by every m (they are the
-same products the Figure-5 lafter evaluation uses); only the later layers run once per m.
+same products the Figure-5 lafter evaluation uses); the later layers run for all m at once,
+the rows of each m stacked after each other. In the layer's capture, m = 1 is Figure-5's lafter
+itself (``line_search_losses``), so it is not computed twice.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ from ttt_checks.ttt.config import TTTConfig
 # saturates: the inner LayerNorm removes the scale of f_res, so the loss is flat for every m in
 # 0.25 .. 4 (measured on the zoo's lr-too-high, base_lr 1e5: 2.3055 at every m of that grid,
 # 2.1965 at m = 1e-6) and only a much smaller step shows what was lost. Two points, 1000x apart,
-# keep the probe's cost within a quarter of the pass (benchmarks/RESULTS.md); the recommended
-# base_lr below the grid is then good to a factor of about 30.
+# because each point costs about 5% of the reference model's teacher-forced pass
+# (benchmarks/RESULTS.md); the recommended base_lr below the grid is good to a factor of ~30.
 LOCAL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 BELOW_MULTIPLIERS: tuple[float, ...] = (1e-6, 1e-3)
 DEFAULT_MULTIPLIERS: tuple[float, ...] = BELOW_MULTIPLIERS + LOCAL_MULTIPLIERS

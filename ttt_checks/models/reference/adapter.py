@@ -142,7 +142,7 @@ class ReferenceAdapter(Adapter):
                 name=name, index=int(name.split(".")[1]), num_heads=t.num_heads, head_dim=t.head_dim,
                 mini_batch_size=t.mini_batch_size, causal=t.causal, inner=t.inner,
                 mlp_layers=t.mlp_layers if t.inner == "mlp" else 1, base_lr=t.base_lr,
-                gate_alpha=block.alpha.detach().float().numpy().copy(), gate_alpha_init=self._stated_alpha_init(),
+                gate_alpha=block.alpha.detach().float().cpu().numpy().copy(), gate_alpha_init=self._stated_alpha_init(),
             ))
         if len(infos) != len(cfg.ttt_layers):
             raise RuntimeError(f"model has {len(infos)} TTT blocks, config declares {list(cfg.ttt_layers)}")
@@ -278,7 +278,7 @@ class ReferenceAdapter(Adapter):
             loss = streamed_loss(self.model, ids, chunk)
         finite = bool(torch.isfinite(loss).all())
         return ForwardResult(
-            outer_loss=loss.double().mean(dim=0).numpy(), outputs_finite=finite, positions=int(loss.shape[1]),
+            outer_loss=loss.double().mean(dim=0).cpu().numpy(), outputs_finite=finite, positions=int(loss.shape[1]),
             extra={"rows": int(ids.shape[0]), "chunk": int(chunk), "mean_loss": float(loss.double().mean())},
         )
 

@@ -68,9 +68,9 @@ def generate_batched(
     B = len(gates)
     alphas = gate_alphas(model, gates)
     tok = ByteTokenizer()
-    ids = torch.tensor([list(prompt)] * B, dtype=torch.long)
+    ids = torch.tensor([list(prompt)] * B, dtype=torch.long, device=_device(model))
     out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     blocks = model.gated_blocks()
     previous = {name: blk.gate_override for name, blk in blocks.items()}
     try:
@@ -97,6 +97,11 @@ def generate_batched(
     return [Reply(tokens=o, ended=bool(d), text=tok.decode(o)) for o, d in zip(out, done.tolist())]
 
 
+def _device(model: Decoder) -> torch.device:
+    """Where the model's weights live: token ids are made there (a cuda model needs cuda ids)."""
+    return model.embed.weight.device
+
+
 def generate_sequential(
     model: Decoder, prompt: Sequence[int], gates: Sequence[GateSpec], max_new_tokens: int = 120
 ) -> list[Reply]:
@@ -112,6 +117,7 @@ def streamed_loss(model: Decoder, windows: Tensor, chunk: int) -> Tensor:
     chunk of one TTT mini-batch is what a non-causal layer saw in training.
     """
     model.eval()
+    windows = windows.to(_device(model))
     inputs, targets = windows[:, :-1], windows[:, 1:]
     pieces = []
     with model.stream():
