@@ -422,6 +422,12 @@ def test_zoo_checkpoint_top_finding_is_the_cause_its_construction_implies(entry,
     else:
         assert diagnosis["findings"] and diagnosis["findings"][0]["rule"] == expected, diagnosis["summary"]
     assert any(line.startswith("diagnosis: ") for line in proc.stdout.splitlines())
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties").iter("property")}
+    assert props["diagnosis.healthy"] == str(expected is None).lower()
+    assert props.get("diagnosis.1.rule") == expected
 
 
 def test_an_interrupted_run_is_never_called_healthy():

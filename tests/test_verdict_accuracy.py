@@ -349,3 +349,19 @@ def test_moshi_training_config_edited_after_launch_contradicts_args_yaml(tiny_ba
     assert not v.ok and v.details["contradictions"] == ["mini_batch_size"], v.line()
     assert "args.yaml" in v.explanation and "training_config.json ttt.mini_batch_size wins" in v.explanation
     assert "base_lr" in {row["name"] for row in v.details["compared"]}
+
+
+def test_ttt_helps_says_cannot_measure_when_the_input_cannot_resolve_the_required_benefit():
+    """A short input gives a noisy gain: "does nothing" would be a claim the data do not support."""
+    th = health.load_thresholds()
+    rng = np.random.default_rng(0)
+    gate0 = 1.7 + 0.2 * rng.standard_normal(64)
+    noisy = gate0 - 0.0005 + 0.02 * rng.standard_normal(64)  # +0.03 % gain, +- ~0.15 % over blocks
+    v = health.ttt_helps(noisy, gate0, th)
+    assert not v.ok and v.explanation.startswith("cannot measure") and "longer --input" in v.explanation
+    assert v.details["verdict"] == "unresolved"
+    steady = gate0 - 0.0005 + 1e-6 * rng.standard_normal(64)  # the same gain, resolved
+    v = health.ttt_helps(steady, gate0, th)
+    assert not v.ok and v.details["verdict"] == "does_nothing" and "DOES NOTHING" in v.explanation
+    v = health.ttt_helps(gate0 - 0.01, gate0, th)  # a clear benefit passes whatever the noise
+    assert v.ok and v.details["verdict"] == "helps"

@@ -389,7 +389,10 @@ def rule_missing_keys(m: Metrics) -> Finding | None:
 
 
 def rule_state_not_carried(m: Metrics) -> Finding | None:
-    bad = [v for v in failing(m, "state_persistence") if _num(v.get("measured")) is not None]
+    # Only a reset state is a code bug; a carried state whose inner updates are ~0 (cause
+    # "updates_zero" / "loss_zero") is the inner-lr finding's to name. Older runs have no cause.
+    bad = [v for v in failing(m, "state_persistence") if _num(v.get("measured")) is not None
+           and _details(v).get("cause", "reset") == "reset"]
     if not bad:
         return None
     layers = [str(v.get("layer")) for v in bad if v.get("layer")]
@@ -454,9 +457,11 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     extra = ""
     if helps and _num(_details(helps[0]).get("relative_decrease")) is not None:
         extra = f"; outer loss {-_num(_details(helps[0])['relative_decrease']):+.2%} vs gate 0"
-    gate = [g for g in verdicts_of(m, "gate_stats") if _num(g.get("measured")) is not None]
+    # gate_stats' measured value is a fraction of the init when the init is known; the gate itself is mean_tanh.
+    gate = [_num(_details(g).get("mean_tanh", g.get("measured"))) for g in verdicts_of(m, "gate_stats")]
+    gate = [g for g in gate if g is not None]
     if gate:
-        extra += f"; the gate lets {max(_num(g['measured']) for g in gate):.1%} of the random TTT output through"
+        extra += f"; the gate lets {max(gate):.1%} of the random TTT output through"
     return Finding("ttt_untrained", "TTT never trained",
                    f"all {compared if compared is not None else ''} compared TTT tensors are exactly at their initial values{extra}",
                    "the checkpoint holds freshly inserted TTT layers (training never ran on them, the optimiser did not "
@@ -748,7 +753,8 @@ def rule_gate_never_moved(m: Metrics) -> Finding | None:
 
 
 def _helps(m: Metrics) -> tuple[dict[str, Any] | None, str | None]:
-    bad = [v for v in failing(m, "ttt_helps") if _num(v.get("measured")) is not None]
+    # "cannot measure" (e.g. an input too short to resolve the required benefit) is not_measured's.
+    bad = [v for v in failing(m, "ttt_helps") if _num(v.get("measured")) is not None and not _cannot_measure(v)]
     if not bad:
         return None, None
     v = bad[0]

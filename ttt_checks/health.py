@@ -482,8 +482,8 @@ def gate_stats(gates: Mapping[str, np.ndarray], th: Mapping[str, float],
     return out
 
 
-def _paired_t(diff: np.ndarray, blocks: int = 16) -> float | None:
-    """Mean / standard error of a per-position difference, over ``blocks`` contiguous blocks
+def _block_mean_and_se(diff: np.ndarray, blocks: int = 16) -> tuple[float, float] | None:
+    """Mean and standard error of a per-position difference, over ``blocks`` contiguous blocks
     (neighbouring positions are correlated, so single positions would overstate the evidence);
     None with fewer than 4 blocks."""
     n = min(blocks, len(diff))
@@ -491,9 +491,23 @@ def _paired_t(diff: np.ndarray, blocks: int = 16) -> float | None:
         return None
     length = len(diff) // n
     means = diff[: n * length].reshape(n, length).mean(1)
-    se = float(means.std(ddof=1)) / math.sqrt(n)
-    mean = float(means.mean())
+    return float(means.mean()), float(means.std(ddof=1)) / math.sqrt(n)
+
+
+def _paired_t(diff: np.ndarray, blocks: int = 16) -> float | None:
+    """Mean / standard error of a per-position difference (see ``_block_mean_and_se``)."""
+    stats = _block_mean_and_se(diff, blocks)
+    if stats is None:
+        return None
+    mean, se = stats
     return math.copysign(float("inf"), mean) if se == 0 and mean != 0 else (0.0 if se == 0 else mean / se)
+
+
+# A verdict that TTT does nothing or hurts is only given when the data exclude a benefit of the
+# required size: the measured relative gain plus this many standard errors (over position blocks)
+# must stay below ``help_min_loss_decrease``. Two standard errors: a ~2.5 % chance of calling a
+# checkpoint whose true gain is just at the threshold "does nothing" on a given input.
+HELP_RESOLUTION_SE = 2.0
 
 
 def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str, float],
@@ -522,10 +536,19 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
                        details={"loss_learned": mean_a, "loss_gate0": mean_b, "nonfinite_ttt": list(nonfinite_ttt)})
     gain = (mean_b - mean_a) / abs(mean_b) if mean_b else float("-inf")
     paired = _paired_t(b - a) if a.shape == b.shape else None
+    block = _block_mean_and_se(b - a) if a.shape == b.shape else None
+    se_rel = block[1] / abs(mean_b) if block is not None and mean_b else float("inf")
     noise = "" if paired is None else f", paired t over position blocks {paired:+.2f}"
     core = f"teacher-forced outer loss {mean_a:.5f} at the learned gate vs {mean_b:.5f} at gate 0 ({-gain:+.3%}{noise})"
     if gain >= margin:
         ok, why = True, f"{core}: TTT lowers the loss by {gain:.3%} (at least {margin:.3%} required)"
+    elif gain + HELP_RESOLUTION_SE * se_rel >= margin:
+        # The input is too short (or too varied) to tell "no benefit" from a benefit of the size required.
+        return Verdict("ttt_helps", False, gain, margin,
+                       f"cannot measure: {core}; this input cannot tell a {margin:.3%} benefit from none (gain {gain:+.3%} "
+                       f"+- {se_rel:.3%} standard error over {a.size} positions): give a longer --input",
+                       details={"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
+                                "standard_error_rel": se_rel, "verdict": "unresolved"})
     elif gain <= -margin:
         ok, why = False, f"{core}: TTT HURTS: the model is {-gain:.3%} worse with its TTT branch than without it"
     else:
@@ -533,6 +556,7 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
                           "either way (an output that ignores its input, a gate too small to matter, or no benefit learned)")
     return Verdict("ttt_helps", ok, gain, margin, why,
                    details={"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
+                            "standard_error_rel": se_rel,
                             "verdict": "helps" if ok else ("hurts" if gain <= -margin else "does_nothing")})
 
 
@@ -748,7 +772,10 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
     loss is the mean lafter) and before it (m = 0). Overshoot: the best m is <= 1/2 and the full
     step gives away more than ``step_overshoot_margin`` of the gain the best m achieves; a line on
     which no grid step beats no step at all is an overshoot too, whichever m is least bad (a
-    saturated step can dip at m = 4 and still be worse than not stepping). Far too timid: the loss still falls at
+    saturated step can dip at m = 4 and still be worse than not stepping), and so is a line that falls,
+    rises by more than ``ordering_min_rel_gap`` (two losses equal within it are equal) below m = 1
+    and falls again further out (``StepSizeRecord.first_basin``: the full step lies past the first
+    minimum, in the saturated regime). Far too timid: the loss still falls at
     the top of the grid (best m >= 4) and the full step buys less than
     ``step_timid_gain_fraction`` of the gain of that m (1/4 when the loss has no curvature along
     the step at all). ``recommended base_lr`` = base_lr x best m, since eta is linear in base_lr.
@@ -778,9 +805,24 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
                                f"the inner update is exactly zero (base_lr {r.base_lr:g})", layer, details))
             continue
         uphill = l_best >= l_start  # no step on the grid helps, whichever is least bad
-        overshoot = uphill or (best <= 0.5 and r.lost_fraction > margin)
+        # Two regimes on one line (StepSizeRecord.first_basin): the loss falls, rises, then falls again
+        # further out, so the grid's best m is the saturated regime's, not the step's optimum.
+        basin = None if uphill else r.first_basin(th["ordering_min_rel_gap"])
+        basin_m = r.multipliers[basin[0]] if basin else None
+        details["first_basin_multiplier"] = basin_m
+        overshoot = uphill or basin is not None or (best <= 0.5 and r.lost_fraction > margin)
         timid = not overshoot and best >= 4.0 and r.gain_ratio_1_to_best < fraction
-        if uphill:
+        if basin is not None:
+            k, j = basin
+            m_next = sorted(m for m in r.multipliers if m > basin_m)[0]
+            why = (f"OVERSHOOT (saturated): along the update the inner loss falls to {r.losses[k]:.6g} at m = {basin_m:g} "
+                   f"({l_start:.6g} before the step), rises to {r.loss_at(m_next):.6g} at m = {m_next:g}, and falls again to "
+                   f"{r.losses[j]:.6g} at m = {r.multipliers[j]:g}: two regimes on one line, which a step near its optimum "
+                   f"does not show. The step taken (m = 1, {l_full:.6g}) lies past the first minimum, in a regime where the "
+                   f"update swamps the start weights and the inner LayerNorm hides its scale, so a larger step only looks better; "
+                   f"recommended base_lr ~ {r.base_lr:g} x {basin_m:g} = {r.base_lr * basin_m:.3g} (the first minimum lies "
+                   f"below m = {m_next:g}; the grid below 0.25 steps by 1000x)")
+        elif uphill:
             why = (f"OVERSHOOT: every scaled step down to m = {lowest:g} makes the inner loss worse than no step ({l_start:.4g} "
                    f"before the step, {l_full:.4g} after the full step, {l_best:.4g} at best m = {best:g}): the step is far "
                    f"too large or points uphill; recommended base_lr < {r.base_lr * lowest:.3g} (base_lr {r.base_lr:g} x {lowest:g})")

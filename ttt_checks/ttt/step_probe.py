@@ -179,6 +179,29 @@ class StepSizeRecord:
         best_gain = self.gain(self.best_multiplier)
         return self.gain(1.0) / best_gain if best_gain > 0 else float("nan")
 
+    def first_basin(self, min_rel_gap: float) -> tuple[int, int] | None:
+        """(k, j): the first grid point m_k below m = 1 after which the loss rises (loss(m_{k+1}) exceeds
+        loss(m_k) by more than ``min_rel_gap`` of the larger, the Figure-5 margin for two losses being
+        equal) and the point m_j > m_k where the loss is lowest, when it is lower than at m_k; else None.
+
+        Why it matters: along a step near its optimum the loss is unimodal (falls to the optimum, then
+        rises; a quadratic, or any convex loss, cannot fall again after rising). A fall after a rise means
+        two regimes on one line: a first basin at small m and, far beyond it, a saturated one where the
+        update swamps the start weights and the inner LayerNorm makes the loss blind to its scale, so
+        a larger step always looks better. Then "best m" on the grid is not the step's optimum, and the
+        step taken lies past the first basin (measured: the zoo's healthy-seed0 with base_lr x 1e4, loss
+        1.0646 at m = 1e-3, 1.0665 at 0.25, then 0.947 at 4)."""
+        order = sorted(range(len(self.multipliers)), key=lambda i: self.multipliers[i])
+        ms = [self.multipliers[i] for i in order]
+        ls = [self.losses[i] for i in order]
+        for k in range(len(ms) - 1):
+            if ms[k] >= 1.0:
+                return None
+            if ls[k + 1] - ls[k] > min_rel_gap * max(abs(ls[k]), abs(ls[k + 1])):
+                j = min(range(k + 1, len(ms)), key=lambda i: ls[i])
+                return (order[k], order[j]) if ls[j] < ls[k] else None
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The metrics.json entry of one layer."""
         return {"multipliers": list(self.multipliers), "losses": list(self.losses), "loss_start": self.loss_start,
