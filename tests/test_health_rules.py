@@ -133,6 +133,10 @@ def test_dead_parameters_are_named():
     v = health.dead_parameters(current, init, used=["a", "b"], th=TH)
     assert not v.ok and v.details["unchanged"] == ["b"] and v.details["unused"] == ["wo"]
     assert not health.dead_parameters(current, {}, None, TH).ok
+    # A tensor the forward never applies cannot be trained: named as a warning, not a failure.
+    current["b"] = torch.full((3,), 2.0)
+    v = health.dead_parameters(current, init, used=["a", "b"], th=TH)
+    assert v.ok and v.warning and v.details["unused"] == ["wo"] and "never used by the forward" in v.explanation
 
 
 def test_missing_keys_and_nonfinite_tensors_fail_checkpoint_checks():

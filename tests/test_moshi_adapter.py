@@ -9,6 +9,7 @@ on them as a subprocess and its JUnit XML says which checks pass.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -323,8 +324,12 @@ def test_health_suite_on_the_healthy_tiny_checkpoint(tiny, tmp_path):
     for name in passing:
         assert results[name][0] == "passed", (name, results[name])
     # post_norm, wo.bias and the backward gate are never applied by the user's forward: dead weight
-    outcome, message = results["test_no_dead_ttt_parameters"]
-    assert outcome == "failure" and "backward_ssm_gating" in message and "never used by the forward" in message
+    # in the code, named as a warning (metrics.json), not a failure of this checkpoint.
+    outcome, _ = results["test_no_dead_ttt_parameters"]
+    assert outcome == "passed", results["test_no_dead_ttt_parameters"]
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    (dead,) = metrics["verdicts"]["dead_parameters"]
+    assert dead["details"]["severity"] == "warning" and any("backward_ssm_gating" in k for k in dead["details"]["unused"])
     # A random tiny Mimi cannot speak: the talkativeness checks must fail, saying the base is silent
     for name in TALK:
         if name in results:

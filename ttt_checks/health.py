@@ -255,12 +255,15 @@ def figure5_ordering(stats: Mapping[str, Figure5Stats], th: Mapping[str, float])
     how many were."""
     out = []
     for layer, s in stats.items():
+        # Too short before "not finite": with no judged position the l0-vs-lprev fractions are NaN
+        # although every loss is finite (non-causal b = 64 fed 64 positions said "not finite").
+        if s.nonfinite == 0 and _finite(s.mean_l0, s.mean_lprev, s.mean_lafter):
+            short = _too_short("figure5_ordering", s, layer)
+            if short is not None:
+                out.append(short)
+                continue
         if not _finite(s.frac_l0_gt_lprev, s.frac_lprev_gt_lafter, s.mean_gap_l0_lprev, s.improvement_abs):
             out.append(cannot_measure("figure5_ordering", "losses are not finite (see figure5_finite)", layer))
-            continue
-        short = _too_short("figure5_ordering", s, layer)
-        if short is not None:
-            out.append(short)
             continue
         margin, min_frac = s.ordering_min_rel_gap, th["ordering_min_fraction"]
         details = {"frac_l0_gt_lprev": s.frac_l0_gt_lprev, "frac_lprev_gt_lafter": s.frac_lprev_gt_lafter,
@@ -485,13 +488,16 @@ def gate_stats(gates: Mapping[str, np.ndarray], th: Mapping[str, float],
 def _block_mean_and_se(diff: np.ndarray, blocks: int = 16) -> tuple[float, float] | None:
     """Mean and standard error of a per-position difference, over ``blocks`` contiguous blocks
     (neighbouring positions are correlated, so single positions would overstate the evidence);
-    None with fewer than 4 blocks."""
+    None with fewer than 4 blocks. The blocks cover every position (lengths differ by at most one)
+    and the mean is over all of them, so the t and the gain reported next to it describe the same
+    positions (equal blocks of len // n dropped up to n - 1 positions: at 24 positions a third of
+    them, and a gain of +0.195% was shown with a t of -0.54)."""
+    diff = np.asarray(diff, dtype=np.float64)
     n = min(blocks, len(diff))
     if n < 4:
         return None
-    length = len(diff) // n
-    means = diff[: n * length].reshape(n, length).mean(1)
-    return float(means.mean()), float(means.std(ddof=1)) / math.sqrt(n)
+    means = np.array([part.mean() for part in np.array_split(diff, n)])
+    return float(diff.mean()), float(means.std(ddof=1)) / math.sqrt(n)
 
 
 def _paired_t(diff: np.ndarray, blocks: int = 16) -> float | None:
@@ -655,7 +661,12 @@ def at_initial_value(current: Any, initial: Any) -> bool:
 
 
 def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used: Iterable[str] | None, th: Mapping[str, float]) -> Verdict:
-    """Trainable TTT tensors still at their initial value were never trained (or never used)."""
+    """Trainable TTT tensors still at their initial value were never trained.
+
+    Only tensors the forward uses count: one the forward never applies (the user's Moshi code
+    skips post_norm, wo.bias and the backward gate) cannot be trained by any recipe, so its being
+    at init says nothing about this checkpoint's training. It is named as a warning (dead weight
+    in the code), not a failure; the Moshi-specific check reports the same tensors as a fact."""
     if not initial:
         return cannot_measure("dead_parameters", "the adapter knows no initial values of the TTT parameters")
     used = set(current) if used is None else set(used)
@@ -668,17 +679,22 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
             (unchanged if name in used else unused).append(name)
     if compared == 0:
         return cannot_measure("dead_parameters", "none of the known initial tensors is in the checkpoint")
-    dead = unchanged + unused
-    frac = len(dead) / compared
+    judged = compared - len(unused)
+    frac = len(unchanged) / judged if judged else 0.0
     ok = frac <= th["dead_max_fraction"]
     parts = []
     if unchanged:
-        parts.append(f"still at init though used in the forward: {', '.join(unchanged[:6])}")
+        parts.append(f"still at init though used in the forward: {', '.join(unchanged[:6])}"
+                     + (f" and {len(unchanged) - 6} more" if len(unchanged) > 6 else ""))
     if unused:
-        parts.append(f"never used by the forward (so never trained): {', '.join(unused[:6])}")
+        parts.append(f"never used by the forward (so never trained; dead weight in the code, not a training fault): "
+                     f"{', '.join(unused[:6])}" + (f" and {len(unused) - 6} more" if len(unused) > 6 else ""))
+    details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "compared": compared}
+    if ok and unused:
+        details["severity"] = "warning"
+    moved = f"all {judged} TTT tensors the forward uses moved from their initial values"
     return Verdict("dead_parameters", ok, frac, th["dead_max_fraction"],
-                   "; ".join(parts) or f"all {compared} TTT tensors moved from their initial values",
-                   details={"unchanged": unchanged, "unused": unused, "compared": compared})
+                   "; ".join(parts) if not ok else "; ".join([moved, *parts]), details=details)
 
 
 def state_persistence(records: Mapping[str, Any], layers: Mapping[str, Any], th: Mapping[str, float]) -> list[Verdict]:
@@ -742,22 +758,46 @@ def state_persistence(records: Mapping[str, Any], layers: Mapping[str, Any], th:
     return out
 
 
-def streaming_consistency(loss_teacher_forced: np.ndarray, loss_streamed: np.ndarray, th: Mapping[str, float]) -> Verdict:
+def streaming_consistency(loss_teacher_forced: np.ndarray, loss_streamed: np.ndarray, th: Mapping[str, float],
+                          loss_gate0: np.ndarray | None = None, causal: bool | None = None) -> Verdict:
     """The outer loss the model gets token by token (as it runs at inference) vs the loss of the
     teacher-forced pass over the same positions. A causal TTT layer gives the same numbers; a
     non-causal one that reads up to b-1 tokens ahead inside its mini-batch scores better in the
-    teacher-forced pass than it ever can at inference, and that gap is the leak's cost."""
+    teacher-forced pass than it ever can at inference, and that gap is the leak's cost.
+
+    For a layer that is non-causal by design (the user's recipe) the leak is expected: it is a
+    documented warning as long as TTT still earns its place at inference, i.e. the learned gate fed
+    one token per call stays below the gate-0 loss (``loss_gate0``, same positions; TTT off is
+    causal) by ``help_min_loss_decrease``. It fails when the benefit exists only with future
+    tokens. For a causal layer any gap beyond ``leak_max_loss_gap`` is a bug: it fails."""
     a, b = float(np.mean(loss_streamed)), float(np.mean(loss_teacher_forced))
     if not _finite(a, b):
         return Verdict("streaming_consistency", False, "nan", th["leak_max_loss_gap"],
                        f"outer loss is not finite (streamed {a}, teacher-forced {b})")
     gap = (a - b) / abs(b) if b else float("inf")
-    ok = gap <= th["leak_max_loss_gap"]
-    return Verdict("streaming_consistency", ok, gap, th["leak_max_loss_gap"],
-                   f"outer loss {a:.4f} fed one token per call vs {b:.4f} teacher-forced ({gap:+.2%})"
-                   + ("" if ok else ": the TTT layer uses future tokens of its mini-batch in the teacher-forced pass "
-                      "(non-causal mini-batches), which inference cannot give it"),
-                   details={"loss_streamed": a, "loss_teacher_forced": b})
+    details: dict[str, Any] = {"loss_streamed": a, "loss_teacher_forced": b, "causal": causal}
+    core = f"outer loss {a:.4f} fed one token per call vs {b:.4f} teacher-forced ({gap:+.2%})"
+    if gap <= th["leak_max_loss_gap"]:
+        return Verdict("streaming_consistency", True, gap, th["leak_max_loss_gap"], core, details=details)
+    g0 = float(np.mean(loss_gate0)) if loss_gate0 is not None and np.size(loss_gate0) else None
+    if causal is False and g0 is not None and _finite(g0) and g0:
+        benefit = (g0 - a) / abs(g0)
+        details.update(loss_gate0=g0, streamed_benefit=benefit, severity="warning")
+        leak = (f"{core}: the non-causal mini-batches read up to b-1 tokens ahead in the teacher-forced pass, "
+                "which inference cannot give them")
+        if benefit >= th["help_min_loss_decrease"]:
+            return Verdict("streaming_consistency", True, gap, th["leak_max_loss_gap"],
+                           f"{leak}; expected for a non-causal layer (a warning): fed one token per call TTT still lowers "
+                           f"the loss by {benefit:.2%} vs gate 0 ({g0:.4f})", details=details)
+        del details["severity"]
+        return Verdict("streaming_consistency", False, gap, th["leak_max_loss_gap"],
+                       f"{leak}; and fed one token per call the learned gate gives {a:.4f} vs {g0:.4f} at gate 0 "
+                       f"({-benefit:+.2%}): TTT's benefit exists only with future tokens", details=details)
+    why = ("the TTT layer uses future tokens of its mini-batch in the teacher-forced pass (non-causal mini-batches), "
+           "which inference cannot give it")
+    if causal is True:
+        why = "the layer is declared causal, yet the teacher-forced pass scores better than inference: future tokens leak in"
+    return Verdict("streaming_consistency", False, gap, th["leak_max_loss_gap"], f"{core}: {why}", details=details)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -379,7 +379,14 @@ class HealthRun:
         n = min(len(full.outer_loss), len(self.streamed_result.outer_loss))
         if n == 0:
             return [health.cannot_measure("streaming_consistency", "the passes returned no outer loss")]
-        return [health.streaming_consistency(full.outer_loss[:n], self.streamed_result.outer_loss[:n], self.th)]
+        causal = None if not self.layers else all(info.causal for info in self.layers)
+        gate0 = None
+        if causal is False:  # is the leak only a warning? TTT must still help one token at a time
+            with self.adapter.set_gate(0.0):
+                gate0 = self._timed("teacher_forced_short_gate0",
+                                    lambda: self.adapter.teacher_forced(self.streamed_inputs.teacher_forced)).outer_loss[:n]
+        return [health.streaming_consistency(full.outer_loss[:n], self.streamed_result.outer_loss[:n], self.th,
+                                             loss_gate0=gate0, causal=causal)]
 
     def _check_talk_base(self):
         """Words heard at gate 0, cross-checked with how well gate 0 predicts its own stream

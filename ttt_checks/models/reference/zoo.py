@@ -89,8 +89,10 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
                      "gate; ttt_helps passes it, fooled by the leak.",
              sweep_symptom="measured: repetition collapse at the learned gate (2 of 4 replies)"),
     ZooEntry("lr-too-high", False, "inner base_lr far too high: the inner step overshoots", "trained",
-             built_to_fail=("figure5_ordering", "figure5_improvement"),
-             expected_failures=("figure5_ordering", "figure5_improvement", "gate_stats", "dead_parameters"),
+             built_to_fail=("figure5_ordering", "figure5_improvement", "inner_step_size"),
+             # gate_stats no longer fails: the gate sits at 87% of its init (issue 13: judged against the init);
+             # ttt_helps: the learned gate changes the outer loss by +0.04%, "TTT does nothing".
+             expected_failures=("figure5_ordering", "figure5_improvement", "inner_step_size", "ttt_helps", "dead_parameters"),
              mirrors="§6 #3: base_lr too high, the inner weights explode",
              details="Fine-tuned with base_lr = {lr_high} (the user's configs reach 1e6) and an outer learning rate of "
                      "1e-5 for the TTT weights, so the outer loop cannot retune the layer around the bad inner step "
@@ -99,15 +101,16 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
                      "losses cannot explode: the inner LayerNorm bounds them (prediction and target both normalised).",
              sweep_symptom="repetition at gate 1"),
     ZooEntry("lr-near-zero", False, "inner base_lr ~ 0: the inner loop does nothing", "trained",
-             built_to_fail=("figure5_improvement",),
-             # figure5_ordering: the curves coincide within ordering_min_rel_gap (issue 13: "overlapping", never "ordered")
-             expected_failures=("figure5_ordering", "figure5_improvement", "gate_stats"),
+             built_to_fail=("figure5_improvement", "inner_step_size"),
+             # figure5_ordering: the curves coincide within ordering_min_rel_gap (issue 13: "overlapping", never "ordered");
+             # gate_stats no longer fails: the gate is at 100% of its init, not collapsed.
+             expected_failures=("figure5_ordering", "figure5_improvement", "inner_step_size"),
              mirrors="Figure-5 curves that lie on top of each other; TTT reduced to a fixed MLP",
              details="Fine-tuned with base_lr = {lr_zero}. W_t stays at W_0, so l0, lprev and lafter coincide."),
     ZooEntry("gate-collapse", False, "learned gate collapsed to a few percent, TTT output still noisy", "trained",
              built_to_fail=("gate_stats",),
-             expected_failures=("figure5_ordering", "figure5_improvement", "figure5_adaptation", "gate_stats",
-                                "dead_parameters"),
+             expected_failures=("figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size",
+                                "gate_stats", "dead_parameters"),
              mirrors="§4 and §6 #5-6: learned gates 0.02-9%, replies 'Well, So' (not talkative)",
              details="Fine-tuned like the user's collapse run: no output projection (the user's code skips wo), "
                      "alpha initialised to 0.3 with a large alpha learning rate (3e-2), inner base_lr {lr_high} so the "
@@ -118,8 +121,8 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              sweep_symptom="measured: the learned-gate replies match gate 0 (the collapse removed the harm), "
                            "so the sweep does not catch it; gate_stats does"),
     ZooEntry("untrained-gate1", False, "freshly inserted TTT, never fine-tuned, gate at raw alpha 1", "trained",
-             built_to_fail=("dead_parameters", "ttt_helps"),
-             expected_failures=("figure5_adaptation", "ttt_helps", "dead_parameters"),
+             built_to_fail=("dead_parameters", "ttt_helps", "gate_stats"),
+             expected_failures=("figure5_adaptation", "gate_stats", "ttt_helps", "dead_parameters"),
              mirrors="§4: forced alpha = 1.0 gives 'rrrr McLean McLean...' (mode collapse)",
              details="insert_ttt(alpha_init=1.0) with no training: tanh(1) = 0.76 of an untrained TTT output "
                      "reaches the residual stream; the outer loss is 1.0% worse than at gate 0.",
@@ -128,8 +131,8 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("nan-weights", False, "NaN and Inf entries in TTT weights", "transformed",
              built_to_fail=("checkpoint_finite",),
              expected_failures=("checkpoint_finite", "figure5_finite", "figure5_bounded", "figure5_ordering",
-                                "figure5_improvement", "figure5_adaptation", "ttt_helps", "state_persistence",
-                                "streaming_consistency", "talk_base", "talk_learned", "talk_collapse"),
+                                "figure5_improvement", "figure5_adaptation", "inner_step_size", "ttt_helps",
+                                "state_persistence", "streaming_consistency", "talk_base", "talk_learned", "talk_collapse"),
              mirrors="§6 #1 and #3: parameters NaN after an explosion",
              details="healthy-seed0 with layers.3.ttt.ttt.weights.0[0, :4, 0] = NaN and "
                      "layers.3.ttt.ttt.wk.weight[0, 0] = +Inf."),
