@@ -64,7 +64,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     from ttt_checks.xdist_gpu import pin_xdist_worker_gpu
 
-    pin_xdist_worker_gpu()  # xdist worker: one GPU of the inherited CUDA_VISIBLE_DEVICES, before CUDA starts
+    if hasattr(config, "workerinput"):  # only a worker of this session, not a child pytest that inherited its env
+        pin_xdist_worker_gpu()  # one GPU of the inherited CUDA_VISIBLE_DEVICES, before CUDA starts
     _sigterm_interrupts(config)
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -225,15 +226,18 @@ def ttt_run(request: pytest.FixtureRequest):
 
     config = request.config
     options = _options(config)
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:  # each worker writes its own subfolder; the report merges them
+    # An xdist worker of this session writes its own subfolder; the report merges them. Read from
+    # the config, not PYTEST_XDIST_WORKER: a pytest started by a test inside a worker inherits that
+    # variable without being a worker, and must write where it was told.
+    worker = config.workerinput.get("workerid") if hasattr(config, "workerinput") else None
+    if worker:
         options.report_dir = options.report_dir / worker
     tr = config.pluginmanager.get_plugin("terminalreporter")
 
     capture = config.pluginmanager.getplugin("capturemanager")
 
     def progress(message: str) -> None:
-        if tr is None or config.getoption("verbose") < 0 or os.environ.get("PYTEST_XDIST_WORKER"):
+        if tr is None or config.getoption("verbose") < 0 or worker:
             return
         # Long steps run inside a test, while pytest captures fd 1: step outside the capture so
         # the line reaches the terminal (and not the test's captured output).

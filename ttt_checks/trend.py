@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ttt_checks.diagnosis import _num  # one reader of metrics numbers: finite float or None
 from ttt_checks.watch import STATE_FILE, checkpoint_name, find_checkpoints
 
 TREND_JSON = "trend.json"
@@ -57,16 +58,6 @@ class Point:
     words_learned: float | None = None
     diagnosis: str = ""
     top_rule: str | None = None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def step_of(name: str, index: int) -> int:
