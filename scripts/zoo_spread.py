@@ -79,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-base", action="store_true", help="pretrain the base again in every setting")
     parser.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
+    parser.add_argument("--settings", type=int, nargs="+", default=None,
+                        help=f"indices into the settings list (default all): " + "; ".join(
+                            f"{i}: {s['capability']} t{s['threads']}{' deterministic' if s['deterministic'] else ''}"
+                            for i, s in enumerate(SETTINGS)))
     args = parser.parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="zoo-spread-"))
     runs = []
-    for setting in SETTINGS:
+    for setting in [SETTINGS[i] for i in (args.settings or range(len(SETTINGS)))]:
         runs.append(run_setting(setting, args.entries, args.with_base, work))
         r = runs[-1]
         print(f"{r['capability']:>8} (asked {setting['capability']}) threads {r['threads']} deterministic "

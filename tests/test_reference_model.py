@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -359,11 +360,15 @@ def test_committed_measurements_are_reproduced():
 
 
 # What a rebuild on another machine must reproduce. Training is chaotic: another CPU's kernels
-# (ATEN_CPU_CAPABILITY) or thread count change the last bits of one step and the trajectory drifts,
-# so rebuilt weights are never compared. The verdicts must be equal, and the held-out losses
-# within the spread measured by scripts/zoo_spread.py (fixtures/zoo/README.md, "Reproducibility").
-ZOO_REBUILD_LOSS_TOLERANCE = 0.05  # nats/byte, absolute: the measured spread with margin (README)
-ZOO_REBUILD_GAIN_TOLERANCE = 0.01  # (gate 0 - learned) / gate 0, absolute: base and TTT drift together
+# (ATEN_CPU_CAPABILITY) or thread count change the last bits of one step and the trajectory drifts.
+# Measured with scripts/zoo_spread.py (fixtures/zoo/README.md, "Reproducibility"): the base's
+# pretraining drifts by ~0.03 nats/byte on another SIMD path, and healthy-seed0's TTT gain over
+# gate 0 with it (0.21% -> 0.01%), so a zoo rebuilt from scratch need not keep its verdicts; the
+# TTT fine-tunes from the committed base reproduce to the 4 digits recorded (spread < 5e-5). So the
+# test rebuilds every TTT checkpoint from the committed base and asks for the same verdicts and
+# losses within 40x the measured spread.
+ZOO_REBUILD_LOSS_TOLERANCE = 0.002  # nats/byte, absolute
+ZOO_REBUILD_GAIN_TOLERANCE = 0.001  # (gate 0 - learned) / gate 0, absolute
 
 
 def failing_checks_without_sweep(path: Path, report_dir: Path) -> set[str]:
@@ -383,7 +388,10 @@ def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
     from ttt_checks.models.reference.zoo import build_zoo
     from ttt_checks.run import TALK_CHECKS
 
-    build_zoo(tmp_path / "zoo", log=None, measure_entries=True)
+    from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_ZOO_DIR
+
+    shutil.copytree(DEFAULT_ZOO_DIR / BASE_NAME, tmp_path / "zoo" / BASE_NAME)
+    build_zoo(tmp_path / "zoo", log=None, measure_entries=True, reuse_base=True)
     for entry in zoo_entries():
         rebuilt_dir = tmp_path / "zoo" / entry.name
         committed = json.loads((entry.path / "config.json").read_text())["measured"]["summary"]
