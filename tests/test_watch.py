@@ -251,3 +251,24 @@ def test_watching_gates_a_checkpoint_that_appears_later(tmp_path):
     assert proc.returncode == 0, output
     assert (out / "checkpoint_000500" / "metrics.json").is_file()
     assert "1 checkpoint(s) gated now" in output
+
+
+def test_watch_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path):
+    """A script's background job, or any child of an xdist worker, starts with SIGINT ignored;
+    Python then installs no Ctrl-C handler, and watch would never stop (found under `make test -n 2`)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "ttt_checks.cli", "watch", str(run), "--interval", "0.5",
+                             "--out", str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / "out").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)  # a hang guard, not a speed bound
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "watch: stopped" in output, output

@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Must precede any moshi import (see moshi-runtime notes): no torch.compile on CPU.
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ttt_checks import restore_sigint
+
+    restore_sigint()  # Ctrl-C / kill -INT stop watch and gate even when started with SIGINT ignored
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

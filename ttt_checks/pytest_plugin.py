@@ -86,6 +86,10 @@ def _sigterm_interrupts(config: pytest.Config) -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
+    if not hasattr(config, "workerinput"):  # xdist workers ignore SIGINT on purpose: the controller handles it
+        from ttt_checks import restore_sigint
+
+        restore_sigint()
     previous = signal.getsignal(signal.SIGTERM)
     if previous is not signal.SIG_DFL:
         return
