@@ -32,6 +32,7 @@ MOSHI_BASE_OPTIONS = ("hf_repo", "moshi_weight", "mimi_weight", "tokenizer", "mi
 _RUN_KEY = pytest.StashKey["object"]()
 _OPTIONS_KEY = pytest.StashKey["object"]()
 _REPORT_PATHS_KEY = pytest.StashKey[dict]()
+_LATE_MERGE_KEY = pytest.StashKey[tuple]()  # (report_dir, complete): workers not finished at sessionfinish
 _UNSTARTED_KEY = pytest.StashKey[str]()  # why the ttt_run fixture has no run (load failed, or interrupted)
 
 
@@ -66,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if hasattr(config, "workerinput"):  # only a worker of this session, not a child pytest that inherited its env
         pin_xdist_worker_gpu()  # one GPU of the inherited CUDA_VISIBLE_DEVICES, before CUDA starts
+    else:
+        config.pluginmanager.register(_LateMerge(), "ttt-checks-late-merge")
     _sigterm_interrupts(config)
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -309,6 +312,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         report_dir = session.config.stash[_OPTIONS_KEY].report_dir
         merged = merge_workers(report_dir, complete=complete) if report_dir.is_dir() else None
         if merged is None:
+            # Interrupted (Ctrl-C, SIGTERM): xdist stops its workers after this hook, and they write
+            # their partial reports then; _LateMerge merges them last.
+            session.config.stash[_LATE_MERGE_KEY] = (report_dir, complete)
             return
         paths = write_report(merged, report_dir)
     else:
@@ -316,6 +322,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not hasattr(session.config, "workerinput"):
         session.config.stash[_REPORT_PATHS_KEY] = paths
         _junit_diagnosis_properties(session.config, paths["metrics"])
+
+
+class _LateMerge:
+    """The xdist controller's report when the workers finished only after the main sessionfinish
+    (an interrupted run): merged at the very end, so it is never lost (JUnit is written by then,
+    without the diagnosis properties; the report has them)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from ttt_checks.report import merge_workers, write_report
+
+        pending = session.config.stash.get(_LATE_MERGE_KEY, None)
+        if pending is None:
+            return
+        report_dir, complete = pending
+        merged = merge_workers(report_dir, complete=complete) if report_dir.is_dir() else None
+        if merged is not None:
+            session.config.stash[_REPORT_PATHS_KEY] = write_report(merged, report_dir)
 
 
 def junit_diagnosis_properties(diagnosis: dict) -> list[tuple[str, str]]:
