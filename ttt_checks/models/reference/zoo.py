@@ -242,7 +242,7 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
 
         t0 = time.perf_counter()
         base_dir = out / BASE_NAME
-        if reuse_base and (base_dir / CONFIG_NAME).is_file() and read_config(base_dir).get("recipe") == asdict(PRETRAIN):
+        if reuse_base and (base_dir / CONFIG_NAME).is_file() and _same_pretrain(read_config(base_dir).get("recipe")):
             base = load_checkpoint(base_dir).model
             say("base: reusing the existing base checkpoint")
         else:
@@ -297,6 +297,17 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
         (out / "build_log.json").write_text(json.dumps({"seconds": timings, "threads": threads,
                                                          "torch": torch.__version__}, indent=2) + "\n")
     return timings
+
+
+def _same_pretrain(stored: Any) -> bool:
+    """Was a stored base made by today's pretraining recipe? A field added to the recipe later
+    (absent from the stored one) counts as equal when today's value is that field's default."""
+    if not isinstance(stored, dict):
+        return False
+    current = asdict(PRETRAIN)
+    defaults = {f.name: f.default for f in PretrainRecipe.__dataclass_fields__.values()}
+    return (all(current.get(k) == v for k, v in stored.items())
+            and all(k in stored or current[k] == defaults.get(k) for k in current))
 
 
 def _build_transformed(out: Path, base_dir: Path, healthy: Decoder, recipe: FinetuneRecipe, names: Sequence[str]) -> None:
