@@ -29,8 +29,8 @@ On a machine without CUDA it refuses (exit 2) with the reason, unless ``--device
 with ``--shape tiny``: the 7B phases then run on a tiny shape on CPU, which is how the CPU test
 suite exercises this script (tests/test_cuda_gpu_check.py).
 
-On a bare GPU machine without the project's venv (only torch): carry wheels of moshi==0.2.13 and
-sphn==0.2.1 (``pip download --no-deps``), install them with ``pip install --no-deps --target
+On a bare GPU machine without the project's venv (only torch): carry wheels of moshi==0.2.13,
+sphn==0.2.1 and chatterbot-corpus==1.3.3 (``pip download --no-deps``), install them with ``pip install --no-deps --target
 /tmp/site``, then ``PYTHONPATH=/tmp/site:$PWD NO_TORCH_COMPILE=1 HF_HUB_OFFLINE=1 python3
 scripts/gpu_check.py --json $OUT/gpu_check.json --results $OUT/RESULTS-gpu.md``.
 """
