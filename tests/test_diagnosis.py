@@ -7,6 +7,8 @@ numbers of one failure mode; the assertions are on the ranked findings.
 
 from __future__ import annotations
 
+import math
+
 import copy
 import re
 from pathlib import Path
@@ -31,9 +33,11 @@ def _f5(l0=1.15, lprev=0.72, lafter=0.66, **over) -> dict:
              "frac_ordered": 1.0, "improvement_abs": lprev - lafter, "improvement_rel": (lprev - lafter) / lprev,
              "context_gain_abs": l0 - lafter, "lprev_first_quarter": lprev * 1.1, "lprev_last_quarter": lprev * 0.9,
              "lafter_first_quarter": lafter * 1.1, "lafter_last_quarter": lafter * 0.9,
-             "gap_first_quarter": (l0 - lafter) * 0.8, "gap_last_quarter": (l0 - lafter) * 1.2}
+             "gap_first_quarter": (l0 - lafter) * 0.8, "gap_last_quarter": (l0 - lafter) * 1.2,
+             "benefit_first_quarter": math.log(l0 / (lprev * 1.1)), "benefit_last_quarter": math.log(l0 / (lprev * 0.9))}
     stats.update(over)
     stats["gap_growth"] = stats["gap_last_quarter"] - stats["gap_first_quarter"]
+    stats["benefit_growth"] = stats["benefit_last_quarter"] - stats["benefit_first_quarter"]
     return stats
 
 
@@ -66,7 +70,7 @@ def healthy_metrics() -> dict:
     }
     return {"checkpoint": "/zoo/x", "adapter": "reference", "complete": True,
             "thresholds": {"loss_ceiling": 10.0, "improvement_min_abs": 1e-3, "improvement_min_rel": 0.01,
-                           "ordering_min_fraction": 0.9, "talk_min_base_words": 3.0, "adaptation_min_gap_growth": 0.0},
+                           "ordering_min_fraction": 0.9, "talk_min_base_words": 3.0, "adaptation_min_benefit_growth": 0.0},
             "verdicts": verdicts, "figure5": {LAYER: _f5()},
             "outer_loss": {"learned": 1.7227, "gate0": 1.7264},
             "sweep": [_row("0", 0.0, 20), _row("learned", 0.108, 20), _row("1", 0.76, 18)],
@@ -160,10 +164,20 @@ def test_no_improvement_means_gradients_not_flowing_or_lr_near_zero():
 
 def test_increasing_trend_means_the_context_is_not_used():
     m = healthy_metrics()
-    m["figure5"][LAYER] = _f5(lprev_first_quarter=0.6, lprev_last_quarter=0.9, gap_first_quarter=0.5, gap_last_quarter=0.3)
-    fail(m, "figure5_adaptation", measured=-0.2)
+    # lprev/l0 0.6 -> 0.9: what the carried state buys falls over the context
+    m["figure5"][LAYER] = _f5(benefit_first_quarter=math.log(1 / 0.6), benefit_last_quarter=math.log(1 / 0.9))
+    fail(m, "figure5_adaptation", measured=-0.41)
     f = top(m)
-    assert f.rule == "context_not_used" and "0.6 -> 0.9" in f.symptom and "architecture or feature mismatch" in f.cause
+    assert f.rule == "context_not_used" and "lprev/l0 0.6 -> 0.9" in f.symptom and "helps less later" in f.symptom
+    assert "architecture or feature mismatch" in f.cause
+
+
+def test_carried_state_worse_than_w0_at_the_end_is_named():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(benefit_first_quarter=math.log(1 / 1.3), benefit_last_quarter=math.log(1 / 1.25))
+    fail(m, "figure5_adaptation", measured=0.04)
+    f = top(m)
+    assert f.rule == "context_not_used" and "no better than W_0 at the end" in f.symptom
 
 
 # -- gates ---------------------------------------------------------------------------------------
@@ -213,7 +227,7 @@ def test_untrained_ttt_explains_hurt_outer_loss_and_dead_parameters():
     fail(m, "dead_parameters", measured=1.0, details={"unchanged": [f"t{i}" for i in range(10)], "unused": ["u0", "u1"]})
     fail(m, "ttt_helps", measured=-0.01, details={"verdict": "hurts", "relative_decrease": -0.0103})
     fail(m, "figure5_adaptation", measured=-0.1)
-    m["figure5"][LAYER] = _f5(gap_first_quarter=0.5, gap_last_quarter=0.4)
+    m["figure5"][LAYER] = _f5(benefit_first_quarter=0.5, benefit_last_quarter=0.4)
     assert rules(m) == ["ttt_untrained"]
     assert "+1.03% vs gate 0" in top(m).symptom
 
@@ -263,7 +277,7 @@ def test_missing_keys_rank_above_their_figure5_consequences():
     m = healthy_metrics()
     fail(m, "checkpoint_keys", measured=2, details={"missing": ["a.weights.0", "a.biases.0"], "unexpected": []})
     fail(m, "figure5_adaptation", measured=-0.1)
-    m["figure5"][LAYER] = _f5(gap_first_quarter=0.5, gap_last_quarter=0.4)
+    m["figure5"][LAYER] = _f5(benefit_first_quarter=0.5, benefit_last_quarter=0.4)
     assert rules(m) == ["missing_keys"]
 
 

@@ -681,13 +681,16 @@ def failing_layers(m: Metrics, check: str) -> set[str]:
 
 def rule_context_not_used(m: Metrics) -> Finding | None:
     min_frac = _th(m, "ordering_min_fraction", 0.9)
-    rising = _f5_layers(m, lambda s: any(
-        _num(s.get(f"{c}_last_quarter")) is not None and _num(s.get(f"{c}_first_quarter")) is not None
-        and _num(s[f"{c}_last_quarter"]) > _num(s[f"{c}_first_quarter"]) for c in ("lprev", "lafter")))
-    no_gap = _f5_layers(m, lambda s: _num(s.get("gap_growth")) is not None and _num(s["gap_growth"]) <= _th(m, "adaptation_min_gap_growth", 0.0))
+
+    def benefit(s: dict, quarter: str) -> float | None:
+        return _num(s.get(f"benefit_{quarter}_quarter"))
+
+    declining = _f5_layers(m, lambda s: _num(s.get("benefit_growth")) is not None
+                           and _num(s["benefit_growth"]) <= _th(m, "adaptation_min_benefit_growth", 0.0))
+    no_help_late = _f5_layers(m, lambda s: benefit(s, "last") is not None and benefit(s, "last") <= 0)
     no_ctx = _f5_layers(m, lambda s: _num(s.get("frac_l0_gt_lprev")) is not None and _num(s["frac_l0_gt_lprev"]) < min_frac)
     flagged = failing_layers(m, "figure5_adaptation") | failing_layers(m, "figure5_ordering")
-    layers = sorted((set(rising) | set(no_gap) | set(no_ctx)) & flagged if flagged else set(), key=_layer_key)
+    layers = sorted((set(declining) | set(no_help_late) | set(no_ctx)) & flagged if flagged else set(), key=_layer_key)
     if not layers:
         return None
     f5 = _figure5(m)
@@ -695,11 +698,13 @@ def rule_context_not_used(m: Metrics) -> Finding | None:
     for l in layers:
         s = f5[l]
         text = []
-        if l in rising:
-            text.append(f"lprev {_fmt(s.get('lprev_first_quarter'))} -> {_fmt(s.get('lprev_last_quarter'))} "
-                        f"(first -> last quarter, increasing)")
-        if l in no_gap:
-            text.append(f"gap l0 - lafter {_fmt(s.get('gap_first_quarter'))} -> {_fmt(s.get('gap_last_quarter'))} does not grow")
+        if l in declining or l in no_help_late:
+            first, last = benefit(s, "first"), benefit(s, "last")
+            ratio = (f"lprev/l0 {_fmt(math.exp(-min(max(first, -700.0), 700.0)))} -> "
+                     f"{_fmt(math.exp(-min(max(last, -700.0), 700.0)))} (first -> last quarter"
+                     if first is not None and last is not None else "lprev/l0 (first -> last quarter")
+            text.append(ratio + (", the carried state helps less later)" if l in declining else ")")
+                        + (", W_(t-1) no better than W_0 at the end" if l in no_help_late else ""))
         if l in no_ctx:
             text.append(f"l0 > lprev at only {_num(s['frac_l0_gt_lprev']):.0%} of positions")
         parts.append(f"{l}: " + ", ".join(text))

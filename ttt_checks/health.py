@@ -39,8 +39,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("ordering_min_rel_gap", ORDERING_MIN_REL_GAP, "two Figure-5 losses closer than this fraction of the larger one are equal (overlapping, never ordered; lprev not departing from l0 in state_persistence); 100x fp32 rounding, 1/500 of the smallest healthy gap"),
         Threshold("improvement_min_abs", 1e-3, "mean lprev - lafter (one inner step) must be at least this"),
         Threshold("improvement_min_rel", 0.01, "mean (lprev - lafter) / mean lprev must be at least this"),
-        Threshold("adaptation_min_gap_growth", 0.0, "gap l0 - lafter must grow from the first to the last quarter by more than this"),
-        Threshold("adaptation_max_rise", 0.0, "lprev and lafter may rise from the first to the last quarter by at most this (relative)"),
+        Threshold("adaptation_min_benefit_growth", 0.0, "what the carried state buys, mean log(l0/lprev), must grow from the first to the last quarter of judged positions by more than this"),
         Threshold("gate_min_mean_tanh", 0.01, "absolute floor: mean |tanh(alpha)| per layer below this is a collapsed gate whatever its init (and the only test where the init is unknown)"),
         Threshold("gate_min_fraction_of_init", 0.5, "mean |tanh(alpha)| per layer below this fraction of |tanh(initial alpha)| is a collapsed gate (the user's run: init 0.3, learned 0.07-31 % of it)"),
         Threshold("help_min_loss_decrease", 0.001, "outer loss at the learned gate must be lower than at gate 0 by at least this (relative); as much higher is 'TTT hurts', in between 'TTT does nothing'"),
@@ -334,41 +333,46 @@ def figure5_improvement(stats: Mapping[str, Figure5Stats], th: Mapping[str, floa
     return out
 
 
-def figure5_adaptation(stats: Mapping[str, Figure5Stats], th: Mapping[str, float]) -> list[Verdict]:
-    """Later in the context the inner model does better: lprev and lafter fall, the gap grows.
+def _inverse_log(benefit: float) -> float:
+    """lprev / l0 from log(l0 / lprev), clamped so a degenerate ratio (a zero loss) cannot overflow."""
+    return math.exp(-min(max(benefit, -700.0), 700.0))
 
-    A rise of lprev or lafter is called "NOT adapting" only when l0 did not rise as much: where
-    the inputs get harder (l0 rises, as in the paper's middle layers), a rise is said as such and
-    the gap decides."""
+
+def figure5_adaptation(stats: Mapping[str, Figure5Stats], th: Mapping[str, float]) -> list[Verdict]:
+    """Later in the context the carried state buys more: log(l0 / lprev) grows from the first to
+    the last quarter of judged positions, and W_{t-1} beats W_0 by the end of the context.
+
+    The statistic and why it is not ``l0 - lafter`` are in ``metrics/figure5.py``. The decision is
+    on the measured change against ``adaptation_min_benefit_growth`` (0): the smallest healthy
+    growth measured is +0.21 at 256 positions (z = 5), the declines of the untrained zoo entries
+    -0.04 and -0.07 (docs/health-checks.md). Its standard error is reported, not used to excuse a
+    decline: a memory that stops helping as the context grows is the finding this check exists for.
+    """
     out = []
     for layer, s in stats.items():
-        values = (s.lprev_first_quarter, s.lprev_last_quarter, s.lafter_first_quarter, s.lafter_last_quarter, s.gap_growth,
-                  s.l0_first_quarter, s.l0_last_quarter)
-        if not _finite(*values):
+        first, last, se = s.benefit_first_quarter, s.benefit_last_quarter, s.benefit_growth_se
+        if s.nonfinite or not _finite(first, last, s.mean_l0, s.mean_lprev, s.mean_lafter):
             out.append(cannot_measure("figure5_adaptation", "losses are not finite (see figure5_finite)", layer))
             continue
         short = _too_short("figure5_adaptation", s, layer)
         if short is not None:
             out.append(short)
             continue
-        rise = th["adaptation_max_rise"]
-        l0_rise = s.l0_last_quarter / s.l0_first_quarter - 1.0 if s.l0_first_quarter > 0 else 0.0
+        growth = s.benefit_growth
+        se_text = f" +- {se:.2g}" if math.isfinite(se) else ""
+        numbers = (f"lprev/l0 {_inverse_log(first):.4g} -> {_inverse_log(last):.4g} from the first to the last quarter of "
+                   f"{s.judged_l0_lprev} judged positions (log(l0/lprev) {first:+.4g} -> {last:+.4g}, change {growth:+.4g}{se_text})")
         why = []
-        for curve, first, last in (("lprev", s.lprev_first_quarter, s.lprev_last_quarter),
-                                   ("lafter", s.lafter_first_quarter, s.lafter_last_quarter)):
-            if last > first * (1 + rise):
-                curve_rise = last / first - 1.0 if first > 0 else float("inf")
-                if l0_rise >= curve_rise:
-                    why.append(f"{curve} rises from {first:.4g} to {last:.4g} while l0 rises from {s.l0_first_quarter:.4g} to "
-                               f"{s.l0_last_quarter:.4g} (the later inputs are harder for W_0 too)")
-                else:
-                    why.append(f"{curve} rises from {first:.4g} to {last:.4g}, more than l0 ({s.l0_first_quarter:.4g} -> "
-                               f"{s.l0_last_quarter:.4g}): NOT adapting")
-        if s.gap_growth <= th["adaptation_min_gap_growth"]:
-            why.append(f"gap l0 - lafter does not grow ({s.gap_first_quarter:.4g} -> {s.gap_last_quarter:.4g})")
-        out.append(Verdict("figure5_adaptation", not why, s.gap_growth, th["adaptation_min_gap_growth"],
-                           "; ".join(why) or f"gap l0 - lafter grows {s.gap_first_quarter:.4g} -> {s.gap_last_quarter:.4g}; lprev {s.lprev_first_quarter:.4g} -> {s.lprev_last_quarter:.4g}",
-                           layer, {k: getattr(s, k) for k in ("l0_first_quarter", "l0_last_quarter", "lprev_first_quarter", "lprev_last_quarter", "lafter_first_quarter", "lafter_last_quarter", "gap_first_quarter", "gap_last_quarter")}))
+        if growth <= th["adaptation_min_benefit_growth"]:
+            why.append(f"NOT adapting: the carried state W_(t-1) helps less late in the context than early: {numbers}")
+        if last <= 0:
+            why.append(f"W_(t-1) is no better than W_0 at the end of the context (lprev >= l0 there): {numbers}"
+                       if not why else "W_(t-1) is no better than W_0 at the end of the context (lprev >= l0 there)")
+        out.append(Verdict("figure5_adaptation", not why, growth, th["adaptation_min_benefit_growth"],
+                           "; ".join(why) or f"the carried state helps more later in the context: {numbers}",
+                           layer, {k: getattr(s, k) for k in ("l0_first_quarter", "l0_last_quarter", "lprev_first_quarter",
+                                                              "lprev_last_quarter", "benefit_first_quarter",
+                                                              "benefit_last_quarter", "benefit_growth_se")}))
     return out
 
 

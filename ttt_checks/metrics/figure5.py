@@ -27,6 +27,18 @@ smoothed position (1st percentile), is 5.3e-2 relative (zoo healthy-seed1, lprev
 trained tiny Moshi at b = 64: 1.7e-1), 500x above the margin. The geometric middle of 1e-6 and
 5.3e-2 is 2.3e-4, rounded down to 1e-4 (``docs/health-checks.md`` records both sides).
 
+Adaptation over the context is judged on what the carried state buys, ``benefit_t =
+log(l0_t / lprev_t)`` at judged positions: how much better W_{t-1}, which has seen x_1..x_{t-1},
+predicts x_t's target than W_0 does. The paper's claim is that this grows as context
+accumulates (lprev falls away from l0). The log ratio, not a difference, because l0 itself moves
+along the context (harder or easier inputs scale both losses alike) and because a memory close
+to saturation (lprev -> 0) still grows in it. ``l0 - lafter`` is *not* an adaptation signal:
+lafter includes x_t's own step, which fits x_t from the first mini-batch on, so that gap is
+bounded by l0 and shrinks whenever l0 does, however well the state adapts (measured: a trained
+tiny Moshi whose lprev/l0 falls from 0.14 to 0.001 had l0 - lafter go 1.383 -> 1.357).
+Its standard error comes from ``BENEFIT_BLOCKS`` contiguous blocks per quarter (neighbouring
+positions are correlated; block means are nearly independent).
+
 A run judges the inner loop over its context only when it has at least ``MIN_JUDGED_MINIBATCHES``
 complete mini-batches with judged positions; ``positions_needed`` says how many positions that
 takes at a given mini-batch size. NaN is never dropped: a non-finite value makes the statistics
@@ -46,6 +58,7 @@ SMOOTHING_WINDOW = 10
 # pyproject's [tool.ttt_checks] repeats it): see the module docstring for its derivation.
 ORDERING_MIN_REL_GAP = 1e-4
 MIN_JUDGED_MINIBATCHES = 2
+BENEFIT_BLOCKS = 8  # contiguous blocks per quarter for the standard error of the benefit's change
 
 
 def smooth(values: np.ndarray, window: int = SMOOTHING_WINDOW) -> np.ndarray:
@@ -145,12 +158,20 @@ class Figure5Stats:
     lprev_last_quarter: float
     lafter_first_quarter: float
     lafter_last_quarter: float
-    gap_first_quarter: float  # mean(l0 - lafter) over the first quarter of positions
+    gap_first_quarter: float  # mean(l0 - lafter) over the first quarter of positions (shown, not judged)
     gap_last_quarter: float
+    benefit_first_quarter: float  # mean log(l0 / lprev) over the first quarter of judged positions
+    benefit_last_quarter: float  # ... over the last quarter: what the carried state buys late in the context
+    benefit_growth_se: float  # standard error of benefit_last_quarter - benefit_first_quarter (NaN: too few positions)
 
     @property
     def gap_growth(self) -> float:
         return self.gap_last_quarter - self.gap_first_quarter
+
+    @property
+    def benefit_growth(self) -> float:
+        """How much more W_{t-1} beats W_0 late in the context than early (log units, > 0: adapting)."""
+        return self.benefit_last_quarter - self.benefit_first_quarter
 
     @property
     def exclusion_note(self) -> str:
@@ -168,7 +189,31 @@ class Figure5Stats:
     def to_dict(self) -> dict[str, float | int | str | bool]:
         data = asdict(self)
         data["gap_growth"] = self.gap_growth
+        data["benefit_growth"] = self.benefit_growth
         return data
+
+
+def _block_se(values: np.ndarray, blocks: int = BENEFIT_BLOCKS) -> float:
+    """Standard error of the mean of ``values`` from the means of up to ``blocks`` contiguous blocks."""
+    blocks = min(blocks, len(values) // 2)
+    if blocks < 2:
+        return float("nan")
+    means = np.array([chunk.mean() for chunk in np.array_split(values, blocks)])
+    return float(means.std(ddof=1) / np.sqrt(blocks))
+
+
+def carried_benefit(l0: np.ndarray, lprev: np.ndarray, judged: np.ndarray) -> tuple[float, float, float]:
+    """(first-quarter mean, last-quarter mean, standard error of their difference) of
+    log(l0 / lprev) over judged positions. Exact zeros (a loss identically 0) give log 1 = 0."""
+    l0_j, lprev_j = l0[judged], lprev[judged]
+    if l0_j.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    tiny = np.finfo(np.float64).tiny
+    benefit = np.log(np.maximum(l0_j, tiny)) - np.log(np.maximum(lprev_j, tiny))
+    benefit[(l0_j == 0) & (lprev_j == 0)] = 0.0
+    quarter = max(1, benefit.size // 4)
+    first, last = benefit[:quarter], benefit[-quarter:]
+    return float(first.mean()), float(last.mean()), float(np.hypot(_block_se(first), _block_se(last)))
 
 
 def _layer_facts(record: Figure5Record, mini_batch_size: int | None, causal: bool | None) -> tuple[int, bool]:
@@ -226,6 +271,8 @@ def figure5_stats(record: Figure5Record, expected_positions: int | None = None, 
 
     quarter = max(1, n // 4)
     gap = l0 - lafter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        benefit_first, benefit_last, benefit_se = carried_benefit(l0, lprev, judged)
     mean_lprev = float(np.mean(lprev))
     improvement = float(np.mean(lprev - lafter))
     with np.errstate(invalid="ignore"):
@@ -265,4 +312,7 @@ def figure5_stats(record: Figure5Record, expected_positions: int | None = None, 
         lafter_last_quarter=float(np.mean(lafter[-quarter:])),
         gap_first_quarter=float(np.mean(gap[:quarter])),
         gap_last_quarter=float(np.mean(gap[-quarter:])),
+        benefit_first_quarter=benefit_first,
+        benefit_last_quarter=benefit_last,
+        benefit_growth_se=benefit_se,
     )

@@ -56,6 +56,7 @@ def render(metrics: dict[str, Any]) -> str:
             lines.append(f"  smoothed positions with l0>lprev {_fmt(s['frac_l0_gt_lprev'])}, lprev>lafter {_fmt(s['frac_lprev_gt_lafter'])}")
             lines.append(f"  avg per-step improvement (lprev-lafter) {_fmt(s['improvement_abs'])} (relative {_fmt(s['improvement_rel'])})")
             lines.append(f"  first -> last quarter: lprev {_fmt(s['lprev_first_quarter'])} -> {_fmt(s['lprev_last_quarter'])}, "
+                         f"log(l0/lprev) {_fmt(s.get('benefit_first_quarter'))} -> {_fmt(s.get('benefit_last_quarter'))}, "
                          f"gap l0-lafter {_fmt(s['gap_first_quarter'])} -> {_fmt(s['gap_last_quarter'])}")
         elif layer in layers:
             lines.append("  NO DATA COLLECTED")

@@ -92,7 +92,9 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              built_to_fail=("figure5_ordering", "figure5_improvement", "inner_step_size"),
              # gate_stats no longer fails: the gate sits at 87% of its init (issue 13: judged against the init);
              # ttt_helps: the learned gate changes the outer loss by +0.04%, "TTT does nothing".
-             expected_failures=("figure5_ordering", "figure5_improvement", "inner_step_size", "ttt_helps", "dead_parameters"),
+             # figure5_adaptation: W_(t-1) is worse than W_0 to the end of the context (lprev/l0 1.285 -> 1.263).
+             expected_failures=("figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size",
+                                "ttt_helps", "dead_parameters"),
              mirrors="§6 #3: base_lr too high, the inner weights explode",
              details="Fine-tuned with base_lr = {lr_high} (the user's configs reach 1e6) and an outer learning rate of "
                      "1e-5 for the TTT weights, so the outer loop cannot retune the layer around the bad inner step "
