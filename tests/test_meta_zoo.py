@@ -2,12 +2,16 @@
 
 Each zoo checkpoint is checked by a real ``pytest -m gpu tests_gpu --ckpt ...`` in a
 subprocess (pytester); the JUnit XML it writes says which checks failed. Healthy checkpoints
-must pass every check; each broken one must fail exactly the checks its zoo entry names.
+must pass every check; each broken one must fail exactly the checks its zoo entry names, and the
+run's top diagnosis (metrics.json and the JUnit testsuite properties) must be the cause the
+entry's construction implies (``detection.zoo_expected_diagnoses``; one health run per entry
+serves both assertions).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -64,6 +68,18 @@ def test_zoo_checkpoint_fails_exactly_its_intended_checks(pytester, tmp_path, en
     expected_code = pytest.ExitCode.OK if entry.healthy else pytest.ExitCode.TESTS_FAILED
     assert result.ret == expected_code
     assert (tmp_path / "report" / "metrics.json").is_file() and (tmp_path / "report" / "index.html").is_file()
+
+    from ttt_checks.detection import zoo_expected_diagnoses
+
+    diagnosis = json.loads((tmp_path / "report" / "metrics.json").read_text())["diagnosis"]
+    expected_top = zoo_expected_diagnoses()[entry.name]
+    if expected_top is None:
+        assert diagnosis["healthy"] and not diagnosis["findings"], diagnosis["summary"]
+    else:
+        assert diagnosis["findings"] and diagnosis["findings"][0]["rule"] == expected_top, diagnosis["summary"]
+    props = {p.get("name"): p.get("value") for p in root.find("testsuite").find("properties").iter("property")}
+    assert props["diagnosis.healthy"] == str(expected_top is None).lower()
+    assert props.get("diagnosis.1.rule") == expected_top
 
 
 @pytest.fixture(scope="module")
