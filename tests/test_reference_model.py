@@ -453,3 +453,40 @@ def test_attention_window_hides_tokens_beyond_it_and_none_is_full_attention():
         torch.testing.assert_close(windowed(edited)[:, 12:], windowed(tokens)[:, 12:])
         assert not torch.allclose(full(edited)[:, 12:], full(tokens)[:, 12:])
     assert DecoderConfig.from_dict({k: v for k, v in DecoderConfig().to_dict().items() if k != "attention_window"}).attention_window is None
+
+
+def test_recall_recipe_checkpoint_recreates_its_initial_state_and_streams_exactly(tmp_path):
+    """A TTT checkpoint with shifted keys and a non-default init (ttt_init in config.json): the
+    loader and the dead-parameter reference re-create exactly what was inserted, q starts equal to
+    k, and feeding one token per call gives the one-pass losses (the shifted key carried across calls)."""
+    from ttt_checks.models.reference.checkpoint import save_base, save_ttt
+    from ttt_checks.models.reference.generate import streamed_loss
+    from ttt_checks.models.reference.model import Decoder, DecoderConfig
+    from ttt_checks.models.reference.train import TTTInit, default_ttt_config, insert_ttt
+
+    torch.manual_seed(0)
+    base = Decoder(DecoderConfig(width=32, num_layers=2, num_heads=2, ffn_hidden=64, attention_window=6))
+    save_base(base, tmp_path / "base")
+    init = TTTInit(inner_weight_std=0.25, tie_query_to_key=True)
+    model = insert_ttt(base, default_ttt_config(32, mini_batch_size=4, shift_keys=True), (1,), 0.4, 77, init=init)
+    save_ttt(model, tmp_path / "ttt", tmp_path / "base", 77, extra={"ttt_init": init.to_dict()})
+
+    adapter = ReferenceAdapter(tmp_path / "ttt")
+    state, initial = adapter.state(), adapter.initial_state()
+    assert set(initial) == {k for k in state if ".ttt." in k}
+    for k, v in initial.items():
+        assert at_initial_value(state[k], v), k
+    layer = adapter.model.ttt_layers()["layers.1.ttt"]
+    assert layer.config.shift_keys
+    torch.testing.assert_close(layer.wq.weight, layer.wk.weight, rtol=0, atol=0)
+    assert 0.2 < float(layer.weights[0].detach().std()) < 0.3  # 0.25 drawn, 2 x 32 x 128 values
+
+    windows = torch.randint(0, 256, (2, 23))
+    one_pass = streamed_loss(adapter.model, windows, chunk=windows.shape[1])
+    for chunk in (1, 3, 4):
+        torch.testing.assert_close(streamed_loss(adapter.model, windows, chunk=chunk), one_pass, rtol=1e-4, atol=1e-5)
+
+    config = json.loads((tmp_path / "ttt" / "config.json").read_text())
+    (tmp_path / "ttt" / "config.json").write_text(json.dumps({**config, "ttt_init": {"inner_weight_sd": 0.25}}))
+    with pytest.raises(CheckpointError, match="ttt_init"):
+        load_checkpoint(tmp_path / "ttt")

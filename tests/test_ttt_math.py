@@ -6,6 +6,8 @@ when that is wider than fp32), so agreement is to ~1e-12, not to a loose toleran
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,7 @@ def configs(draw, **fixed) -> TTTConfig:
         eta_weighting=weighting,
         causal=causal,
         l2_normalize_qk=draw(st.booleans()),
+        shift_keys=fixed.get("shift_keys", draw(st.booleans())),
         output_projection=fixed.get("output_projection", draw(st.booleans())),
     )
 
@@ -278,6 +281,30 @@ def test_streaming_in_chunks_equals_one_pass(config, data, seed):
     np.testing.assert_array_equal(rec.counts, rec_one.counts)
     for name in ("l0", "lprev", "lafter"):
         np.testing.assert_allclose(getattr(rec, name), getattr(rec_one, name), **TIGHT)
+
+
+@given(config=configs(shift_keys=True), T=st.integers(1, 9), seed=st.integers(0, 10_000))
+def test_shifted_keys_are_the_keys_of_the_previous_input(config, T, seed):
+    """shift_keys: k_t of x equals k_t of an unshifted layer fed x moved one step right (zeros first),
+    while q_t and the step sizes still read x_t; built independently of the layer's own shift."""
+    layer = make_layer(config, seed)
+    plain = make_layer(dataclasses.replace(config, shift_keys=False), seed)
+    x = torch.randn(2, T, config.width, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    moved = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    with torch.no_grad():
+        shifted, own, of_moved = layer.project(x, torch.arange(T)), plain.project(x, torch.arange(T)), plain.project(moved, torch.arange(T))
+    torch.testing.assert_close(shifted["xk"], of_moved["xk"], rtol=0, atol=0)
+    torch.testing.assert_close(shifted["xq"], own["xq"], rtol=0, atol=0)
+    torch.testing.assert_close(shifted["sigma"], own["sigma"], rtol=0, atol=0)
+
+
+def test_shift_keys_is_left_out_of_configs_that_do_not_use_it():
+    """Checkpoints written before the field existed keep byte-identical configs; a set flag round-trips."""
+    config = TTTConfig(width=8, num_heads=2, head_dim=4)
+    assert "shift_keys" not in config.to_dict()
+    shifted = dataclasses.replace(config, shift_keys=True)
+    assert shifted.to_dict()["shift_keys"] is True
+    assert TTTConfig.from_dict(shifted.to_dict()) == shifted
 
 
 def test_streaming_state_departs_from_initial_weights_after_first_minibatch():

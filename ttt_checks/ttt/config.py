@@ -41,6 +41,12 @@ class TTTConfig:
         causal: row i of a mini-batch uses gradients of rows j <= i only (tril); when false
             every row uses the whole mini-batch (a leak of up to b-1 future tokens).
         l2_normalize_qk: normalise each head's q and k to unit length.
+        shift_keys: k_t (also inside the target v_t - k_t) is projected from x_(t-1), zeros before
+            the first token, while q_t and v_t read x_t. The inner model then stores "what came
+            after this context", so a query can recall the token that followed an earlier
+            occurrence of its context (induction). It is the simplest case of the causal
+            convolution before the keys in the LM paper's Mamba-backbone layers; the user's
+            Moshi layers do not have it (default off).
         output_projection: apply post_norm and wo to the inner output (the papers' layer);
             the user's Moshi code skips both.
         ln_eps: epsilon of the inner LayerNorm; target_eps: of the target normalisation.
@@ -61,6 +67,7 @@ class TTTConfig:
     eta_weighting: EtaWeighting = "token_index"
     causal: bool = True
     l2_normalize_qk: bool = False
+    shift_keys: bool = False
     output_projection: bool = True
     ln_eps: float = 1e-6
     target_eps: float = 1e-5
@@ -104,6 +111,8 @@ class TTTConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("extra")
+        if not data["shift_keys"]:
+            data.pop("shift_keys")  # configs written before the field existed stay byte-identical
         if data["mlp_hidden"] is not None:
             data["mlp_hidden"] = list(data["mlp_hidden"])
         return data

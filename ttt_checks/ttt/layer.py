@@ -74,6 +74,7 @@ class TTTState:
     init_params: inner.InnerParams  # at the start of the sequence: W_0 of l0
     position: int  # absolute index of the open mini-batch's first row
     pending: dict[str, Tensor] | None = None  # xq, xk, target, sigma of the open mini-batch's rows
+    last_input: Tensor | None = None  # x of the last token seen [B, 1, width] (keys of shift_keys read it)
 
     @property
     def next_position(self) -> int:
@@ -150,8 +151,12 @@ class TTTLayer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def project(self, x: Tensor, positions: Tensor) -> dict[str, Tensor]:
-        """Per-head q, k, target and step size sigma for x [B, T, width], in fp32."""
+    def project(self, x: Tensor, positions: Tensor, previous: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-head q, k, target and step size sigma for x [B, T, width], in fp32.
+
+        ``previous`` [B, 1, width] is the input just before x (for ``shift_keys``; None at the
+        start of a sequence, where the key input is zero).
+        """
         c = self.config
         B, T, _ = x.shape
 
@@ -160,7 +165,11 @@ class TTTLayer(nn.Module):
         def heads(t: Tensor) -> Tensor:
             return t.view(B, T, c.num_heads, c.head_dim).transpose(1, 2).to(dtype)
 
-        xq, xk, xv = heads(self.wq(x)), heads(self.wk(x)), heads(self.wv(x))
+        key_input = x
+        if c.shift_keys:
+            before = torch.zeros_like(x[:, :1]) if previous is None else previous.to(x.dtype)
+            key_input = torch.cat([before, x[:, :-1]], dim=1)
+        xq, xk, xv = heads(self.wq(x)), heads(self.wk(key_input)), heads(self.wv(x))
         if c.l2_normalize_qk:
             xq = nn.functional.normalize(xq, dim=-1)
             xk = nn.functional.normalize(xk, dim=-1)
@@ -184,15 +193,17 @@ class TTTLayer(nn.Module):
             self._close_sequence()
             state = self.initial_state(B, inner_dtype(x.dtype))
             state.position = self._state.next_position
+            state.last_input = self._state.last_input
         else:
             state = self._state
             if state.params.weights[0].shape[0] != B:
                 raise ValueError(f"streaming TTT layer got batch {B}, the stream was started with {state.params.weights[0].shape[0]}")
         start = state.next_position
         positions = torch.arange(start, start + T, device=x.device)
-        new = self.project(x, positions)
+        new = self.project(x, positions, previous=state.last_input)
         rows = new if state.pending is None else {k: torch.cat([state.pending[k], new[k]], dim=_row_dim(new[k])) for k in new}
         z, new_state = self._scan(rows, state)
+        new_state.last_input = x[:, -1:]
         z = z[..., -T:, :]
 
         if not self._streaming:
@@ -239,7 +250,8 @@ class TTTLayer(nn.Module):
                          torch.cat(curves["lafter"], -1), curves["step_0"])
 
         tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
-        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
+        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail,
+                             last_input=state.last_input)
         z = torch.cat(outputs, dim=-2)
         if c.inner_residual:
             z = rows["xq"] + z

@@ -214,7 +214,10 @@ class ReferenceAdapter(Adapter):
             from ttt_checks.models.reference.train import build_with_ttt_init
 
             # In the storage dtype: an untrained checkpoint stores exactly these values.
-            fresh = build_with_ttt_init(self.loaded.decoder_config, int(self.loaded.config.get("ttt_init_seed", 0)))
+            from ttt_checks.models.reference.checkpoint import ttt_init_of
+
+            fresh = build_with_ttt_init(self.loaded.decoder_config, int(self.loaded.config.get("ttt_init_seed", 0)),
+                                        ttt_init_of(self.loaded.config))
             self._initial = {k: v.detach().to(STORE_DTYPE) for k, v in fresh.state_dict().items() if is_ttt_key(k)}
         return self._initial
 

@@ -30,9 +30,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 import torch
+
+if TYPE_CHECKING:
+    from ttt_checks.models.reference.train import TTTInit
 from safetensors.torch import save_file
 
 from ttt_checks.models.reference.model import Decoder, DecoderConfig
@@ -223,6 +226,7 @@ def decoder_config(config: Mapping[str, Any], file: Path) -> DecoderConfig:
         seed = config.get("ttt_init_seed")
         if not _is_int(seed) or not 0 <= seed < 2**62:
             raise CheckpointError(f"{file}: 'ttt_init_seed' is {seed!r}, expected a non-negative integer; {_RESTORE}")
+        ttt_init_of(config, file)
     _check_fields(dec, DecoderConfig, "decoder", file)
     if isinstance(dec.get("ttt"), dict):
         _check_fields(dec["ttt"], TTTConfig, "decoder.ttt", file)
@@ -320,6 +324,19 @@ def _check_shapes(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tupl
                                   "the weights and the config do not belong together")
 
 
+def ttt_init_of(config: Mapping[str, Any], file: Path | str = CONFIG_NAME) -> "TTTInit":
+    """How the checkpoint's TTT parameters were drawn (``ttt_init``; absent = the defaults)."""
+    from ttt_checks.models.reference.train import TTTInit
+
+    data = config.get("ttt_init")
+    if data is not None and not isinstance(data, dict):
+        raise CheckpointError(f"{file}: 'ttt_init' is {data!r}, expected an object; {_RESTORE}")
+    try:
+        return TTTInit.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{file}: 'ttt_init' {data!r} is invalid ({err}); {_RESTORE}") from err
+
+
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> LoadedCheckpoint:
     """Load a base or TTT checkpoint into an fp32 model in eval mode.
 
@@ -365,7 +382,7 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> LoadedCheck
         raise CheckpointError(f"{ttt_path}: tensors {unexpected[:5]} do not belong to the configured TTT layers "
                               f"{list(dcfg.ttt_layers)}; is {CONFIG_NAME} the one saved with these weights?")
     _check_shapes(ttt, shapes, ttt_path, file)
-    model = build_with_ttt_init(dcfg, int(config["ttt_init_seed"]))
+    model = build_with_ttt_init(dcfg, int(config["ttt_init_seed"]), ttt_init_of(config, file))
     _copy_into(model, {**base_tensors, **ttt})
     missing = [k for k in expected if k not in ttt]
     return LoadedCheckpoint(d, config, dcfg, model.eval(), {**base_tensors, **ttt}, missing, notes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -42,6 +42,41 @@ class PretrainRecipe:
 
 
 @dataclass(frozen=True)
+class TTTInit:
+    """How the inserted TTT parameters are drawn (with ``init_seed``), beyond the fixed defaults.
+
+    ``inner_weight_std``: the std of the inner model's initial weights W_0. The papers and the
+    user's code draw N(0, 0.02); at that scale the inner LayerNorm's backward (1/std of the
+    tiny activations) makes the first mini-batch's step dwarf every later one, so until the
+    outer loop has grown W_0 the memory holds mostly the first b tokens (measured: the influence
+    of tokens 16-95 on the output at token 100 is 1/500 of the first 16's). 1/sqrt(head_dim)
+    spreads it evenly.
+    ``tie_query_to_key``: start wq equal to wk, so a query matches the keys of positions whose
+    input looked like its own from the first step (with ``shift_keys``: an induction memory at
+    initialisation, which the outer loop then refines instead of having to discover).
+    """
+
+    inner_weight_std: float = 0.02
+    tie_query_to_key: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.inner_weight_std > 0.0):
+            raise ValueError(f"inner_weight_std must be > 0, got {self.inner_weight_std!r}")
+
+    def to_dict(self) -> dict:
+        """Only the fields that differ from the defaults (checkpoints without them keep their format)."""
+        return {k: v for k, v in asdict(self).items() if v != getattr(TTTInit, k)}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TTTInit":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown TTT init field(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class FinetuneRecipe:
     """TTT insertion and fine-tuning with the base frozen.
 
@@ -65,6 +100,7 @@ class FinetuneRecipe:
     frozen_ttt: tuple[str, ...] = ()  # TTT parameter name suffixes left out of training (kept as inserted)
     zeroed_ttt: tuple[str, ...] = ()  # TTT parameter name suffixes set to 0 when inserted (zero-init of a branch)
     alpha_l2: float = 0.0  # weight of a penalty alpha_l2 * mean(alpha^2) added to the outer loss
+    init: dict = field(default_factory=dict)  # TTTInit fields (how the TTT parameters are drawn)
 
 
 def default_ttt_config(width: int, **overrides) -> TTTConfig:
@@ -155,7 +191,7 @@ def round_to_bf16_(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def insert_ttt(base: Decoder, ttt: TTTConfig, layers: tuple[int, ...], alpha_init: float, init_seed: int,
-               reset_each_call: bool = False) -> Decoder:
+               reset_each_call: bool = False, init: TTTInit | None = None) -> Decoder:
     """A copy of ``base`` with gated TTT blocks in ``layers``, their weights drawn from ``init_seed``.
 
     The TTT modules are built under their own seed, after the base modules, so their initial
@@ -164,15 +200,16 @@ def insert_ttt(base: Decoder, ttt: TTTConfig, layers: tuple[int, ...], alpha_ini
     cfg = base.config.with_ttt(ttt, layers, alpha_init)
     if reset_each_call:
         cfg = DecoderConfig.from_dict({**cfg.to_dict(), "ttt_reset_each_call": True})
-    model = build_with_ttt_init(cfg, init_seed)
+    model = build_with_ttt_init(cfg, init_seed, init)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(".ttt." not in k for k in missing):
         raise RuntimeError(f"base weights do not fit the TTT model: missing {missing}, unexpected {unexpected}")
     return model
 
 
-def build_with_ttt_init(config: DecoderConfig, init_seed: int) -> Decoder:
+def build_with_ttt_init(config: DecoderConfig, init_seed: int, init: TTTInit | None = None) -> Decoder:
     """A decoder whose TTT blocks carry the seeded initial values (base weights arbitrary)."""
+    init = init or TTTInit()
     model = Decoder(config)
     for i, (name, gated) in enumerate(model.gated_blocks().items()):
         fresh_gen = torch.Generator().manual_seed(init_seed + 7919 * i)
@@ -184,11 +221,16 @@ def build_with_ttt_init(config: DecoderConfig, init_seed: int) -> Decoder:
                     p.fill_(1.0)
                 elif pname.endswith("bias") or pname.startswith("ttt.biases."):
                     p.zero_()
-                elif pname.startswith("ttt.weights.") or pname.endswith("lr_weight"):
+                elif pname.startswith("ttt.weights."):
+                    p.copy_(torch.randn(p.shape, generator=fresh_gen) * init.inner_weight_std)
+                elif pname.endswith("lr_weight"):
                     p.copy_(torch.randn(p.shape, generator=fresh_gen) * 0.02)
                 else:  # projections wq, wk, wv, wo: nn.Linear's default scale
                     bound = 1.0 / math.sqrt(p.shape[-1])
                     p.copy_((torch.rand(p.shape, generator=fresh_gen) * 2 - 1) * bound)
+            if init.tie_query_to_key:  # after all draws, so the other parameters do not depend on it
+                gated.ttt.wq.weight.copy_(gated.ttt.wk.weight)
+                gated.ttt.wq.bias.copy_(gated.ttt.wk.bias)
     return model
 
 

@@ -28,7 +28,7 @@ from ttt_checks.models.reference.checkpoint import (
 from ttt_checks.models.reference.corpus import DialogueCorpus
 from ttt_checks.models.reference.model import Decoder, DecoderConfig
 from ttt_checks.models.reference.train import (
-    FinetuneRecipe, PretrainRecipe, default_ttt_config, evaluate, finetune_ttt, insert_ttt, pretrain_base,
+    FinetuneRecipe, PretrainRecipe, TTTInit, default_ttt_config, evaluate, finetune_ttt, insert_ttt, pretrain_base,
     round_to_bf16_, validation_windows,
 )
 
@@ -206,6 +206,9 @@ def _save_entry(entry: ZooEntry, out: Path, base_dir: Path, tensors: dict[str, t
     extra: dict[str, Any] = {"name": entry.name, "expected": entry.expected(), "corpus_split_seed": 0}
     if recipe is not None:
         extra["recipe"] = recipe
+        init = TTTInit.from_dict(recipe.get("init")).to_dict()
+        if init:
+            extra["ttt_init"] = init  # what initial_state() re-creates the untrained values with
     if training is not None:
         extra["training"] = training
     if derived_from is not None:
@@ -263,7 +266,8 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
                 continue
             t0 = time.perf_counter()
             ttt_cfg = default_ttt_config(base.config.width, **recipe.ttt)
-            model = insert_ttt(base, ttt_cfg, recipe.layers, recipe.alpha_init, recipe.init_seed)
+            model = insert_ttt(base, ttt_cfg, recipe.layers, recipe.alpha_init, recipe.init_seed,
+                               init=TTTInit.from_dict(recipe.init))
             info = finetune_ttt(model, corpus, recipe, log=say) if recipe.steps > 0 else {"steps": 0, "seconds": 0.0}
             round_to_bf16_(model)
             info["val_loss"] = evaluate(model, val)
