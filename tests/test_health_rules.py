@@ -331,3 +331,23 @@ def test_pyproject_table_lists_exactly_the_code_defaults():
 def test_invalid_threshold_override_is_refused(item, message):
     with pytest.raises(health.ThresholdError, match=message):
         health.load_thresholds(None, health.parse_threshold_overrides([item]))
+
+
+def test_ttt_helps_splits_the_gain_into_static_branch_and_test_time_updates():
+    """The inner-steps-off loss is reported, never judged: the verdict is the same with or without it,
+    and the clause says which part of the gain the test-time updates made."""
+    learned, gate0 = np.full(64, 1.90), np.full(64, 2.00)
+    plain = health.ttt_helps(learned, gate0, TH)
+    memory = health.ttt_helps(learned, gate0, TH, loss_no_inner_step=np.full(64, 1.99))
+    static = health.ttt_helps(learned, gate0, TH, loss_no_inner_step=np.full(64, 1.90))
+    assert plain.ok and memory.ok and static.ok
+    assert "loss_no_inner_step" not in plain.details
+    assert memory.details["relative_decrease_from_inner_steps"] == pytest.approx(0.09 / 1.99)
+    assert memory.details["relative_decrease_static_branch"] == pytest.approx(0.005)
+    assert "further 4.523%" in memory.explanation and "not test-time training" not in memory.explanation
+    assert static.details["relative_decrease_from_inner_steps"] == pytest.approx(0.0)
+    assert "not test-time training" in static.explanation
+    worse = health.ttt_helps(learned, gate0, TH, loss_no_inner_step=np.full(64, 1.85))
+    assert "raise it again by" in worse.explanation and worse.details["relative_decrease_from_inner_steps"] < 0
+    broken = health.ttt_helps(learned, gate0, TH, loss_no_inner_step=np.full(64, np.nan))
+    assert broken.ok and "unknown" in broken.explanation

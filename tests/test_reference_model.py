@@ -490,3 +490,29 @@ def test_recall_recipe_checkpoint_recreates_its_initial_state_and_streams_exactl
     (tmp_path / "ttt" / "config.json").write_text(json.dumps({**config, "ttt_init": {"inner_weight_sd": 0.25}}))
     with pytest.raises(CheckpointError, match="ttt_init"):
         load_checkpoint(tmp_path / "ttt")
+
+
+def test_inner_steps_off_freezes_w0_and_is_restored(healthy, short_inputs):
+    """The adapter's inner_steps_off: every TTT layer keeps W_0 (lprev = l0 at every token), the
+    learned behaviour comes back on exit, and a module without the knob is refused by name."""
+    from ttt_checks.models.base import Adapter
+
+    learned = healthy.teacher_forced(short_inputs).outer_loss
+    probe = Figure5Probe()
+    with healthy.inner_steps_off():
+        static = healthy.teacher_forced(short_inputs, probe=probe).outer_loss
+    for name in healthy.ttt_modules():
+        rec = probe.record(name)
+        np.testing.assert_allclose(rec.lprev, rec.l0, rtol=1e-5, atol=0)
+    assert not np.allclose(static, learned)
+    assert all(m.inner_step_scale == 1.0 for m in healthy.ttt_modules().values())
+    np.testing.assert_allclose(healthy.teacher_forced(short_inputs).outer_loss, learned, rtol=1e-6, atol=0)
+
+    class Opaque(ReferenceAdapter):
+        def ttt_modules(self):
+            return {"layers.3.ttt": torch.nn.Linear(2, 2)}
+
+    opaque = Opaque.__new__(Opaque)
+    with pytest.raises(NotImplementedError, match="layers.3.ttt"):
+        with Adapter.inner_steps_off(opaque):
+            pass

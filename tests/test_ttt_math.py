@@ -477,3 +477,18 @@ def test_config_round_trips_and_rejects_unknown_fields():
     assert TTTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(TTTConfigError, match="unknown field"):
         TTTConfig.from_dict({**config.to_dict(), "ttt_lr": 1})
+
+
+@given(config=configs(), T=st.integers(1, 11), seed=st.integers(0, 10_000))
+def test_inner_step_scale_zero_keeps_w0_at_every_token(config, T, seed):
+    """inner_step_scale = 0 is the layer with base_lr 0: W_t = W_0, so l0 = lprev = lafter, and the
+    output is f(q; W_0). The scale is restored to 1 by the caller (here by hand)."""
+    layer = make_layer(config, seed)
+    still = make_layer(dataclasses.replace(config, base_lr=0.0), seed)
+    x = torch.randn(1, T, config.width, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    layer.inner_step_scale = 0.0
+    out, rec = run(layer, x)
+    ref, _ = run(still, x)
+    torch.testing.assert_close(out, ref, **TIGHT)
+    np.testing.assert_allclose(rec.lprev, rec.l0, **TIGHT)
+    np.testing.assert_allclose(rec.lafter, rec.l0, **TIGHT)

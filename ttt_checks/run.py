@@ -351,9 +351,23 @@ class HealthRun:
         names = [k for k in self.adapter.expected_ttt_keys() if k in state]
         return [k for k in names if torch.is_floating_point(state[k]) and not bool(torch.isfinite(state[k]).all())]
 
+    @cached_property
+    def outer_no_inner_step(self) -> ForwardResult | None:
+        """The teacher-forced pass at the learned gate with every inner step size 0 (W_t = W_0),
+        or None where the adapter cannot turn the steps off (the check then says so)."""
+        def run():
+            with self.adapter.inner_steps_off():
+                return self.adapter.teacher_forced(self.inputs.teacher_forced)
+        try:
+            return self._timed("teacher_forced_no_inner_step", run)
+        except NotImplementedError:
+            return None
+
     def _check_ttt_helps(self):
         learned, _, _ = self.teacher_forced
-        return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors)]
+        static = self.outer_no_inner_step
+        return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
+                                 loss_no_inner_step=None if static is None else static.outer_loss)]
 
     def _check_config_consistency(self):
         """Settings stated twice (config vs training record, config vs weights) must agree; what
@@ -491,6 +505,8 @@ class HealthRun:
             data["outer_loss"] = {"learned": float(np.mean(self.teacher_forced[0].outer_loss))}
             if "outer_gate0" in self.__dict__:
                 data["outer_loss"]["gate0"] = float(np.mean(self.outer_gate0.outer_loss))
+            if self.__dict__.get("outer_no_inner_step") is not None:
+                data["outer_loss"]["no_inner_step"] = float(np.mean(self.outer_no_inner_step.outer_loss))
         if "sweep" in self.__dict__:
             data["sweep"] = self.sweep
         if "layers" in self.__dict__:

@@ -11,7 +11,7 @@ import abc
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -168,6 +168,27 @@ class Adapter(abc.ABC):
     def set_gate(self, value: GateValue | None) -> contextlib.AbstractContextManager[None]:
         """Override every TTT gate with one raw alpha value (a context manager); restores the
         learned values on exit."""
+
+    @contextlib.contextmanager
+    def inner_steps_off(self) -> Iterator[None]:
+        """Every TTT layer runs with its inner step size set to 0, so W_t = W_0 at every token and
+        the TTT branch is a static layer; restored on exit. The outer loss with the steps off
+        against the learned one is what test-time training itself buys, apart from what the branch
+        adds as an ordinary trained layer. Raises NotImplementedError for TTT modules that do
+        not expose ``inner_step_scale`` (``ttt_checks.ttt.TTTLayer`` does)."""
+        modules = dict(self.ttt_modules())
+        opaque = [name for name, m in modules.items() if not hasattr(m, "inner_step_scale")]
+        if opaque or not modules:
+            raise NotImplementedError(f"cannot turn off the inner steps of TTT modules {opaque or '(none found)'}: "
+                                      "they do not expose inner_step_scale")
+        saved = {name: m.inner_step_scale for name, m in modules.items()}
+        try:
+            for m in modules.values():
+                m.inner_step_scale = 0.0
+            yield
+        finally:
+            for name, m in modules.items():
+                m.inner_step_scale = saved[name]
 
     def chance_outer_loss(self) -> float | None:
         """The outer loss of a model that predicts uniformly over its vocabularies (the same

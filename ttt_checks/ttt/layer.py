@@ -109,6 +109,9 @@ class TTTLayer(nn.Module):
         self.rope = rope
         self.figure5_sink: Figure5Sink | None = None
         self.reset_state_each_call = False  # True reproduces the "state not carried" bug
+        # Multiplies every inner step size. 0 keeps W_t = W_0 at every token: the TTT branch as a
+        # static layer, so comparing outer losses tells what the test-time updates themselves buy.
+        self.inner_step_scale = 1.0
         self._streaming = False
         self._state: TTTState | None = None
 
@@ -179,6 +182,8 @@ class TTTLayer(nn.Module):
         target = inner.reconstruction_target(xk, xv, c, gamma, beta)
         logits = torch.einsum("btc,hc->bht", x.to(dtype), self.lr_weight.to(dtype)) + self.lr_bias.to(dtype)[:, None]
         sigma = c.base_lr * torch.sigmoid(logits) / c.head_dim
+        if self.inner_step_scale != 1.0:
+            sigma = sigma * self.inner_step_scale
         return {"xq": xq, "xk": xk, "target": target, "sigma": sigma}
 
     def forward(self, x: Tensor) -> Tensor:
