@@ -351,3 +351,11 @@ def test_ttt_helps_splits_the_gain_into_static_branch_and_test_time_updates():
     assert "raise it again by" in worse.explanation and worse.details["relative_decrease_from_inner_steps"] < 0
     broken = health.ttt_helps(learned, gate0, TH, loss_no_inner_step=np.full(64, np.nan))
     assert broken.ok and "unknown" in broken.explanation
+
+
+def test_ttt_helps_says_when_the_inner_steps_could_not_be_turned_off():
+    """An adapter whose TTT modules cannot freeze W_0: the verdict stands, and the explanation names why the split is missing."""
+    v = health.ttt_helps(np.full(64, 1.90), np.full(64, 2.00), TH,
+                         no_inner_step_unavailable="cannot turn off the inner steps of TTT modules ['blk.0']")
+    assert v.ok and v.details["loss_no_inner_step"] is None
+    assert "not measured: cannot turn off the inner steps of TTT modules ['blk.0']" in v.explanation

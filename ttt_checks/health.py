@@ -521,7 +521,8 @@ HELP_RESOLUTION_SE = 2.0
 
 
 def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str, float],
-              nonfinite_ttt: Sequence[str] = (), loss_no_inner_step: np.ndarray | None = None) -> Verdict:
+              nonfinite_ttt: Sequence[str] = (), loss_no_inner_step: np.ndarray | None = None,
+              no_inner_step_unavailable: str | None = None) -> Verdict:
     """TTT must earn its place: the teacher-forced outer loss at the learned gate is lower than
     at gate 0 by at least ``help_min_loss_decrease`` (relative). Within that band either way is
     "TTT does nothing"; above it "TTT hurts". The paired t over position blocks is reported (how
@@ -535,7 +536,8 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
     0 (W_t = W_0, the branch as a static layer). Reported, not judged: it splits the gain into
     what the branch adds as an ordinary layer and what test-time training adds on top, which
     the verdict alone cannot tell apart (measured: the committed healthy-seed0's whole 0.21% is
-    static)."""
+    static). ``no_inner_step_unavailable``: why that pass could not be made; the explanation says
+    so instead of leaving the split out silently."""
     margin = th["help_min_loss_decrease"]
     a, b = np.asarray(loss_learned, dtype=np.float64), np.asarray(loss_gate0, dtype=np.float64)
     mean_a, mean_b = (float(np.mean(a)) if a.size else float("nan")), (float(np.mean(b)) if b.size else float("nan"))
@@ -573,6 +575,9 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
     details = {"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
                "standard_error_rel": se_rel, "verdict": "helps" if ok else ("hurts" if gain <= -margin else "does_nothing")}
     split = _inner_step_share(mean_a, mean_b, loss_no_inner_step, margin)
+    if split is None and no_inner_step_unavailable:
+        split = ({"loss_no_inner_step": None, "no_inner_step_unavailable": no_inner_step_unavailable},
+                 f"what test-time training itself buys was not measured: {no_inner_step_unavailable}")
     if split is not None:
         details.update(split[0])
         why = f"{why}; {split[1]}"

@@ -352,22 +352,25 @@ class HealthRun:
         return [k for k in names if torch.is_floating_point(state[k]) and not bool(torch.isfinite(state[k]).all())]
 
     @cached_property
-    def outer_no_inner_step(self) -> ForwardResult | None:
+    def outer_no_inner_step(self) -> ForwardResult | str:
         """The teacher-forced pass at the learned gate with every inner step size 0 (W_t = W_0),
-        or None where the adapter cannot turn the steps off (the check then says so)."""
+        or, where the adapter cannot turn the steps off, why not (ttt_helps then says so)."""
         def run():
             with self.adapter.inner_steps_off():
                 return self.adapter.teacher_forced(self.inputs.teacher_forced)
         try:
             return self._timed("teacher_forced_no_inner_step", run)
-        except NotImplementedError:
-            return None
+        except NotImplementedError as err:
+            return str(err)
 
     def _check_ttt_helps(self):
         learned, _, _ = self.teacher_forced
         static = self.outer_no_inner_step
+        if isinstance(static, str):
+            return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
+                                     no_inner_step_unavailable=static)]
         return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
-                                 loss_no_inner_step=None if static is None else static.outer_loss)]
+                                 loss_no_inner_step=static.outer_loss)]
 
     def _check_config_consistency(self):
         """Settings stated twice (config vs training record, config vs weights) must agree; what
@@ -505,7 +508,7 @@ class HealthRun:
             data["outer_loss"] = {"learned": float(np.mean(self.teacher_forced[0].outer_loss))}
             if "outer_gate0" in self.__dict__:
                 data["outer_loss"]["gate0"] = float(np.mean(self.outer_gate0.outer_loss))
-            if self.__dict__.get("outer_no_inner_step") is not None:
+            if isinstance(self.__dict__.get("outer_no_inner_step"), ForwardResult):
                 data["outer_loss"]["no_inner_step"] = float(np.mean(self.outer_no_inner_step.outer_loss))
         if "sweep" in self.__dict__:
             data["sweep"] = self.sweep

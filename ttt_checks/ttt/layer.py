@@ -255,8 +255,7 @@ class TTTLayer(nn.Module):
                          torch.cat(curves["lafter"], -1), curves["step_0"])
 
         tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
-        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail,
-                             last_input=state.last_input)
+        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
         z = torch.cat(outputs, dim=-2)
         if c.inner_residual:
             z = rows["xq"] + z

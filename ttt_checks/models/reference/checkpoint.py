@@ -33,14 +33,14 @@ from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 import torch
-
-if TYPE_CHECKING:
-    from ttt_checks.models.reference.train import TTTInit
 from safetensors.torch import save_file
 
 from ttt_checks.models.reference.model import Decoder, DecoderConfig
 from ttt_checks.models.tensorfile import PICKLE_SUFFIXES, TensorFileError, check_trusted, load_tensors
 from ttt_checks.ttt import TTTConfig
+
+if TYPE_CHECKING:
+    from ttt_checks.models.reference.train import TTTInit
 
 FORMAT = "ttt-checks-reference/1"
 CONFIG_NAME = "config.json"
