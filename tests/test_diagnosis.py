@@ -232,6 +232,20 @@ def test_untrained_ttt_explains_hurt_outer_loss_and_dead_parameters():
     assert "+1.03% vs gate 0" in top(m).symptom
 
 
+def test_all_but_one_tensor_at_init_is_a_branch_no_gradient_reached():
+    """A zeroed output projection held out of the optimiser (zoo ttt-ignores-input): it is the only
+    tensor that differs from its init, everything behind it got no gradient."""
+    m = healthy_metrics()
+    fail(m, "dead_parameters", measured=18 / 19, details={"compared": 19, "unchanged": [f"t{i}" for i in range(18)], "unused": []})
+    fail(m, "ttt_helps", measured=0.0, details={"verdict": "does_nothing", "relative_decrease": 0.0})
+    fail(m, "figure5_adaptation", measured=-0.04)
+    assert rules(m)[0] == "ttt_untrained"
+    assert "no gradient" in top(m).title and "18 of 19" in top(m).symptom
+    # two tensors moved: some training happened, the partial finding stays
+    fail(m, "dead_parameters", measured=17 / 19, details={"compared": 19, "unchanged": [f"t{i}" for i in range(17)], "unused": []})
+    assert "ttt_untrained" not in rules(m)
+
+
 def test_unused_parameters_are_a_dead_code_path():
     m = healthy_metrics()
     fail(m, "dead_parameters", measured=0.25, details={"unchanged": [], "unused": ["post_norm.weight", "wo.bias"]})

@@ -75,6 +75,9 @@ def test_zoo_lists_every_checkpoint_with_its_expected_failures():
         # healthy ones fail nothing; broken ones name a real health check, or the check they need
         assert entry.healthy == (not entry.expected_failures and not entry.needs_check)
         assert set(entry.expected_failures) <= set(CHECKS), f"{entry.name}: unknown check names"
+        # a check on its threshold is one the committed checkpoint fails, and is said so in EXPECTED.md
+        assert set(entry.borderline) <= set(entry.expected_failures), entry.name
+        assert all(f"`{c}`" in (path / "EXPECTED.md").read_text() for c in entry.borderline), entry.name
     assert {e.name for e, _ in list_zoo(broken=True)} == {e.name for e in zoo_entries() if not e.healthy}
 
 
@@ -407,7 +410,10 @@ def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
             assert gain(rebuilt) == pytest.approx(gain(committed), abs=ZOO_REBUILD_GAIN_TOLERANCE), entry.name
         expected = set(entry.expected_failures) - set(TALK_CHECKS)
         failed = failing_checks_without_sweep(rebuilt_dir, tmp_path / "reports" / entry.name)
-        assert failed == expected, f"{entry.name}: rebuilt fails {sorted(failed)}, committed {sorted(expected)}"
+        # A check the entry documents as on its threshold may go either way on another CPU's rebuild.
+        either_way = set(entry.borderline)
+        assert failed - either_way == expected - either_way, (
+            f"{entry.name}: rebuilt fails {sorted(failed)}, committed {sorted(expected)} (either way: {sorted(either_way)})")
 
 
 # -- local attention window ----------------------------------------------------------------------

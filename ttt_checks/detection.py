@@ -107,6 +107,71 @@ def read_verdicts(report_dir: Path) -> dict[str, bool]:
     return {check: all(v["ok"] for v in vs) for check, vs in verdicts.items() if vs}
 
 
+# Checks decided by one measured number against one threshold, where |measured - threshold| is the
+# margin. The others combine several conditions (figure5_improvement: an absolute and a relative floor;
+# inner_step_size: a line search; talk_base: words and a loss ratio; ...), so one distance would mislead.
+# The value is the side that passes: +1 at or above the threshold, -1 at or below it.
+SCALAR_CHECKS = {"figure5_ordering": 1, "figure5_adaptation": 1, "gate_stats": 1, "ttt_helps": 1, "dead_parameters": -1,
+                 "streaming_consistency": -1, "talk_learned": 1}
+
+
+def read_margins(report_dir: Path) -> dict[str, tuple[float, bool, bool] | None]:
+    """{check: smallest relative distance of its scalar verdicts from their thresholds} from a run's
+    metrics.json: |measured - threshold| / |threshold| (the absolute distance where the threshold is 0);
+    each as (distance, absolute?, on the passing side?); None when no verdict of the check has a numeric measurement and
+    threshold (a composite rule)."""
+    verdicts = json.loads((Path(report_dir) / "metrics.json").read_text())["verdicts"]
+    out: dict[str, tuple[float, bool, bool] | None] = {}
+    for check, vs in verdicts.items():
+        if check not in SCALAR_CHECKS:
+            continue
+        distances = []
+        for v in vs:
+            measured, threshold = v.get("measured"), v.get("threshold")
+            if isinstance(measured, (int, float)) and isinstance(threshold, (int, float)) and measured == measured:
+                distance = abs(measured - threshold)
+                passing_side = (measured - threshold) * SCALAR_CHECKS[check] >= 0
+                distances.append((distance / abs(threshold) if threshold else distance, not threshold, passing_side))
+        out[check] = min(distances) if distances else None
+    return out
+
+
+def render_margins(rows: list[tuple[str, bool, dict[str, bool], dict[str, tuple[float, bool, bool] | None]]],
+                   checks: list[str]) -> str:
+    """How far each healthy checkpoint passes each check, and each broken one fails the checks it fails.
+
+    A healthy checkpoint close to a threshold is a false alarm waiting for the next seed; a broken one
+    close to it is a miss waiting for a milder defect. Distances are relative to the threshold (absolute
+    where the threshold is 0, marked "abs"); "-" is a composite rule without one scalar threshold."""
+    lines = ["", "## Margins: distance from each threshold", "",
+             "The checks decided by one number against one threshold (`detection.SCALAR_CHECKS`; the others "
+             "combine several conditions, see docs/health-checks.md). Healthy rows: how far each check passes "
+             "(smallest over layers); broken rows: how far each check it fails is past its threshold. Relative "
+             "to the threshold, |measured - threshold| / |threshold|; `abs` marks an absolute distance where "
+             "the threshold is 0; `other`: the measurement is on the passing side and the check fails on another "
+             "of its conditions (a gate exactly at its init, a benefit the input cannot resolve); `-` no numeric "
+             "measurement.", "",
+             "| checkpoint | " + " | ".join(f"`{c}`" for c in SCALAR_CHECKS) + " |",
+             "|" + "---|" * (len(SCALAR_CHECKS) + 1)]
+    for name, healthy, passed, margins in rows:
+        cells = []
+        for c in SCALAR_CHECKS:
+            m = margins.get(c)
+            shown = healthy or (c in passed and not passed[c])
+            if not shown:
+                cells.append("")
+            elif m is None:
+                cells.append("-")
+            else:
+                distance, absolute, passing_side = m
+                if not healthy and passing_side:
+                    cells.append("other")  # it fails on another condition of the rule (e.g. a gate exactly at its init)
+                else:
+                    cells.append(f"{distance:.3g} abs" if absolute else f"{100 * distance:.0f}%")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render(rows: list[tuple[str, list[str], dict[str, bool]]], checks: list[str]) -> str:
     head = "| checkpoint | expected to fail | " + " | ".join(f"`{c}`" for c in checks) + " | as intended |"
     sep = "|" + "---|" * (len(checks) + 3)
@@ -137,7 +202,7 @@ def render(rows: list[tuple[str, list[str], dict[str, bool]]], checks: list[str]
 
 
 def run_command(args: argparse.Namespace) -> int:
-    rows, diagnoses = [], []
+    rows, diagnoses, margin_rows = [], [], []
     checks = list(CHECKS)
     expected_rules = zoo_expected_diagnoses()
     with tempfile.TemporaryDirectory(prefix="ttt-matrix-") as tmp:
@@ -150,9 +215,10 @@ def run_command(args: argparse.Namespace) -> int:
                 passed = measure(path, args.device, report)
             checks += [c for c in passed if c not in checks]
             rows.append((name, expected, passed))
+            margin_rows.append((name, not expected, passed, read_margins(report)))
             diagnoses.append((name, expected_rules.get(name), *read_top_finding(report)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, checks) + render_diagnoses(diagnoses))
+    out.write_text(render(rows, checks) + render_diagnoses(diagnoses) + render_margins(margin_rows, checks))
     print(f"matrix: wrote {out}")
     return 0

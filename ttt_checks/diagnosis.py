@@ -107,9 +107,9 @@ RULES: tuple[Rule, ...] = (
          "streaming_consistency fails with a measured gap",
          overrides=("generation_collapse", "ttt_hurts", "ttt_does_nothing", "sweep_scenario_a", "sweep_scenario_b"),
          reads=("streaming_consistency", "talk_collapse", "talk_learned")),
-    Rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor still at its initial value)",
-         "verdict dead_parameters (details.unchanged + unused == compared)",
-         "dead_parameters fails and no compared TTT tensor moved from its init",
+    Rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its initial value)",
+         "verdict dead_parameters (details.unchanged + unused == compared, or compared - 1)",
+         "dead_parameters fails and at most one compared TTT tensor moved from its init",
          overrides=("dead_code_path", "dead_parameters_partial", "gate_never_moved", "ttt_hurts", "ttt_does_nothing",
                     "context_not_used", "inner_lr_too_high", "inner_lr_too_low", "inner_step_size_off"),
          reads=("dead_parameters", "ttt_helps", "gate_stats", "figure5_adaptation", "figure5_ordering", "figure5_improvement")),
@@ -451,7 +451,11 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
         return None
     frac = _num(v.get("measured"))
     all_dead = (compared is not None and compared > 0 and len(unchanged) + len(unused) >= compared) or (frac is not None and frac >= 1.0)
-    if not all_dead:
+    # One tensor moved and nothing else: no gradient reached the rest, so that tensor (typically a zeroed
+    # output projection or gate held out of the optimiser) blocks every path; the branch is as untrained.
+    all_but_one = (not all_dead and compared is not None and compared >= 3
+                   and len(unchanged) + len(unused) == compared - 1)
+    if not (all_dead or all_but_one):
         return None
     helps = verdicts_of(m, "ttt_helps")
     extra = ""
@@ -462,6 +466,17 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     gate = [g for g in gate if g is not None]
     if gate:
         extra += f"; the gate lets {max(gate):.1%} of the random TTT output through"
+    if all_but_one:
+        return Finding("ttt_untrained", "TTT never trained (no gradient reached it)",
+                       f"{compared - 1} of {compared} compared TTT tensors are exactly at their initial values, every one "
+                       f"but the one that changed{extra}",
+                       "no gradient reached the TTT branch: the one tensor that changed sits on every path from the "
+                       "branch to the loss and was held at a value that blocks it (a zero-initialised output "
+                       "projection or gate left out of the optimiser, or edited after training)",
+                       "find the tensor that is not in the list of unchanged ones in dead_parameters, initialise it "
+                       "non-zero or put it in the optimiser, and train again",
+                       confidence=HIGH, confidence_why="tensors compared bit for bit with the initialisation",
+                       evidence=_evidence(m, ["dead_parameters", "ttt_helps"]))
     return Finding("ttt_untrained", "TTT never trained",
                    f"all {compared if compared is not None else ''} compared TTT tensors are exactly at their initial values{extra}",
                    "the checkpoint holds freshly inserted TTT layers (training never ran on them, the optimiser did not "

@@ -49,7 +49,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("dead_max_fraction", 0.0, "fraction of trainable TTT tensors still at their initial value"),
         Threshold("talk_min_base_words", 3.0, "words Whisper must hear at gate 0 (the base model) for the sweep to mean anything"),
         Threshold("talk_max_base_loss_vs_chance", 0.6, "gate-0 outer loss / the loss of uniform guessing above this: the base predicts its own stream barely better than chance and cannot talk, whatever Whisper hears"),
-        Threshold("talk_min_learned_ratio", 0.5, "words at the learned gate / words at gate 0"),
+        Threshold("talk_min_learned_ratio", 0.42, "words at the learned gate / words at gate 0; the geometric mean of the user's 'Well, So' (2 of 7 words, 0.29) and the least talkative healthy zoo checkpoint (healthy-b64, 0.60), >= 25% from both"),
         Threshold("talk_max_repeat_rate", 0.5, "repeated 4-gram rate of a reply above this is a repetition collapse"),
         Threshold("talk_fail_above_learned", 0.0, "1: a collapse at a gate forced above the learned one fails; 0: it is reported as a warning (the TTT branch was never trained at that strength)"),
         Threshold("talk_collapsed_share", 0.5, "a gate has collapsed when at least this share of its replies collapse (silence, repetition, gibberish)"),

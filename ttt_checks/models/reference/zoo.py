@@ -51,6 +51,11 @@ class ZooEntry:
     details: str = ""
     sweep_symptom: str = ""  # what the gating sweep should show (replies at gates 0 / learned / 1)
     needs_check: str = ""  # a symptom no check of ttt_checks.run.CHECKS measures yet
+    # Checks whose measurement on this entry sits within one standard error of the threshold (measured and
+    # stated in `details`): the committed checkpoint fails them, a rebuild on another CPU may not.
+    borderline: tuple[str, ...] = ()
+    # The diagnosis rule its top finding must be, where built_to_fail's first check does not imply it.
+    expected_diagnosis: str = ""
 
     @property
     def path(self) -> Path:
@@ -61,7 +66,8 @@ class ZooEntry:
         return {"healthy": self.healthy, "built_to_fail": list(self.built_to_fail),
                 "expected_failures": list(self.expected_failures), "summary": self.summary,
                 "how": self.how, "mirrors": self.mirrors, "sweep_symptom": self.sweep_symptom,
-                "needs_check": self.needs_check}
+                "needs_check": self.needs_check, "borderline": list(self.borderline),
+                **({"expected_diagnosis": self.expected_diagnosis} if self.expected_diagnosis else {})}
 
 
 DEFAULT_CHECKPOINT = "healthy-seed0"
@@ -77,6 +83,19 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              details="A second seed, so a check is shown to pass for the recipe, not for one lucky draw.",
              sweep_symptom="replies at gate 0 and the learned gate are sentences; forced to raw alpha 1 three replies "
                            "of four loop or turn to gibberish (reported as a warning, see docs/health-checks.md)"),
+    ZooEntry("healthy-b64", True, "same recipe with TTT mini-batch 64 (what most of the user's runs use)", "trained",
+             details="The mini-batch size is the recipe knob users vary most (8, 16, 64); a rule that holds only at 16 "
+                     "would raise false alarms on their runs. Fine-tuned like healthy-seed0 with "
+                     "decoder.ttt.mini_batch_size = 64: W_t is updated once per 64 tokens, so lprev sits on the "
+                     "weights of the last full mini-batch and lafter (the token's own step) improves on it more."),
+    ZooEntry("healthy-b8", True, "same recipe with TTT mini-batch 8", "trained",
+             details="The small end of the users' mini-batch sizes: fine-tuned like healthy-seed0 with "
+                     "decoder.ttt.mini_batch_size = 8 (twice as many inner updates per context)."),
+    ZooEntry("healthy-gate-init-0.3", True, "same recipe with the gate initialised at alpha 0.3 (the user's collapse run's init)",
+             "trained",
+             details="The gate init is a knob users set (0.1 here, 0.3 in the user's collapse run). Fine-tuned like "
+                     "healthy-seed0 with alpha_init = 0.3, so gate_stats, which judges the learned gate against its "
+                     "init, is shown not to alarm on a healthy run started higher."),
     ZooEntry("noncausal-leak", False, "the user's exact recipe: non-causal mini-batches, which leak the future",
              "trained", built_to_fail=("streaming_consistency",), expected_failures=("streaming_consistency", "talk_collapse"),
              mirrors="§2 'Causality [code-derived]': no tril, so training reads up to b-1 future tokens",
@@ -122,6 +141,47 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
                      "(lprev > l0, lafter > lprev).",
              sweep_symptom="measured: the learned-gate replies match gate 0 (the collapse removed the harm), "
                            "so the sweep does not catch it; gate_stats does"),
+    ZooEntry("lr-past-optimum", False, "inner base_lr 2000: the step goes far past its optimum, while Figure 5 stays "
+             "ordered and TTT still lowers the outer loss", "trained", built_to_fail=("inner_step_size",),
+             # figure5_improvement: one inner step buys 0.63% of lprev, below improvement_min_rel (1%);
+             # figure5_adaptation: a saturated step keeps no history, so the benefit neither grows nor shrinks.
+             expected_failures=("figure5_improvement", "figure5_adaptation", "inner_step_size"),
+             borderline=("figure5_adaptation",),
+             # The step is 1000x past the line search's optimum: "inner lr far too high", not a fine-tuning of the step.
+             expected_diagnosis="inner_lr_too_high",
+             mirrors="issue 13: a Moshi checkpoint with base_lr 1e6 keeps a one-step improvement and passed every check",
+             details="Fine-tuned with the healthy recipe but base_lr = {lr_past:g} (the user's configs reach 1e6). The "
+                     "outer loop learns to live with it: Figure 5 is ordered (means l0 1.948 > lprev 1.412 > lafter "
+                     "1.403) and the learned gate lowers the outer loss by 0.35%, more than healthy-seed0. What is "
+                     "wrong shows along the update direction: inner_step_size's line search finds the inner loss at "
+                     "1.370 after 1/1000 of the step and 1.403 after the full step (1.450 before it), so the full step "
+                     "gives away 41% of what it could buy, in the saturated regime (the loss falls, rises and falls "
+                     "again along one line); one inner step improves the loss by 0.63% only (figure5_improvement). "
+                     "A step that overwrites the inner weights at every token keeps no history, so what the carried "
+                     "state buys does not grow over the context: figure5_adaptation measures a change of -0.002 +- "
+                     "0.017, on its threshold (0) by construction; built with 1 thread the same recipe measured "
+                     "slightly above it."),
+    ZooEntry("gate-fallen", False, "gate driven below half its init by an L2 penalty on alpha", "trained",
+             built_to_fail=("gate_stats",), expected_failures=("gate_stats", "ttt_helps"),
+             mirrors="issue 13 §3: the user's run, init 0.3, learned 0.02-0.09 (a fraction of its init)",
+             details="Fine-tuned like healthy-seed0 but with an L2 penalty {alpha_l2:g} * mean(alpha^2) on the gate "
+                     "(weight decay applied to alpha, a common slip: the user's optimizer groups put alpha in a group "
+                     "with decay) and alpha lr 3e-2: the penalty outweighs what the TTT branch earns, so the gate falls "
+                     "from its init 0.1 to below half of it while the branch itself trains (measured: mean "
+                     "|tanh(alpha)| 0.0019, 2% of its init, the sign flipped in about half the channels). With so "
+                     "little of the branch reaching the residual, ttt_helps finds no benefit (-0.03% vs gate 0)."),
+    ZooEntry("ttt-ignores-input", False, "TTT output independent of its input: output projection zeroed and frozen",
+             "trained", built_to_fail=("dead_parameters", "ttt_helps"),
+             # gate_stats: alpha gets no gradient through a zero branch, so it is exactly its init ("never trained");
+             # figure5_adaptation: the inner loop runs on untrained q/k/v (lprev/l0 0.751 -> 0.781).
+             expected_failures=("figure5_adaptation", "gate_stats", "ttt_helps", "dead_parameters"),
+             mirrors="issue 13: a TTT whose output ignores its input passed every check",
+             details="Fine-tuned like healthy-seed0 after zero-initialising the TTT output projection (weight and "
+                     "bias, the residual zero-init trick) and leaving it out of the optimizer by mistake: wo stays 0, "
+                     "so the branch adds exactly nothing whatever its input. The inner loop still runs (Figure 5 is "
+                     "ordered), but nothing it computes reaches the model: the outer loss at the learned gate equals "
+                     "the loss at gate 0, and every TTT tensor upstream of wo, the gate included, gets no gradient "
+                     "(dead_parameters)."),
     ZooEntry("untrained-gate1", False, "freshly inserted TTT, never fine-tuned, gate at raw alpha 1", "trained",
              built_to_fail=("dead_parameters", "ttt_helps", "gate_stats"),
              expected_failures=("figure5_adaptation", "gate_stats", "ttt_helps", "dead_parameters"),
@@ -151,10 +211,20 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              details="healthy-seed0's tensors with the config flag decoder.ttt_reset_each_call = true: every "
                      "streaming call restarts the inner weights from W_0, so l0 == lprev at every position "
                      "of a stream fed one token per call."),
+    ZooEntry("config-contradicts-weights", False, "config.json says mini_batch_size 64, the weights were trained at 16",
+             "transformed", built_to_fail=("config_consistency",), expected_failures=("config_consistency",),
+             mirrors="issue 13: mini_batch_size changed in config.json of a checkpoint trained at 16",
+             details="healthy-seed0's tensors, with decoder.ttt.mini_batch_size edited from 16 to 64 after training "
+                     "(a user 'matching' the config to another run); its `recipe` block still states the recipe it "
+                     "was trained with (mini-batch left to the default, 16). The model loads and runs, and nothing "
+                     "but the recipe says why it behaves differently."),
 ]}
 
 LR_HIGH = 1e5
 LR_ZERO = 1e-6
+LR_PAST = 2000.0  # measured: 30-300 are healthy (the outer loop retunes the step), 1000-3000 saturate
+ALPHA_L2 = 30.0
+WO = ("ttt.wo.weight", "ttt.wo.bias")
 
 
 def _recipes() -> dict[str, FinetuneRecipe]:
@@ -162,11 +232,18 @@ def _recipes() -> dict[str, FinetuneRecipe]:
     return {
         "healthy-seed0": HEALTHY,
         "healthy-seed1": FinetuneRecipe(**{**asdict(HEALTHY), "seed": 1, "init_seed": 1001}),
+        "healthy-b64": FinetuneRecipe(**{**asdict(HEALTHY), "ttt": {"mini_batch_size": 64}}),
+        "healthy-b8": FinetuneRecipe(**{**asdict(HEALTHY), "ttt": {"mini_batch_size": 8}}),
+        "healthy-gate-init-0.3": FinetuneRecipe(**{**asdict(HEALTHY), "alpha_init": 0.3}),
         "noncausal-leak": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 100, "ttt": {"causal": False}}),
         "lr-too-high": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 40, "lr": 1e-5, "ttt": {"base_lr": LR_HIGH}}),
         "lr-near-zero": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 40, "ttt": {"base_lr": LR_ZERO}}),
         "gate-collapse": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 60, "alpha_init": 0.3, "lr": 1e-5,
                                            "alpha_lr": 3e-2, "ttt": {"base_lr": LR_HIGH, "output_projection": False}}),
+        "lr-past-optimum": FinetuneRecipe(**{**asdict(HEALTHY), "ttt": {"base_lr": LR_PAST}}),
+        "gate-fallen": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 150, "alpha_lr": 3e-2, "alpha_l2": ALPHA_L2}),
+        "ttt-ignores-input": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 150, "zeroed_ttt": WO,
+                                               "frozen_ttt": WO}),
         "untrained-gate1": FinetuneRecipe(**{**asdict(HEALTHY), "steps": 0, "alpha_init": 1.0}),
     }
 
@@ -178,7 +255,8 @@ def zoo_entries(broken: bool | None = None) -> list[ZooEntry]:
 
 def _expected_md(entry: ZooEntry, recipe: dict[str, Any] | None) -> str:
     lines = [f"# {entry.name}", "", f"**{'Healthy' if entry.healthy else 'Broken'}**: {entry.summary}.", ""]
-    lines += [entry.details.format(lr_high=LR_HIGH, lr_zero=LR_ZERO), ""]
+    lines += [entry.details.format(lr_high=LR_HIGH, lr_zero=LR_ZERO, lr_past=LR_PAST,
+                                   alpha_l2=ALPHA_L2), ""]
     if entry.sweep_symptom:
         lines += [f"Gating sweep: {entry.sweep_symptom}.", ""]
     if entry.mirrors:
@@ -188,6 +266,9 @@ def _expected_md(entry: ZooEntry, recipe: dict[str, Any] | None) -> str:
         lines += [f"- `{c}`" for c in entry.built_to_fail] + [""]
         lines += ["Every check that fails on it as measured (the aimed-at ones and their consequences):", ""]
         lines += [f"- `{c}`" for c in entry.expected_failures] + [""]
+    if entry.borderline:
+        lines += ["On its threshold (within one standard error; a rebuild on another CPU may pass them): "
+                  + ", ".join(f"`{c}`" for c in entry.borderline) + ".", ""]
     if entry.needs_check:
         lines += [f"Not yet measured by any check: {entry.needs_check}.", ""]
     if entry.healthy:
@@ -219,12 +300,17 @@ def _save_entry(entry: ZooEntry, out: Path, base_dir: Path, tensors: dict[str, t
 
 
 def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, measure_entries: bool = True,
-              threads: int = 2, only: Sequence[str] | None = None, reuse_base: bool = False) -> dict[str, Any]:
+              threads: int = 2, only: Sequence[str] | None = None, reuse_base: bool = False,
+              workers: int = 1) -> dict[str, Any]:
     """Re-create the zoo under ``out_dir`` from scratch (seeded); returns seconds per stage.
 
     Runs on CPU with ``threads`` intra-op threads (2 by default, the budget the zoo was sized
     for). With ``measure_entries`` each checkpoint is loaded back and measured (Figure 5,
     losses, replies) and the numbers go into its config.json under ``measured``.
+
+    ``workers`` > 1 fine-tunes that many checkpoints at once in separate processes, splitting
+    ``threads`` among them; the result differs from a one-process build in the last bits only
+    (training is chaotic across thread counts, see REPRODUCIBILITY).
 
     ``only`` rebuilds just the named checkpoints, and ``reuse_base`` keeps an existing
     ``base/`` made by the same pretraining recipe: both are for iterating on one recipe; the
@@ -259,29 +345,29 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
             say(f"base: val loss {base_info['val_loss_bf16']:.4f}")
         timings[BASE_NAME] = time.perf_counter() - t0
 
-        recipes = _recipes()
-        healthy_model: Decoder | None = None
-        for name, recipe in recipes.items():
-            if name not in wanted:
-                continue
-            t0 = time.perf_counter()
-            ttt_cfg = default_ttt_config(base.config.width, **recipe.ttt)
-            model = insert_ttt(base, ttt_cfg, recipe.layers, recipe.alpha_init, recipe.init_seed,
-                               init=TTTInit.from_dict(recipe.init))
-            info = finetune_ttt(model, corpus, recipe, log=say) if recipe.steps > 0 else {"steps": 0, "seconds": 0.0}
-            round_to_bf16_(model)
-            info["val_loss"] = evaluate(model, val)
-            timings[name] = time.perf_counter() - t0
-            _save_entry(ENTRIES[name], out, base_dir, ttt_tensors(model), model.config, recipe.init_seed,
-                        asdict(recipe), info)
-            say(f"{name}: val loss {info['val_loss']:.4f} ({timings[name]:.0f}s)")
-            if name == DEFAULT_CHECKPOINT:
-                healthy_model = model
+        trained = [n for n in _recipes() if n in wanted]
+        if workers > 1 and len(trained) > 1:
+            # Independent fine-tunes of one base: one process per worker, the threads split among
+            # them (small matmuls scale poorly across threads); each loads the base as stored.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                jobs = [pool.submit(_train_entry, str(out), str(base_dir), name, max(1, threads // workers))
+                        for name in trained]
+                for job in jobs:
+                    name, info, seconds = job.result()
+                    timings[name] = seconds
+                    say(f"{name}: val loss {info['val_loss']:.4f} ({seconds:.0f}s)")
+        else:
+            for name in trained:
+                name, info, seconds = _train_entry(str(out), str(base_dir), name, threads, base=base, log=say)
+                timings[name] = seconds
+                say(f"{name}: val loss {info['val_loss']:.4f} ({seconds:.0f}s)")
         transformed = [n for n in wanted if ENTRIES[n].how == "transformed"]
         if transformed:
             t0 = time.perf_counter()
-            if healthy_model is None:
-                healthy_model = load_checkpoint(out / DEFAULT_CHECKPOINT).model
+            healthy_model = load_checkpoint(out / DEFAULT_CHECKPOINT).model
             _build_transformed(out, base_dir, healthy_model, HEALTHY, transformed)
             timings["transformed"] = time.perf_counter() - t0
         timings["build_total"] = time.perf_counter() - t_all
@@ -303,6 +389,25 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
         (out / "build_log.json").write_text(json.dumps({"seconds": timings, "threads": threads,
                                                          "torch": torch.__version__}, indent=2) + "\n")
     return timings
+
+
+def _train_entry(out: str, base_dir: str, name: str, threads: int, base: Decoder | None = None,
+                 log: Log | None = None) -> tuple[str, dict[str, Any], float]:
+    """Fine-tune and save one trained zoo checkpoint (in a worker process, or in-process with ``base``)."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    corpus = DialogueCorpus.load(seed=0)
+    if base is None:
+        base = load_checkpoint(base_dir).model
+    recipe = _recipes()[name]
+    ttt_cfg = default_ttt_config(base.config.width, **recipe.ttt)
+    model = insert_ttt(base, ttt_cfg, recipe.layers, recipe.alpha_init, recipe.init_seed, init=TTTInit.from_dict(recipe.init))
+    info = finetune_ttt(model, corpus, recipe, log=log) if recipe.steps > 0 else {"steps": 0, "seconds": 0.0}
+    round_to_bf16_(model)
+    info["val_loss"] = evaluate(model, validation_windows(corpus))
+    _save_entry(ENTRIES[name], Path(out), Path(base_dir), ttt_tensors(model), model.config, recipe.init_seed,
+                asdict(recipe), info)
+    return name, info, time.perf_counter() - t0
 
 
 def _same_pretrain(stored: Any) -> bool:
@@ -333,6 +438,12 @@ def _build_transformed(out: Path, base_dir: Path, healthy: Decoder, recipe: Fine
     if "no-state-carry" in names:
         reset_cfg = DecoderConfig.from_dict({**cfg.to_dict(), "ttt_reset_each_call": True})
         _save_entry(ENTRIES["no-state-carry"], out, base_dir, dict(src), reset_cfg, recipe.init_seed, None, None, derived)
+    if "config-contradicts-weights" in names:
+        assert cfg.ttt is not None
+        edited = DecoderConfig.from_dict({**cfg.to_dict(), "ttt": {**cfg.ttt.to_dict(), "mini_batch_size": 64}})
+        # The recipe block is the one it was trained with: that is what the edit contradicts.
+        _save_entry(ENTRIES["config-contradicts-weights"], out, base_dir, dict(src), edited, recipe.init_seed,
+                    asdict(recipe), None, derived)
 
 
 def write_index(out: Path) -> Path:

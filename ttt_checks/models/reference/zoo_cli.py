@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     build.add_argument("--out", type=Path, default=None, help="output directory (default: the committed fixtures/zoo)")
     build.add_argument("--no-measure", action="store_true", help="skip measuring each checkpoint after building it")
     build.add_argument("--threads", type=int, default=2, help="CPU threads for training (default 2)")
+    build.add_argument("--workers", type=int, default=1,
+                       help="fine-tune this many checkpoints at once in separate processes, sharing --threads (default 1)")
     build.add_argument("--only", nargs="+", metavar="NAME", help="rebuild only these checkpoints (iterating on a recipe)")
     build.add_argument("--reuse-base", action="store_true", help="keep an existing base/ made by the same pretraining recipe")
     build.set_defaults(func=_build)
@@ -56,7 +58,7 @@ def _build(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_ZOO_DIR
     try:
         timings = build_zoo(out, log=print, measure_entries=not args.no_measure, threads=args.threads,
-                            only=args.only, reuse_base=args.reuse_base)
+                            only=args.only, reuse_base=args.reuse_base, workers=args.workers)
     except KeyError as exc:
         print(f"ttt-checks zoo build: {exc.args[0]}", file=sys.stderr)
         return 2
