@@ -136,13 +136,12 @@ def read_margins(report_dir: Path) -> dict[str, tuple[float, bool, bool] | None]
     return out
 
 
-def render_margins(rows: list[tuple[str, bool, dict[str, bool], dict[str, tuple[float, bool, bool] | None]]],
-                   checks: list[str]) -> str:
+def render_margins(rows: list[tuple[str, bool, dict[str, bool], dict[str, tuple[float, bool, bool] | None]]]) -> str:
     """How far each healthy checkpoint passes each check, and each broken one fails the checks it fails.
 
     A healthy checkpoint close to a threshold is a false alarm waiting for the next seed; a broken one
     close to it is a miss waiting for a milder defect. Distances are relative to the threshold (absolute
-    where the threshold is 0, marked "abs"); "-" is a composite rule without one scalar threshold."""
+    where the threshold is 0, marked "abs"); only the checks of ``SCALAR_CHECKS``."""
     lines = ["", "## Margins: distance from each threshold", "",
              "The checks decided by one number against one threshold (`detection.SCALAR_CHECKS`; the others "
              "combine several conditions, see docs/health-checks.md). Healthy rows: how far each check passes "
@@ -219,6 +218,6 @@ def run_command(args: argparse.Namespace) -> int:
             diagnoses.append((name, expected_rules.get(name), *read_top_finding(report)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, checks) + render_diagnoses(diagnoses) + render_margins(margin_rows, checks))
+    out.write_text(render(rows, checks) + render_diagnoses(diagnoses) + render_margins(margin_rows))
     print(f"matrix: wrote {out}")
     return 0

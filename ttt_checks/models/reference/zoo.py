@@ -87,7 +87,8 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              details="The mini-batch size is the recipe knob users vary most (8, 16, 64); a rule that holds only at 16 "
                      "would raise false alarms on their runs. Fine-tuned like healthy-seed0 with "
                      "decoder.ttt.mini_batch_size = 64: W_t is updated once per 64 tokens, so lprev sits on the "
-                     "weights of the last full mini-batch and lafter (the token's own step) improves on it more."),
+                     "weights of the last full mini-batch (measured: one inner step improves the loss by 2.4%, "
+                     "8.5% on healthy-seed0)."),
     ZooEntry("healthy-b8", True, "same recipe with TTT mini-batch 8", "trained",
              details="The small end of the users' mini-batch sizes: fine-tuned like healthy-seed0 with "
                      "decoder.ttt.mini_batch_size = 8 (twice as many inner updates per context)."),
@@ -361,7 +362,8 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
                     say(f"{name}: val loss {info['val_loss']:.4f} ({seconds:.0f}s)")
         else:
             for name in trained:
-                name, info, seconds = _train_entry(str(out), str(base_dir), name, threads, base=base, log=say)
+                name, info, seconds = _train_entry(str(out), str(base_dir), name, threads, base=base, log=say,
+                                                    corpus=corpus)
                 timings[name] = seconds
                 say(f"{name}: val loss {info['val_loss']:.4f} ({seconds:.0f}s)")
         transformed = [n for n in wanted if ENTRIES[n].how == "transformed"]
@@ -392,11 +394,11 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
 
 
 def _train_entry(out: str, base_dir: str, name: str, threads: int, base: Decoder | None = None,
-                 log: Log | None = None) -> tuple[str, dict[str, Any], float]:
+                 log: Log | None = None, corpus: DialogueCorpus | None = None) -> tuple[str, dict[str, Any], float]:
     """Fine-tune and save one trained zoo checkpoint (in a worker process, or in-process with ``base``)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    corpus = DialogueCorpus.load(seed=0)
+    corpus = corpus or DialogueCorpus.load(seed=0)
     if base is None:
         base = load_checkpoint(base_dir).model
     recipe = _recipes()[name]
