@@ -13,6 +13,7 @@ scores near 1.0.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -336,3 +337,13 @@ def test_cli_bad_asr_spec_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["transcribe", "--asr", "whisperx:big", str(FIXTURES / "silence.wav")]) == 2
     assert "bad --asr value 'whisperx:big'" in capsys.readouterr().err
 
+
+
+def test_cpu_transcription_threads_follow_omp_num_threads(monkeypatch):
+    from ttt_checks.asr.backends import default_cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_cpu_threads() == 3
+    for unset in ("", "0", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert default_cpu_threads() == min(4, os.cpu_count() or 1)

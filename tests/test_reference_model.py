@@ -24,8 +24,6 @@ from ttt_checks.health import at_initial_value
 from ttt_checks.run import CHECKS
 from ttt_checks.ttt import Figure5Probe
 
-torch.set_num_threads(2)
-
 PROMPT = "Tell me a joke."  # the reference model ends this reply with <eot> at gate 0 and learned
 
 
@@ -394,7 +392,9 @@ def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
     from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_ZOO_DIR
 
     shutil.copytree(DEFAULT_ZOO_DIR / BASE_NAME, tmp_path / "zoo" / BASE_NAME)
-    build_zoo(tmp_path / "zoo", log=None, measure_entries=True, reuse_base=True)
+    # As many threads as this process was given (one per xdist worker's share of the cores): training is
+    # chaotic across thread counts only in the last bits, well inside the tolerances above.
+    build_zoo(tmp_path / "zoo", log=None, measure_entries=True, reuse_base=True, threads=torch.get_num_threads())
     for entry in zoo_entries():
         rebuilt_dir = tmp_path / "zoo" / entry.name
         committed = json.loads((entry.path / "config.json").read_text())["measured"]["summary"]

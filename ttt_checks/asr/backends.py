@@ -45,6 +45,17 @@ def _prepare(pcm: np.ndarray, sample_rate: int) -> tuple[np.ndarray, tuple[str, 
     return np.ascontiguousarray(arr), notes
 
 
+def default_cpu_threads() -> int:
+    """Threads for CPU transcription: OMP_NUM_THREADS where the job set it (a Slurm task's
+    cpus-per-task, a pytest-xdist worker's share), else one per core up to 4 (tiny.en gains
+    little beyond that). More threads than cores are paid for in spinning, not speed."""
+    try:
+        requested = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        requested = 0
+    return requested if requested > 0 else min(4, os.cpu_count() or 1)
+
+
 def _join(segments: tuple[Segment, ...]) -> str:
     return " ".join(s.text.strip() for s in segments if s.text.strip())
 
@@ -70,7 +81,7 @@ class FasterWhisperTranscriber:
         except ImportError as exc:
             raise AsrError("faster-whisper is not installed; install it with `pip install 'ttt-checks[asr]'`") from exc
         path = Path(model)
-        threads = cpu_threads if cpu_threads is not None else min(4, os.cpu_count() or 1)
+        threads = cpu_threads if cpu_threads is not None else default_cpu_threads()
         if path.is_dir():
             if not (path / "model.bin").is_file():
                 raise AsrError(f"{path}: not a CTranslate2 model directory (no model.bin)")
