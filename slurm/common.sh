@@ -85,10 +85,16 @@ XML
 # pytest runs in the background so the batch shell can take USR1. A background job of a
 # non-interactive shell starts with SIGINT ignored; the launcher restores Python's handler, so
 # SIGINT makes pytest stop the session and still write JUnit and metrics.json (marked incomplete).
+# A SIGINT that lands while Python is still importing pytest (USR1 early in the job) is the same
+# interruption as one during a test: exit 2, pytest's "interrupted", not Python's 130.
 _TTT_LAUNCHER='import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import pytest
-sys.exit(pytest.main(sys.argv[1:]))'
+try:
+    import pytest
+    code = pytest.main(sys.argv[1:])
+except KeyboardInterrupt:
+    code = 2
+sys.exit(int(code))'
 _TTT_PID=
 _TTT_SIGNALLED=0
 _TTT_REPORT_DIR=

@@ -149,6 +149,27 @@ def broken_ckpt() -> tuple[Path, set[str]]:
     pytest.fail("the zoo has no broken checkpoint that fails a checkpoint-level check")
 
 
+def test_an_interrupt_while_pytest_is_still_importing_exits_as_interrupted(tmp_path):
+    """USR1 can land before pytest has started (Slurm signals at its first check): the SIGINT the
+    trap sends then hits ``import pytest``, and the job must still exit 2 ("interrupted"), not 130."""
+    launcher = subprocess.run(["bash", "-c", f'source "{SLURM}/common.sh"; printf %s "$_TTT_LAUNCHER"'],
+                              capture_output=True, text=True, check=True).stdout
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    started = tmp_path / "importing"
+    (slow / "pytest.py").write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], env={**os.environ, "PYTHONPATH": str(slow)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the stand-in pytest was never imported"
+    proc.send_signal(subprocess.signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+
+
 def _job_env(report_root: Path, **extra: str) -> dict[str, str]:
     """Environment the jobs inherit (sbatch exports it): this interpreter, this clone, no pytest worker state."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "CUDA_VISIBLE_DEVICES"}
