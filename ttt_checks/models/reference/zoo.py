@@ -388,7 +388,7 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
     timings["total"] = time.perf_counter() - t_all
     write_index(out)
     if only is None and not reuse_base:
-        (out / "build_log.json").write_text(json.dumps({"seconds": timings, "threads": threads,
+        (out / "build_log.json").write_text(json.dumps({"seconds": timings, "threads": threads, "workers": workers,
                                                          "torch": torch.__version__}, indent=2) + "\n")
     return timings
 

@@ -1,7 +1,8 @@
 """``ttt-checks zoo``: list the reference checkpoint zoo, or rebuild it.
 
     ttt-checks zoo list [--broken] [--paths]   one line per checkpoint (name, verdict, checks)
-    ttt-checks zoo build [--out DIR]           re-create every checkpoint (about 10 min on 2 cores)
+    ttt-checks zoo build [--out DIR]           re-create every checkpoint (2 cores: 9.8 min with
+                                               --workers 2, measured 2026-12-01)
 """
 
 from __future__ import annotations
