@@ -465,3 +465,12 @@ def test_detection_matrix_diagnosis_table_marks_a_wrong_top_finding():
     rows = [l for l in text.splitlines() if l.startswith(("| a |", "| b |", "| c |"))]
     assert rows[0].endswith("| yes |") and rows[1].endswith("| NO |") and rows[2].endswith("| yes |")
     assert "x \\| y" in rows[0]
+
+
+def test_a_constant_ttt_output_is_named_with_high_confidence():
+    m = healthy_metrics()
+    fail(m, "ttt_helps", measured=0.0012, details={"loss_learned": 1.7243, "loss_gate0": 1.7264, "relative_decrease": 0.0012,
+                                                    "verdict": "does_nothing", "constant_output_layers": {LAYER: 0.0}})
+    assert rules(m) == ["ttt_does_nothing"]
+    finding = top(m)
+    assert finding.confidence == dx.HIGH and "same at every position" in finding.symptom and "(wo)" in finding.fix

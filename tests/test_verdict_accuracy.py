@@ -186,7 +186,8 @@ def test_ttt_that_ignores_its_input_is_caught_as_doing_nothing(tmp_path):
     ckpt = _finetune_with_output_projection_frozen_at_zero(zoo_copy("healthy-seed0", tmp_path / "zoo"))
     run = health_run(ckpt, tmp_path)
     [v] = run.judge("ttt_helps")
-    assert not v.ok and "DOES NOTHING" in v.explanation, v.line()
+    assert not v.ok and "IGNORES ITS INPUT" in v.explanation, v.line()
+    assert v.details["verdict"] == "does_nothing" and v.details["constant_output_layers"], v.line()
     assert abs(v.measured) <= TH["help_min_loss_decrease"] / MARGIN, v.line()  # far from the line, on the right side
     assert all(c.ok for c in run.judge("gate_stats")), "the gate is fine: only ttt_helps names this fault"
 

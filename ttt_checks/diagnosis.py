@@ -153,8 +153,9 @@ RULES: tuple[Rule, ...] = (
     Rule("ttt_hurts", 16, "TTT makes the outer loss worse than the model without it",
          "verdict ttt_helps (details.verdict == hurts; relative_decrease); outer_loss learned / gate0",
          "ttt_helps fails as 'hurts' (or fails with a loss increase, older runs)", reads=("ttt_helps",)),
-    Rule("ttt_does_nothing", 17, "TTT does nothing: the outer loss is the same with and without it",
-         "verdict ttt_helps (details.verdict == does_nothing); outer_loss", "ttt_helps fails as 'does nothing'",
+    Rule("ttt_does_nothing", 17, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
+         "verdict ttt_helps (details.verdict == does_nothing; constant_output_layers); outer_loss",
+         "ttt_helps fails as 'does nothing' or 'ignores its input'",
          reads=("ttt_helps",)),
     Rule("sweep_scenario_c", 18, "scenario C: every gate is quiet, so the problem is elsewhere (base model, input, sampling)",
          "sweep rows (words per gate, collapse); verdict talk_base", "no gate of the sweep talks, gate 0 included",
@@ -811,6 +812,17 @@ def rule_ttt_does_nothing(m: Metrics) -> Finding | None:
     v, kind = _helps(m)
     if kind != "does_nothing":
         return None
+    constant = _details(v).get("constant_output_layers")
+    if isinstance(constant, Mapping) and constant:
+        spreads = ", ".join(f"{name} {_fmt(value)}" for name, value in constant.items())
+        return Finding("ttt_does_nothing", "TTT ignores its input: its output is a constant",
+                       f"{_outer_symptom(m, v)}; the branch output is the same at every position (spread std/rms {spreads})",
+                       "the TTT branch adds the same vector at every position, so nothing the inner loop learns reaches the "
+                       "model: its output projection is zeroed or frozen (only a bias left), or no gradient reaches it",
+                       "check the TTT output projection (wo) in the checkpoint and in training (frozen, zero-initialised and "
+                       "never trained, or cut off from the loss)",
+                       confidence=HIGH, confidence_why="the output's spread over positions is measured; a constant has none",
+                       evidence=_evidence(m, ["ttt_helps"]))
     return Finding("ttt_does_nothing", "TTT does nothing", _outer_symptom(m, v),
                    "the TTT branch does not change the predictions: its output ignores the input, the gate is too small to "
                    "matter, or no benefit was learned",

@@ -43,6 +43,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("gate_min_mean_tanh", 0.01, "absolute floor: mean |tanh(alpha)| per layer below this is a collapsed gate whatever its init (and the only test where the init is unknown)"),
         Threshold("gate_min_fraction_of_init", 0.5, "mean |tanh(alpha)| per layer below this fraction of |tanh(initial alpha)| is a collapsed gate (the user's run: init 0.3, learned 0.07-31 % of it)"),
         Threshold("help_min_loss_decrease", 0.001, "outer loss at the learned gate must be lower than at gate 0 by at least this (relative); as much higher is 'TTT hurts', in between 'TTT does nothing'"),
+        Threshold("help_min_output_spread", 0.001, "spread of a TTT branch's output over positions (std / rms, metrics/branch_output.py) below this: the output ignores its input, a constant bias whatever the inner loop learns; fails ttt_helps whatever the gain (float rounding gives ~1e-8, healthy zoo 0.83-0.88)"),
         Threshold("persistence_min_fraction", 0.5, "fraction of streamed positions after the first mini-batch where lprev departs from l0"),
         Threshold("persistence_min_rel_change", 1e-5, "lprev 'departs' from l0 (and lafter from lprev) in state_persistence when they differ by more than this fraction of the larger: 10x fp32 rounding of a loss; a carried state at base_lr 1e-6 (zoo lr-near-zero) departs by more at every position"),
         Threshold("leak_max_loss_gap", 0.01, "outer loss fed one token per call (inference) may exceed the teacher-forced pass by at most this (relative): more means the TTT layer reads ahead in training"),
@@ -522,7 +523,8 @@ HELP_RESOLUTION_SE = 2.0
 
 def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str, float],
               nonfinite_ttt: Sequence[str] = (), loss_no_inner_step: np.ndarray | None = None,
-              no_inner_step_unavailable: str | None = None) -> Verdict:
+              no_inner_step_unavailable: str | None = None,
+              output_spread: Mapping[str, float] | None = None) -> Verdict:
     """TTT must earn its place: the teacher-forced outer loss at the learned gate is lower than
     at gate 0 by at least ``help_min_loss_decrease`` (relative). Within that band either way is
     "TTT does nothing"; above it "TTT hurts". The paired t over position blocks is reported (how
@@ -537,7 +539,13 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
     what the branch adds as an ordinary layer and what test-time training adds on top, which
     the verdict alone cannot tell apart (measured: the committed healthy-seed0's whole 0.21% is
     static). ``no_inner_step_unavailable``: why that pass could not be made; the explanation says
-    so instead of leaving the split out silently."""
+    so instead of leaving the split out silently.
+
+    ``output_spread``: per TTT layer, how much its branch output varies over the positions of the
+    learned-gate pass (std / rms, ``metrics/branch_output.py``). Below ``help_min_output_spread``
+    the branch ignores its input: it adds a constant (a trained ``wo.bias`` behind a zeroed
+    ``wo.weight``), which can lower the loss like any bias (measured 0.094%) but is not TTT, so
+    the check fails whatever the gain."""
     margin = th["help_min_loss_decrease"]
     a, b = np.asarray(loss_learned, dtype=np.float64), np.asarray(loss_gate0, dtype=np.float64)
     mean_a, mean_b = (float(np.mean(a)) if a.size else float("nan")), (float(np.mean(b)) if b.size else float("nan"))
@@ -558,6 +566,18 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
     se_rel = block[1] / abs(mean_b) if block is not None and mean_b else float("inf")
     noise = "" if paired is None else f", paired t over position blocks {paired:+.2f}"
     core = f"teacher-forced outer loss {mean_a:.5f} at the learned gate vs {mean_b:.5f} at gate 0 ({-gain:+.3%}{noise})"
+    min_spread = th["help_min_output_spread"]
+    constant = {name: float(v) for name, v in (output_spread or {}).items() if math.isfinite(v) and v < min_spread}
+    if constant:
+        shown = ", ".join(f"{name} {v:.1e}" for name, v in constant.items())
+        return Verdict("ttt_helps", False, gain, margin,
+                       f"{core}: TTT IGNORES ITS INPUT: the branch output is the same at every position (spread std/rms "
+                       f"{shown}, below {min_spread:g}; a branch that reads its input varies by order 1): what it adds is a "
+                       "constant bias, not test-time training, whatever it does to the loss (a zeroed or frozen output "
+                       "projection, or no gradient reaching it)",
+                       details={"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
+                                "standard_error_rel": se_rel, "verdict": "does_nothing", "constant_output_layers": constant,
+                                "output_spread": dict(output_spread or {})})
     if gain >= margin:
         ok, why = True, f"{core}: TTT lowers the loss by {gain:.3%} (at least {margin:.3%} required)"
     elif gain + HELP_RESOLUTION_SE * se_rel >= margin:
@@ -574,6 +594,8 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
                           "either way (an output that ignores its input, a gate too small to matter, or no benefit learned)")
     details = {"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
                "standard_error_rel": se_rel, "verdict": "helps" if ok else ("hurts" if gain <= -margin else "does_nothing")}
+    if output_spread:
+        details["output_spread"] = dict(output_spread)
     split = _inner_step_share(mean_a, mean_b, loss_no_inner_step, margin)
     if split is None and no_inner_step_unavailable:
         split = ({"loss_no_inner_step": None, "no_inner_step_unavailable": no_inner_step_unavailable},

@@ -10,6 +10,7 @@ run's report directory.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import re
 import time
@@ -22,6 +23,7 @@ import numpy as np
 
 from ttt_checks import health
 from ttt_checks.health import Verdict
+from ttt_checks.metrics.branch_output import BranchOutputProbe
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats, positions_needed
 from ttt_checks.audio.wav import AudioError
 from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, InputError, ModelInputs
@@ -138,7 +140,12 @@ class HealthRun:
         """Figure-5 records at the learned gate, plus why a layer has none. The same pass runs the
         inner step-size line search (``step_size``)."""
         probe = self._teacher_forced_probe = Figure5Probe(step_multipliers=DEFAULT_MULTIPLIERS)
-        result = self._timed("teacher_forced", lambda: self.adapter.teacher_forced(self.inputs.teacher_forced, probe=probe))
+        spread = self._branch_output_probe = BranchOutputProbe()
+
+        def run():
+            with spread.attach(self.adapter.ttt_modules()):
+                return self.adapter.teacher_forced(self.inputs.teacher_forced, probe=probe)
+        result = self._timed("teacher_forced", run)
         records, missing = {}, {}
         for info in self.layers:
             try:
@@ -363,14 +370,22 @@ class HealthRun:
         except NotImplementedError as err:
             return str(err)
 
+    @cached_property
+    def output_spread(self) -> dict[str, float]:
+        """Per TTT layer, the spread (std / rms) of its branch output over the learned-gate
+        teacher-forced pass (metrics/branch_output.py); layers that produced no finite output are left out."""
+        self.teacher_forced  # noqa: B018  (the pass that fills the probe)
+        return {name: s.relative for name, s in self._branch_output_probe.spreads().items()
+                if s.positions > 0 and math.isfinite(s.relative)}
+
     def _check_ttt_helps(self):
         learned, _, _ = self.teacher_forced
         static = self.outer_no_inner_step
         if isinstance(static, str):
             return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
-                                     no_inner_step_unavailable=static)]
+                                     no_inner_step_unavailable=static, output_spread=self.output_spread)]
         return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
-                                 loss_no_inner_step=static.outer_loss)]
+                                 loss_no_inner_step=static.outer_loss, output_spread=self.output_spread)]
 
     def _check_config_consistency(self):
         """Settings stated twice (config vs training record, config vs weights) must agree; what
