@@ -474,3 +474,11 @@ def test_a_constant_ttt_output_is_named_with_high_confidence():
     assert rules(m) == ["ttt_does_nothing"]
     finding = top(m)
     assert finding.confidence == dx.HIGH and "same at every position" in finding.symptom and "(wo)" in finding.fix
+
+
+def test_a_zeroed_tensor_is_named_as_zeroed_not_as_left_out_of_the_optimiser():
+    m = healthy_metrics()
+    fail(m, "dead_parameters", measured=2 / 12, details={"unchanged": ["wq.bias"], "zeroed": ["wq.weight"], "compared": 12})
+    finding = top(m)
+    assert finding.rule == "dead_parameters_partial" and finding.confidence == dx.HIGH
+    assert "wq.weight" in finding.symptom and "zeroed" in finding.title and "wq.bias" in finding.symptom

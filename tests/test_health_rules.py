@@ -359,3 +359,22 @@ def test_ttt_helps_says_when_the_inner_steps_could_not_be_turned_off():
                          no_inner_step_unavailable="cannot turn off the inner steps of TTT modules ['blk.0']")
     assert v.ok and v.details["loss_no_inner_step"] is None
     assert "not measured: cannot turn off the inner steps of TTT modules ['blk.0']" in v.explanation
+
+
+def test_a_zeroed_weight_is_dead_even_though_it_moved_from_init():
+    import torch
+
+    torch.manual_seed(0)
+    init = {"wq.weight": torch.randn(8, 8), "wq.bias": torch.zeros(8), "wk.weight": torch.randn(8, 8)}
+    trained = {k: v + 0.01 for k, v in init.items()}
+    assert health.dead_parameters(trained, init, None, TH).ok
+    edited = {**trained, "wq.weight": torch.zeros(8, 8)}
+    v = health.dead_parameters(edited, init, None, TH)
+    assert not v.ok and v.details["zeroed"] == ["wq.weight"] and "ZEROED" in v.explanation
+    assert v.details["unchanged"] == []
+    # A bias initialised to 0 and still 0 is "at init", not "zeroed"; a trained value that is not all 0 is neither.
+    v = health.dead_parameters({**trained, "wq.bias": torch.zeros(8)}, init, None, TH)
+    assert v.details["unchanged"] == ["wq.bias"] and v.details["zeroed"] == []
+    almost = trained["wq.weight"].clone()
+    almost[1:] = 0.0
+    assert health.dead_parameters({**trained, "wq.weight": almost}, init, None, TH).ok

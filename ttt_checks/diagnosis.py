@@ -169,8 +169,8 @@ RULES: tuple[Rule, ...] = (
          reads=("talk_learned",)),
     Rule("generation_collapse", 21, "generation collapses (silence, repetition) at a gate the model runs at",
          "verdict talk_collapse per gate (details.kinds)", "talk_collapse fails", reads=("talk_collapse",)),
-    Rule("dead_parameters_partial", 22, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update)",
-         "verdict dead_parameters (details.unchanged)", "dead_parameters fails with used tensors unchanged",
+    Rule("dead_parameters_partial", 22, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
+         "verdict dead_parameters (details.unchanged, details.zeroed)", "dead_parameters fails with used tensors unchanged or zeroed",
          reads=("dead_parameters",)),
     Rule("unexplained_failure", 98, "a check failed that no rule above explains",
          "any failing verdict with a measurement", "a failing verdict is not accounted for by a finding above"),
@@ -925,6 +925,18 @@ def rule_generation_collapse(m: Metrics) -> Finding | None:
 
 def rule_dead_parameters_partial(m: Metrics) -> Finding | None:
     unchanged, unused, compared, v = _dead(m)
+    zeroed = [str(x) for x in (_details(v).get("zeroed") or [])] if v is not None else []
+    if zeroed:
+        shown = ", ".join(zeroed[:5]) + (f" and {len(zeroed) - 5} more" if len(zeroed) > 5 else "")
+        also = f"; {len(unchanged)} more still exactly at init: {', '.join(unchanged[:5])}" if unchanged else ""
+        return Finding("dead_parameters_partial", "TTT tensors zeroed: they pass no signal",
+                       f"{len(zeroed)} of {compared} used TTT tensors are exactly 0 in every element though initialised "
+                       f"non-zero: {shown}{also}",
+                       "the tensor was set to 0 after training (an edit of the checkpoint) or zero-initialised and left out "
+                       "of the optimiser; the path through it carries nothing",
+                       "restore the tensor from the training checkpoint, or initialise it non-zero and put it in the optimiser",
+                       confidence=HIGH, confidence_why="every element is exactly 0.0, which no optimiser step lands on",
+                       evidence=_evidence(m, ["dead_parameters"]))
     if not unchanged:
         return None
     shown = ", ".join(unchanged[:5]) + (f" and {len(unchanged) - 5} more" if len(unchanged) > 5 else "")

@@ -721,8 +721,22 @@ def at_initial_value(current: Any, initial: Any) -> bool:
     return bool(((a - b).abs() <= slack).all())
 
 
+def zeroed_tensor(current: Any, initial: Any) -> bool:
+    """Every element exactly 0 where the initialisation was not: a tensor that passes no signal.
+
+    No optimiser lands every element of a randomly initialised matrix on exactly 0.0; such a
+    tensor was zeroed (an edit after training, or a zero-init the optimiser never saw)."""
+    import torch
+
+    if tuple(current.shape) != tuple(initial.shape) or not current.numel():
+        return False
+    a, b = current.detach().cpu(), initial.detach().cpu()
+    return bool((a == 0).all()) and bool((b != 0).any())
+
+
 def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used: Iterable[str] | None, th: Mapping[str, float]) -> Verdict:
-    """Trainable TTT tensors still at their initial value were never trained.
+    """Trainable TTT tensors still at their initial value were never trained; tensors zeroed
+    everywhere (initialised non-zero) pass no signal. Both count as dead.
 
     Only tensors the forward uses count: one the forward never applies (the user's Moshi code
     skips post_norm, wo.bias and the backward gate) cannot be trained by any recipe, so its being
@@ -731,29 +745,34 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
     if not initial:
         return cannot_measure("dead_parameters", "the adapter knows no initial values of the TTT parameters")
     used = set(current) if used is None else set(used)
-    unchanged, unused, compared = [], [], 0
+    unchanged, unused, zeroed, compared = [], [], [], 0
     for name, init in initial.items():
         if name not in current:
             continue
         compared += 1
         if at_initial_value(current[name], init):
             (unchanged if name in used else unused).append(name)
+        elif name in used and zeroed_tensor(current[name], init):
+            zeroed.append(name)
     if compared == 0:
         return cannot_measure("dead_parameters", "none of the known initial tensors is in the checkpoint")
     judged = compared - len(unused)
-    frac = len(unchanged) / judged if judged else 0.0
+    frac = (len(unchanged) + len(zeroed)) / judged if judged else 0.0
     ok = frac <= th["dead_max_fraction"]
     parts = []
+    if zeroed:
+        parts.append(f"ZEROED (every element exactly 0, initialised non-zero: it passes no signal): {', '.join(zeroed[:6])}"
+                     + (f" and {len(zeroed) - 6} more" if len(zeroed) > 6 else ""))
     if unchanged:
         parts.append(f"still at init though used in the forward: {', '.join(unchanged[:6])}"
                      + (f" and {len(unchanged) - 6} more" if len(unchanged) > 6 else ""))
     if unused:
         parts.append(f"never used by the forward (so never trained; dead weight in the code, not a training fault): "
                      f"{', '.join(unused[:6])}" + (f" and {len(unused) - 6} more" if len(unused) > 6 else ""))
-    details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "compared": compared}
+    details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "zeroed": zeroed, "compared": compared}
     if ok and unused:
         details["severity"] = "warning"
-    moved = f"all {judged} TTT tensors the forward uses moved from their initial values"
+    moved = f"all {judged} TTT tensors the forward uses moved from their initial values, none is zeroed"
     return Verdict("dead_parameters", ok, frac, th["dead_max_fraction"],
                    "; ".join(parts) if not ok else "; ".join([moved, *parts]), details=details)
 
