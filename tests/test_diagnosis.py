@@ -482,3 +482,13 @@ def test_a_zeroed_tensor_is_named_as_zeroed_not_as_left_out_of_the_optimiser():
     finding = top(m)
     assert finding.rule == "dead_parameters_partial" and finding.confidence == dx.HIGH
     assert "wq.weight" in finding.symptom and "zeroed" in finding.title and "wq.bias" in finding.symptom
+
+
+def test_a_zeroed_output_projection_that_blocked_every_gradient_is_named():
+    m = healthy_metrics()
+    unchanged = [f"t{i}" for i in range(18)]
+    fail(m, "dead_parameters", measured=1.0, details={"unchanged": unchanged, "zeroed": ["layers.3.ttt.ttt.wo.weight"],
+                                                      "compared": 19})
+    finding = top(m)
+    assert finding.rule == "ttt_untrained" and "no gradient reached it" in finding.title
+    assert "layers.3.ttt.ttt.wo.weight" in finding.symptom and "layers.3.ttt.ttt.wo.weight" in finding.fix

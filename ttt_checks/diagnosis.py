@@ -451,7 +451,10 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     if v is None:
         return None
     frac = _num(v.get("measured"))
-    all_dead = (compared is not None and compared > 0 and len(unchanged) + len(unused) >= compared) or (frac is not None and frac >= 1.0)
+    zeroed = [str(x) for x in (_details(v).get("zeroed") or [])]
+    # A zeroed tensor moved from its init (it counts in the measured fraction, not among the unchanged).
+    all_dead = ((compared is not None and compared > 0 and len(unchanged) + len(unused) >= compared)
+                or (frac is not None and frac >= 1.0 and not zeroed))
     # One tensor moved and nothing else: no gradient reached the rest, so that tensor (typically a zeroed
     # output projection or gate held out of the optimiser) blocks every path; the branch is as untrained.
     all_but_one = (not all_dead and compared is not None and compared >= 3
@@ -467,6 +470,16 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     gate = [g for g in gate if g is not None]
     if gate:
         extra += f"; the gate lets {max(gate):.1%} of the random TTT output through"
+    if all_but_one and zeroed:
+        return Finding("ttt_untrained", "TTT never trained (no gradient reached it)",
+                       f"{compared - 1} of {compared} compared TTT tensors are exactly at their initial values, every one "
+                       f"but {zeroed[0]}, which is zeroed (every element 0){extra}",
+                       f"no gradient reached the TTT branch: {zeroed[0]} sits on every path from the branch to the loss and "
+                       "is all zeros, so it passes nothing forward and nothing back (zero-initialised and left out of the "
+                       "optimiser, or zeroed after training)",
+                       f"initialise {zeroed[0]} non-zero or put it in the optimiser, and train again",
+                       confidence=HIGH, confidence_why="tensors compared bit for bit with the initialisation",
+                       evidence=_evidence(m, ["dead_parameters", "ttt_helps"]))
     if all_but_one:
         return Finding("ttt_untrained", "TTT never trained (no gradient reached it)",
                        f"{compared - 1} of {compared} compared TTT tensors are exactly at their initial values, every one "
