@@ -492,3 +492,11 @@ def test_a_zeroed_output_projection_that_blocked_every_gradient_is_named():
     finding = top(m)
     assert finding.rule == "ttt_untrained" and "no gradient reached it" in finding.title
     assert "layers.3.ttt.ttt.wo.weight" in finding.symptom and "layers.3.ttt.ttt.wo.weight" in finding.fix
+
+
+def test_a_zero_initialised_gate_that_stayed_shut_did_not_fall():
+    m = healthy_metrics()
+    fail(m, "gate_stats", measured=0.002, threshold=0.01,
+         details={"mean_tanh": 0.002, "alpha_init": 0.0, "fraction_of_init": None})
+    finding = top(m)
+    assert finding.rule == "gate_collapsed" and "never opened" in finding.title and "fell" not in finding.title

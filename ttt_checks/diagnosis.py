@@ -568,6 +568,17 @@ def rule_gate_collapsed(m: Metrics) -> Finding | None:
     if not bad:
         return None
     layers = [str(v.get("layer")) for v in bad if v.get("layer")]
+    if all(_num(_details(v).get("alpha_init")) == 0.0 for v in bad):
+        keys = _keys(m)
+        shown = "; ".join(f"{v.get('layer')}: mean |tanh(alpha)| {_fmt(_details(v).get('mean_tanh', v.get('measured')))}" for v in bad)
+        return Finding("gate_collapsed", "Gate never opened from its zero init",
+                       f"{shown}, initialised at alpha 0 (TTT started switched off)",
+                       "the outer loop did not open the gate: the TTT output was not useful enough to let through, or the "
+                       "gate's learning rate is too small for the length of the run",
+                       f"train longer or with a larger alpha learning rate, or start {keys['gate_init']} above 0 (0.1 is common)",
+                       config_key=keys["gate_init"], confidence=MEDIUM,
+                       confidence_why="the gate is measured against its stated zero init; why it stayed shut is not",
+                       evidence=_evidence(m, ["gate_stats", "ttt_helps"]), layers=layers)
     parts, known_init, flipped = [], 0, False
     for v in bad:
         d = _details(v)

@@ -462,6 +462,17 @@ def gate_stats(gates: Mapping[str, np.ndarray], th: Mapping[str, float],
                                layer, details))
             continue
         init_tanh = abs(math.tanh(max(-3.0, min(3.0, init))))
+        if init_tanh == 0.0 and not _exactly_at_init(alpha, init):
+            # A zero-initialised gate (the zero-init trick: TTT starts switched off) cannot fall from its init;
+            # only the absolute floor can say it never opened.
+            ok = mean >= floor
+            details.update(fraction_of_init=None, severity="info")
+            out.append(Verdict("gate_stats", ok, mean, floor,
+                               f"{head}; the gate was initialised at alpha 0 (TTT off), so it is judged by the absolute floor "
+                               f"{floor:g} only: " + (f"it opened to {mean:.4g}" if ok else
+                                                      f"GATING NEVER OPENED in {layer}, TTT is effectively switched off"),
+                               layer, details))
+            continue
         fraction = mean / init_tanh if init_tanh > 0 else float("inf")
         details["fraction_of_init"] = fraction
         flipped = float(np.mean(gate < 0)) if init > 0 else float(np.mean(gate > 0)) if init < 0 else 0.0
