@@ -79,3 +79,12 @@ def test_a_branch_that_varies_is_judged_on_the_loss_alone(spread):
     learned, gate0 = _losses(0.005)
     v = health.ttt_helps(learned, gate0, TH, output_spread={"layers.3.ttt": spread})
     assert v.ok, v.explanation
+
+
+def test_a_layer_with_no_finite_output_has_no_spread_to_report():
+    layer = torch.nn.Identity()
+    probe = BranchOutputProbe()
+    with probe.attach({"layer": layer}):
+        layer(torch.full((1, 3, 4), float("nan")))
+    (s,) = probe.spreads().values()
+    assert s.positions == 0 and s.nonfinite == 3 and math.isnan(s.relative)

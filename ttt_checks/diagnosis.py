@@ -29,6 +29,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ttt_checks.health import name_list
+
 Metrics = Mapping[str, Any]
 
 HIGH, MEDIUM, LOW = "high", "medium", "low"
@@ -334,7 +336,7 @@ def rule_nonfinite_weights(m: Metrics) -> Finding | None:
     tensors.sort(key=_layer_key)
     f5_layers = sorted({str(v.get("layer")) for v in failing(m, "figure5_finite") if v.get("layer")}, key=_layer_key)
     where = f"first in {tensors[0]}" if tensors else "tensor names not recorded"
-    shown = ", ".join(tensors[:6]) + (f" and {len(tensors) - 6} more" if len(tensors) > 6 else "")
+    shown = name_list(tensors, 6)
     symptom = f"{len(tensors) or _fmt(bad[0].get('measured'))} checkpoint tensor(s) hold NaN/Inf ({where}" + (f": {shown}" if shown else "") + ")"
     if f5_layers:
         symptom += f"; the inner-loop losses are non-finite from layer {f5_layers[0]} on ({', '.join(f5_layers)})"
@@ -436,22 +438,23 @@ def rule_noncausal_read_ahead(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["streaming_consistency", "talk_collapse"]))
 
 
-def _dead(m: Metrics) -> tuple[list[str], list[str], int | None, Mapping[str, Any] | None]:
+def _dead(m: Metrics) -> tuple[list[str], list[str], list[str], int | None, Mapping[str, Any] | None]:
+    """(unchanged, unused, zeroed, compared, verdict) of a failing dead_parameters verdict."""
     bad = [v for v in failing(m, "dead_parameters") if not _cannot_measure(v)]
     if not bad:
-        return [], [], None, None
+        return [], [], [], None, None
     d = _details(bad[0])
     compared = d.get("compared")
     return ([str(x) for x in d.get("unchanged") or []], [str(x) for x in d.get("unused") or []],
+            [str(x) for x in d.get("zeroed") or []],
             int(compared) if isinstance(compared, (int, float)) and not isinstance(compared, bool) else None, bad[0])
 
 
 def rule_ttt_untrained(m: Metrics) -> Finding | None:
-    unchanged, unused, compared, v = _dead(m)
+    unchanged, unused, zeroed, compared, v = _dead(m)
     if v is None:
         return None
     frac = _num(v.get("measured"))
-    zeroed = [str(x) for x in (_details(v).get("zeroed") or [])]
     # A zeroed tensor moved from its init (it counts in the measured fraction, not among the unchanged).
     all_dead = ((compared is not None and compared > 0 and len(unchanged) + len(unused) >= compared)
                 or (frac is not None and frac >= 1.0 and not zeroed))
@@ -501,10 +504,10 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
 
 
 def rule_dead_code_path(m: Metrics) -> Finding | None:
-    unchanged, unused, compared, v = _dead(m)
+    unchanged, unused, zeroed, compared, v = _dead(m)
     if not unused:
         return None
-    shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+    shown = name_list(unused, 5)
     return Finding("dead_code_path", "Dead parameters: a code path is never applied",
                    f"{len(unused)} TTT tensor(s) the forward never uses are still at init: {shown}",
                    "the forward skips the module these parameters belong to (e.g. an output norm or a second gate), so they "
@@ -948,10 +951,9 @@ def rule_generation_collapse(m: Metrics) -> Finding | None:
 
 
 def rule_dead_parameters_partial(m: Metrics) -> Finding | None:
-    unchanged, unused, compared, v = _dead(m)
-    zeroed = [str(x) for x in (_details(v).get("zeroed") or [])] if v is not None else []
+    unchanged, unused, zeroed, compared, v = _dead(m)
     if zeroed:
-        shown = ", ".join(zeroed[:5]) + (f" and {len(zeroed) - 5} more" if len(zeroed) > 5 else "")
+        shown = name_list(zeroed, 5)
         also = f"; {len(unchanged)} more still exactly at init: {', '.join(unchanged[:5])}" if unchanged else ""
         return Finding("dead_parameters_partial", "TTT tensors zeroed: they pass no signal",
                        f"{len(zeroed)} of {compared} used TTT tensors are exactly 0 in every element though initialised "
@@ -963,7 +965,7 @@ def rule_dead_parameters_partial(m: Metrics) -> Finding | None:
                        evidence=_evidence(m, ["dead_parameters"]))
     if not unchanged:
         return None
-    shown = ", ".join(unchanged[:5]) + (f" and {len(unchanged) - 5} more" if len(unchanged) > 5 else "")
+    shown = name_list(unchanged, 5)
     return Finding("dead_parameters_partial", "Some TTT tensors never moved", f"{len(unchanged)} of {compared} used TTT tensors "
                    f"are still exactly at init: {shown}",
                    "they are not in the optimiser, or their updates round away (a tiny outer lr in bf16)",

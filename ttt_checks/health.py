@@ -382,6 +382,12 @@ def figure5_adaptation(stats: Mapping[str, Figure5Stats], th: Mapping[str, float
 # ---------------------------------------------------------------------------------------------
 
 
+def name_list(names: Sequence[str], limit: int) -> str:
+    """The first ``limit`` names, comma-separated, and how many more there are."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def checkpoint_keys(expected: Sequence[str], present: Iterable[str], unexpected: Sequence[str] = ()) -> Verdict:
     """Every TTT tensor the config implies is in the file, and no TTT tensor the config lacks."""
     present = set(present)
@@ -389,14 +395,11 @@ def checkpoint_keys(expected: Sequence[str], present: Iterable[str], unexpected:
     if not expected:
         return cannot_measure("checkpoint_keys", "the adapter lists no expected TTT keys")
 
-    def shown(keys: Sequence[str]) -> str:
-        return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-
     problems = []
     if missing:
-        problems.append(f"missing TTT keys: {shown(missing)}")
+        problems.append(f"missing TTT keys: {name_list(missing, 8)}")
     if unexpected:
-        problems.append(f"unexpected TTT keys (no layer of the config takes them): {shown(list(unexpected))}")
+        problems.append(f"unexpected TTT keys (no layer of the config takes them): {name_list(list(unexpected), 8)}")
     return Verdict("checkpoint_keys", not problems, len(missing) + len(unexpected), 0,
                    "; ".join(problems) or f"all {len(expected)} TTT keys present",
                    details={"missing": missing, "unexpected": list(unexpected)})
@@ -408,7 +411,7 @@ def checkpoint_finite(state: Mapping[str, Any]) -> Verdict:
     if not state:
         return cannot_measure("checkpoint_finite", "the checkpoint holds no tensors")
     bad = [name for name, t in state.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()]
-    shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+    shown = name_list(bad, 8)
     return Verdict("checkpoint_finite", not bad, len(bad), 0,
                    f"NaN/Inf in {shown}" if bad else f"all {len(state)} tensors finite", details={"nonfinite": bad})
 
@@ -562,7 +565,7 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
     mean_a, mean_b = (float(np.mean(a)) if a.size else float("nan")), (float(np.mean(b)) if b.size else float("nan"))
     if not _finite(mean_a, mean_b):
         if nonfinite_ttt and not _finite(mean_b):
-            shown = ", ".join(list(nonfinite_ttt)[:4]) + (f" and {len(nonfinite_ttt) - 4} more" if len(nonfinite_ttt) > 4 else "")
+            shown = name_list(nonfinite_ttt, 4)
             why = (f"cannot measure: TTT produces NaN, gate 0 is not off (0 x NaN = NaN): non-finite TTT tensors {shown}; "
                    f"outer loss learned gate {mean_a}, gate 0 {mean_b}")
         elif not _finite(mean_b):
@@ -577,6 +580,8 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
     se_rel = block[1] / abs(mean_b) if block is not None and mean_b else float("inf")
     noise = "" if paired is None else f", paired t over position blocks {paired:+.2f}"
     core = f"teacher-forced outer loss {mean_a:.5f} at the learned gate vs {mean_b:.5f} at gate 0 ({-gain:+.3%}{noise})"
+    measured = {"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
+                "standard_error_rel": se_rel}
     min_spread = th["help_min_output_spread"]
     constant = {name: float(v) for name, v in (output_spread or {}).items() if math.isfinite(v) and v < min_spread}
     if constant:
@@ -586,8 +591,7 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
                        f"{shown}, below {min_spread:g}; a branch that reads its input varies by order 1): what it adds is a "
                        "constant bias, not test-time training, whatever it does to the loss (a zeroed or frozen output "
                        "projection, or no gradient reaching it)",
-                       details={"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
-                                "standard_error_rel": se_rel, "verdict": "does_nothing", "constant_output_layers": constant,
+                       details={**measured, "verdict": "does_nothing", "constant_output_layers": constant,
                                 "output_spread": dict(output_spread or {})})
     if gain >= margin:
         ok, why = True, f"{core}: TTT lowers the loss by {gain:.3%} (at least {margin:.3%} required)"
@@ -596,15 +600,13 @@ def ttt_helps(loss_learned: np.ndarray, loss_gate0: np.ndarray, th: Mapping[str,
         return Verdict("ttt_helps", False, gain, margin,
                        f"cannot measure: {core}; this input cannot tell a {margin:.3%} benefit from none (gain {gain:+.3%} "
                        f"+- {se_rel:.3%} standard error over {a.size} positions): give a longer --input",
-                       details={"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
-                                "standard_error_rel": se_rel, "verdict": "unresolved"})
+                       details={**measured, "verdict": "unresolved"})
     elif gain <= -margin:
         ok, why = False, f"{core}: TTT HURTS: the model is {-gain:.3%} worse with its TTT branch than without it"
     else:
         ok, why = False, (f"{core}: TTT DOES NOTHING: the learned gate changes the outer loss by less than {margin:.3%} "
                           "either way (an output that ignores its input, a gate too small to matter, or no benefit learned)")
-    details = {"loss_learned": mean_a, "loss_gate0": mean_b, "relative_decrease": gain, "paired_t": paired,
-               "standard_error_rel": se_rel, "verdict": "helps" if ok else ("hurts" if gain <= -margin else "does_nothing")}
+    details = {**measured, "verdict": "helps" if ok else ("hurts" if gain <= -margin else "does_nothing")}
     if output_spread:
         details["output_spread"] = dict(output_spread)
     split = _inner_step_share(mean_a, mean_b, loss_no_inner_step, margin)
@@ -737,8 +739,6 @@ def zeroed_tensor(current: Any, initial: Any) -> bool:
 
     No optimiser lands every element of a randomly initialised matrix on exactly 0.0; such a
     tensor was zeroed (an edit after training, or a zero-init the optimiser never saw)."""
-    import torch
-
     if tuple(current.shape) != tuple(initial.shape) or not current.numel():
         return False
     a, b = current.detach().cpu(), initial.detach().cpu()
@@ -772,14 +772,12 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
     ok = frac <= th["dead_max_fraction"]
     parts = []
     if zeroed:
-        parts.append(f"ZEROED (every element exactly 0, initialised non-zero: it passes no signal): {', '.join(zeroed[:6])}"
-                     + (f" and {len(zeroed) - 6} more" if len(zeroed) > 6 else ""))
+        parts.append(f"ZEROED (every element exactly 0, initialised non-zero: it passes no signal): {name_list(zeroed, 6)}")
     if unchanged:
-        parts.append(f"still at init though used in the forward: {', '.join(unchanged[:6])}"
-                     + (f" and {len(unchanged) - 6} more" if len(unchanged) > 6 else ""))
+        parts.append(f"still at init though used in the forward: {name_list(unchanged, 6)}")
     if unused:
         parts.append(f"never used by the forward (so never trained; dead weight in the code, not a training fault): "
-                     f"{', '.join(unused[:6])}" + (f" and {len(unused) - 6} more" if len(unused) > 6 else ""))
+                     f"{name_list(unused, 6)}")
     details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "zeroed": zeroed, "compared": compared}
     if ok and unused:
         details["severity"] = "warning"

@@ -375,8 +375,7 @@ class HealthRun:
         """Per TTT layer, the spread (std / rms) of its branch output over the learned-gate
         teacher-forced pass (metrics/branch_output.py); layers that produced no finite output are left out."""
         self.teacher_forced  # noqa: B018  (the pass that fills the probe)
-        return {name: s.relative for name, s in self._branch_output_probe.spreads().items()
-                if s.positions > 0 and math.isfinite(s.relative)}
+        return {name: s.relative for name, s in self._branch_output_probe.spreads().items() if math.isfinite(s.relative)}
 
     def _check_ttt_helps(self):
         learned, _, _ = self.teacher_forced

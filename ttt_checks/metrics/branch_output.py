@@ -32,7 +32,9 @@ class BranchSpread:
 
     @property
     def relative(self) -> float:
-        """std / rms; 0 for an output of zeros."""
+        """std / rms; 0 for an output of zeros, NaN when no position had a finite output."""
+        if self.positions == 0:
+            return float("nan")
         return self.std / self.rms if self.rms > 0 else 0.0
 
 
