@@ -95,6 +95,51 @@ def test_unknown_init_is_said_and_only_the_floor_judges():
     assert "not stated" in low.explanation and "not stated" in fine.explanation
 
 
+def test_a_gate_that_fell_from_only_one_of_two_stated_inits_has_not_collapsed():
+    """config.json edited from alpha_init 0.1 to 0.5 while the training record keeps 0.1: the
+    healthy gate (0.108) is 23% of 0.5 but 108% of 0.1, so no collapse is claimed, and why is said."""
+    alpha = np.full(128, 0.108)
+    [plain] = health.gate_stats({"l": alpha}, TH, {"l": 0.5})
+    assert not plain.ok and "GATING COLLAPSE" in plain.explanation  # without the record: judged against 0.5
+    [v] = health.gate_stats({"l": alpha}, TH, {"l": 0.5}, {"l": 0.1})
+    assert v.ok and v.warning, v.line()
+    assert v.details["fraction_of_init"] == pytest.approx(math.tanh(0.108) / math.tanh(0.1))
+    assert "two inits" in v.explanation and "collapse is not established" in v.explanation and "COLLAPSE" not in v.explanation
+    # the other way round: the loader's init is the one the gate did not fall from
+    [w] = health.gate_stats({"l": alpha}, TH, {"l": 0.1}, {"l": 0.5})
+    assert w.ok and w.warning and "against 0.5 it would be at 23%" in w.explanation, w.line()
+
+
+def test_a_gate_that_fell_from_both_stated_inits_collapsed_and_both_are_named():
+    [v] = health.gate_stats({"l": np.full(64, 0.01)}, TH, {"l": 0.3}, {"l": 0.5})
+    assert not v.ok and "GATING COLLAPSE" in v.explanation and "two inits" in v.explanation, v.line()
+    [same] = health.gate_stats({"l": np.full(64, 0.01)}, TH, {"l": 0.3}, {"l": None})
+    assert not same.ok and "two inits" not in same.explanation
+
+
+def test_a_gate_exactly_at_one_of_two_stated_inits_is_untrained():
+    [v] = health.gate_stats({"l": np.full(64, bf16(0.3))}, TH, {"l": 0.5}, {"l": 0.3})
+    assert not v.ok and v.details["untrained"] and "never trained" in v.explanation and "two inits" in v.explanation
+
+
+def test_edited_alpha_init_in_config_fails_config_consistency_not_gate_stats(tmp_path):
+    """The edit made the way a user makes it: healthy-seed0's config.json says alpha_init 0.5,
+    its recipe (how it was trained) 0.1."""
+    ckpt = zoo_copy("healthy-seed0", tmp_path)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["decoder"]["alpha_init"] = 0.5
+    (ckpt / "config.json").write_text(json.dumps(config))
+    adapter = ReferenceAdapter(ckpt)
+    [info] = adapter.ttt_layers()
+    assert (info.gate_alpha_init, info.gate_alpha_init_disputed) == (0.5, 0.1)
+    run = health_run(ckpt, tmp_path)
+    [consistency] = run.judge("config_consistency")
+    [gate] = run.judge("gate_stats")
+    assert not consistency.ok and "alpha_init" in consistency.explanation
+    assert gate.ok and gate.warning and "collapse is not established" in gate.explanation, gate.line()
+    assert ReferenceAdapter(ZOO / "healthy-seed0").ttt_layers()[0].gate_alpha_init_disputed is None
+
+
 HEALTHY_ZOO = [e.name for e in zoo_entries(broken=False)]  # seeds and one variant per recipe knob users vary
 
 

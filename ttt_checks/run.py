@@ -347,7 +347,8 @@ class HealthRun:
 
     def _check_gate_stats(self):
         return health.gate_stats({i.name: i.gate_alpha for i in self.layers}, self.th,
-                                 {i.name: i.gate_alpha_init for i in self.layers})
+                                 {i.name: i.gate_alpha_init for i in self.layers},
+                                 {i.name: i.gate_alpha_init_disputed for i in self.layers})
 
     @cached_property
     def nonfinite_ttt_tensors(self) -> list[str]:

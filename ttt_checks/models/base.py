@@ -47,6 +47,10 @@ class TTTLayerInfo:
     # reference config's ``decoder.alpha_init``), or None where the checkpoint does not state it.
     # A gate is judged against where it started: 0.09 is a collapse from 0.3 but not from 0.1.
     gate_alpha_init: float | None = None
+    # Another statement of that init in the same checkpoint (its training record) that contradicts
+    # it, or None. With two inits on file, a gate that fell from one but not the other has not
+    # been shown to collapse (config_consistency reports the contradiction itself).
+    gate_alpha_init_disputed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ class RecipeField:
         """Equal values; numbers equal up to 1e-6 relative (a JSON float round trip is exact, an
         int written as 16.0 is the same setting)."""
         return _same_setting(self.loaded, self.trained)
+
+
+def disputed_number(fields: list[RecipeField], name: str) -> float | None:
+    """The other statement of setting ``name`` where it contradicts the loaded one, as a float;
+    None where the setting is stated once, the statements agree, or the other one is not a number."""
+    for f in fields:
+        if f.name == name and not f.agrees and isinstance(f.trained, (int, float)) and not isinstance(f.trained, bool):
+            return float(f.trained)
+    return None
 
 
 def _same_setting(a: Any, b: Any) -> bool:

@@ -33,7 +33,7 @@ import torch
 from ttt_checks.audio.speech_input import MIMI_FRAME_SIZE, MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
 from ttt_checks.audio.wav import Audio, AudioError
 from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
-                                    TTTLayerInfo, fixed_gate)
+                                    TTTLayerInfo, disputed_number, fixed_gate)
 from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
 from ttt_checks.models.moshi.memory import MoshiMemoryModel, lm_kwargs_of, require_fits
 from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
@@ -229,6 +229,7 @@ class MoshiAdapter(Adapter):
 
     def ttt_layers(self) -> list[TTTLayerInfo]:
         out = []
+        disputed = disputed_number(self.recipe_fields(), "initial_gating_alpha")
         for i, h in self.loaded.hybrids.items():
             c = h.ttt.config
             out.append(TTTLayerInfo(
@@ -236,6 +237,7 @@ class MoshiAdapter(Adapter):
                 mini_batch_size=c.mini_batch_size, causal=c.causal, inner=c.inner,
                 mlp_layers=c.mlp_layers if c.inner == "mlp" else 1, base_lr=c.base_lr,
                 gate_alpha=h.ttt_block.alpha.detach().float().cpu().numpy().copy(), gate_alpha_init=self._stated_alpha_init(),
+                gate_alpha_init_disputed=disputed,
             ))
         return out
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
-                                    RecipeField, TTTLayerInfo, fixed_gate)
+                                    RecipeField, TTTLayerInfo, disputed_number, fixed_gate)
 from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
@@ -135,6 +135,7 @@ class ReferenceAdapter(Adapter):
 
     def ttt_layers(self) -> list[TTTLayerInfo]:
         cfg = self.loaded.decoder_config
+        disputed = disputed_number(self.recipe_fields(), "alpha_init")
         infos = []
         for name, block in self.model.gated_blocks().items():
             t = block.ttt.config
@@ -143,6 +144,7 @@ class ReferenceAdapter(Adapter):
                 mini_batch_size=t.mini_batch_size, causal=t.causal, inner=t.inner,
                 mlp_layers=t.mlp_layers if t.inner == "mlp" else 1, base_lr=t.base_lr,
                 gate_alpha=block.alpha.detach().float().cpu().numpy().copy(), gate_alpha_init=self._stated_alpha_init(),
+                gate_alpha_init_disputed=disputed,
             ))
         if len(infos) != len(cfg.ttt_layers):
             raise RuntimeError(f"model has {len(infos)} TTT blocks, config declares {list(cfg.ttt_layers)}")
