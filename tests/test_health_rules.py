@@ -182,7 +182,7 @@ def test_persistence_judges_per_layer_mini_batch_size_and_needs_enough_positions
     assert health.state_persistence({"l": rec}, b64, TH)[0].ok  # positions 64..99 judged
     [short] = health.state_persistence({"l": record(l0[:64], l0[:64], l0[:64] - 0.2)}, b64, TH)
     assert not short.ok and "cannot measure" in short.explanation
-    assert "give a longer --input: 192 frames needed at mini_batch_size 64" in short.explanation
+    assert "give a longer --input: 192 positions (frames) needed at mini_batch_size 64" in short.explanation
     # a reset state at b = 64: l0 == lprev after the first mini-batch too
     [reset] = health.state_persistence({"l": record(l0, l0.copy(), l0 - 0.2)}, b64, TH)
     assert not reset.ok and reset.details["judged"] == 36
@@ -238,7 +238,7 @@ def test_fewer_than_two_judged_minibatches_cannot_measure_and_say_the_fix():
     for name in ("ordering", "adaptation"):
         [v] = verdicts[name]
         assert not v.ok and v.explanation.startswith("cannot measure")
-        assert "give a longer --input: 192 frames needed at mini_batch_size 64" in v.explanation
+        assert "give a longer --input: 192 positions (frames) needed at mini_batch_size 64" in v.explanation
 
 
 def test_exactly_zero_losses_are_named_as_zero_not_as_not_finite():

@@ -144,7 +144,7 @@ def test_noncausal_input_no_longer_than_one_minibatch_is_too_short_not_nonfinite
     assert health.figure5_finite(stats)[0].ok
     (v,) = health.figure5_ordering(stats, TH)
     assert not v.ok and v.explanation.startswith("cannot measure") and "not finite" not in v.explanation, v.line()
-    assert "192 frames needed at mini_batch_size 64" in v.explanation
+    assert "192 positions (frames) needed at mini_batch_size 64" in v.explanation
     # a NaN still says "not finite"
     bad = Figure5Record(layer=rec.layer, positions=t, l0=np.where(t == 3, np.nan, l0), lprev=l0.copy(), lafter=lafter,
                         counts=np.full(n, 8), nonfinite=(t == 3).astype(int))

@@ -82,6 +82,6 @@ def test_too_short_input_at_b64_cannot_measure_and_says_how_many_frames(trained,
     run = HealthRun(adapter, RunOptions(report_dir=tmp_path / "report", max_positions=150))
     for check in ("figure5_ordering", "figure5_adaptation"):
         for v in run.judge(check):
-            assert not v.ok and "give a longer --input: 192 frames needed at mini_batch_size 64" in v.explanation, v.line()
+            assert not v.ok and "give a longer --input: 192 positions (frames) needed at mini_batch_size 64" in v.explanation, v.line()
     for v in checks.state_carried(adapter, adapter.load_inputs(max_positions=150).teacher_forced):
         assert not v.ok and "192 frames needed at mini_batch_size 64" in v.explanation, v.line()

@@ -235,7 +235,7 @@ def _too_short(name: str, s: Figure5Stats, layer: str) -> Verdict | None:
     if s.enough_context:
         return None
     return cannot_measure(name, f"only {s.judged_minibatches} complete mini-batch(es) with judged positions in {s.positions} "
-                                f"positions ({s.exclusion_note}); give a longer --input: {s.positions_needed} frames needed "
+                                f"positions ({s.exclusion_note}); give a longer --input: {s.positions_needed} positions (frames) needed "
                                 f"at mini_batch_size {s.mini_batch_size} (and --max-positions at least {s.positions_needed})", layer)
 
 
@@ -849,7 +849,7 @@ def state_persistence(records: Mapping[str, Any], layers: Mapping[str, Any], th:
         needed = positions_needed(b, causal)
         if not judged.any():
             out.append(cannot_measure("state_persistence", f"the streamed run has {len(positions)} positions, none past where "
-                                      f"{exclusion_note(b, causal)}; give a longer --input: {needed} frames needed at "
+                                      f"{exclusion_note(b, causal)}; give a longer --input: {needed} positions (frames) needed at "
                                       f"mini_batch_size {b} (and --max-positions at least {needed})", layer))
             continue
         l0_all, lprev_all, lafter_all = (np.asarray(getattr(rec, c), dtype=np.float64) for c in ("l0", "lprev", "lafter"))
