@@ -373,6 +373,23 @@ def test_moshi_unstated_initial_alpha_is_unknown_not_the_default(tiny_base, tmp_
     assert {i.gate_alpha_init for i in MoshiAdapter(run_dir, **tiny_base.options).ttt_layers()} == {None}
 
 
+def test_moshi_gate_init_contradicted_by_args_yaml_is_disputed_not_a_collapse(tiny_base, tmp_path):
+    """training_config.json edited to initial_gating_alpha 0.5 after a launch at 0.1 (args.yaml):
+    the gates (exported at 0.1 and then nudged, as training does) are judged against both inits."""
+    from ttt_checks.models.moshi.adapter import MoshiAdapter
+
+    run_dir, _ = _tiny_run(tiny_base, tmp_path, initial_gating_alpha=0.5)
+    (run_dir / "args.yaml").write_text("run_dir: run\nttt:\n  enable: true\n  initial_gating_alpha: 0.1\n")
+    adapter = MoshiAdapter(run_dir, **tiny_base.options)
+    layers = adapter.ttt_layers()
+    assert {(i.gate_alpha_init, i.gate_alpha_init_disputed) for i in layers} == {(0.5, 0.1)}
+    gates = {i.name: np.full_like(i.gate_alpha, 0.11) for i in layers}  # 22% of tanh(0.5), 110% of tanh(0.1)
+    verdicts = health.gate_stats(gates, TH, {i.name: i.gate_alpha_init for i in layers},
+                                 {i.name: i.gate_alpha_init_disputed for i in layers})
+    assert verdicts and all(v.ok and v.warning and "collapse is not established" in v.explanation for v in verdicts)
+    assert not health.config_consistency(adapter.recipe_fields(), adapter.checkpoint_notes()).ok
+
+
 def test_moshi_ddp_prefixed_lora_loads_stripped_and_says_so(tiny_base, tmp_path):
     from ttt_checks.models.moshi.adapter import MoshiAdapter
 
