@@ -246,6 +246,33 @@ def test_all_but_one_tensor_at_init_is_a_branch_no_gradient_reached():
     assert "ttt_untrained" not in rules(m)
 
 
+def test_inner_weights_left_out_of_the_optimiser_are_named_before_the_context_symptom():
+    """The user's bug #12 made by training (weights.* / biases.* filtered out of the optimiser):
+    measured on the reference, dead_parameters names the four W_0 tensors and figure5_adaptation fails
+    (-0.029 +- 0.053); the top finding must be the optimiser, not 'TTT cannot use the context'."""
+    m = healthy_metrics()
+    frozen = [f"layers.3.ttt.ttt.{kind}.{i}" for kind in ("weights", "biases") for i in (0, 1)]
+    fail(m, "dead_parameters", measured=4 / 19, details={"compared": 19, "unchanged": frozen, "unused": [],
+                                                         "inner_initial_state": frozen, "inner_initial_state_unchanged": frozen})
+    fail(m, "figure5_adaptation", measured=-0.029)
+    m["figure5"][LAYER] = _f5(benefit_first_quarter=1.61, benefit_last_quarter=1.581)
+    finding = top(m)
+    assert finding.rule == "inner_state_untrained" and finding.confidence == dx.HIGH, rules(m)
+    assert "weights.0" in finding.symptom and "15 other TTT tensors" in finding.symptom and "optimiser" in finding.fix
+    assert "context_not_used" not in rules(m) and "dead_parameters_partial" not in rules(m)
+    # weights at init but the zero-initialised biases moved: updates rounding away (a tiny outer lr), not a filter
+    fail(m, "dead_parameters", measured=2 / 19, details={"compared": 19, "unchanged": frozen[:2], "unused": [],
+                                                         "inner_initial_state": frozen, "inner_initial_state_unchanged": frozen[:2]})
+    assert "inner_state_untrained" not in rules(m) and "dead_parameters_partial" in rules(m)
+
+
+def test_other_tensors_at_init_stay_a_partial_finding():
+    m = healthy_metrics()
+    fail(m, "dead_parameters", measured=1 / 19, details={"compared": 19, "unchanged": ["layers.3.ttt.ttt.lr_bias"],
+                                                         "unused": [], "inner_initial_state_unchanged": []})
+    assert rules(m) == ["dead_parameters_partial"]
+
+
 def test_unused_parameters_are_a_dead_code_path():
     m = healthy_metrics()
     fail(m, "dead_parameters", measured=0.25, details={"unchanged": [], "unused": ["post_norm.weight", "wo.bias"]})

@@ -141,6 +141,30 @@ def test_dead_parameters_are_named():
     assert v.ok and v.warning and v.details["unused"] == ["wo"] and "never used by the forward" in v.explanation
 
 
+def test_inner_initial_weights_at_init_are_listed_apart():
+    """weights.i / biases.i of a TTT layer are the inner model's W_0 (the tensors a trainable-parameter
+    filter misses); the diagnosis reads them from their own list."""
+    init = {"l.ttt.weights.0": torch.ones(2, 3), "l.ttt.biases.0": torch.zeros(2, 1, 3), "l.ttt.wq.weight": torch.ones(3, 3),
+            "l.ttt.lr_bias": torch.zeros(2)}
+    current = {**init, "l.ttt.wq.weight": torch.full((3, 3), 2.0)}
+    v = health.dead_parameters(current, init, None, TH)
+    assert not v.ok and v.details["inner_initial_state_unchanged"] == ["l.ttt.weights.0", "l.ttt.biases.0"]
+    assert v.details["inner_initial_state"] == ["l.ttt.weights.0", "l.ttt.biases.0"]
+    assert set(v.details["unchanged"]) == {"l.ttt.weights.0", "l.ttt.biases.0", "l.ttt.lr_bias"}
+
+
+def test_inner_initial_state_names():
+    from ttt_checks.ttt.layer import TTTLayer, is_inner_initial_state
+    from ttt_checks.models.reference.train import default_ttt_config
+
+    layer = TTTLayer(default_ttt_config(32))
+    names = {n for n, _ in layer.named_parameters() if is_inner_initial_state(n)}
+    assert names == {"weights.0", "weights.1", "biases.0", "biases.1"}
+    assert is_inner_initial_state("transformer.layers.29.seq_modeling_block.ttt.weights.0")
+    assert all(is_inner_initial_state(f"transformer.layers.29.seq_modeling_block.ttt.{k}") for k in ("W1", "b1", "W2", "b2"))
+    assert not any(is_inner_initial_state(n) for n in ("wq.weight", "weights", "lr_weight", "biases.x", "post_norm.weight", "wo.bias", "W"))
+
+
 def test_missing_keys_and_nonfinite_tensors_fail_checkpoint_checks():
     assert not health.checkpoint_keys(["x.ttt.W1", "x.ttt.b1"], ["x.ttt.W1"]).ok
     assert health.checkpoint_keys(["x.ttt.W1"], ["x.ttt.W1", "base"]).ok

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ttt_checks.metrics.figure5 import ORDERING_MIN_REL_GAP, Figure5Stats
+from ttt_checks.ttt.layer import is_inner_initial_state
 from ttt_checks.ttt.step_probe import StepSizeRecord
 
 
@@ -814,7 +815,9 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
     if unused:
         parts.append(f"never used by the forward (so never trained; dead weight in the code, not a training fault): "
                      f"{name_list(unused, 6)}")
-    details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "zeroed": zeroed, "compared": compared}
+    details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "zeroed": zeroed, "compared": compared,
+                               "inner_initial_state": [n for n in initial if n in current and is_inner_initial_state(n)],
+                               "inner_initial_state_unchanged": [n for n in unchanged if is_inner_initial_state(n)]}
     if ok and unused:
         details["severity"] = "warning"
     moved = f"all {judged} TTT tensors the forward uses moved from their initial values, none is zeroed"
