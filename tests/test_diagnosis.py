@@ -273,6 +273,37 @@ def test_other_tensors_at_init_stay_a_partial_finding():
     assert rules(m) == ["dead_parameters_partial"]
 
 
+def test_inner_loss_off_scale_names_the_outer_lr_before_the_gate_it_also_toppled():
+    """Measured on a fine-tune at outer lr 0.3 (100x): mean l0 8.27 (healthy ~2), no smoothed loss
+    above 10, the gate fell to 21% of its init; the report had only 'gating collapsed' and left
+    figure5_bounded unexplained."""
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=8.265, lprev=7.228, lafter=7.203, max_smoothed_loss=9.63)
+    fail(m, "figure5_bounded", measured=9.63, explanation="ABNORMAL mean l0 8.265 outside [0.001, 5]")
+    fail(m, "gate_stats", measured=0.214, details={"mean_tanh": 0.02136, "alpha_init": 0.1, "fraction_of_init": 0.214})
+    assert rules(m)[:2] == ["inner_loss_off_scale", "gate_collapsed"], rules(m)
+    finding = top(m)
+    assert "8.265" in finding.symptom and "outer" in finding.fix and "unexplained_failure" not in rules(m)
+    # beyond the ceiling it is the inner step's instability, a rule of its own
+    m["figure5"][LAYER] = _f5(l0=12.0, lprev=14.0, lafter=15.0, max_smoothed_loss=18.0)
+    assert "inner_loss_off_scale" not in rules(m) and "inner_loss_exploding" in rules(m)
+
+
+def test_an_inner_loss_of_zero_is_nothing_to_reconstruct_not_a_timid_step():
+    """ttt_norm_weight zeroed: l0 = lprev = lafter = 0 exactly."""
+    m = healthy_metrics()
+    m["figure5"][LAYER] = {**_f5(), "mean_l0": 0.0, "mean_lprev": 0.0, "mean_lafter": 0.0, "max_smoothed_loss": 0.0,
+                           "improvement_abs": 0.0, "improvement_rel": 0.0}
+    fail(m, "figure5_bounded", measured=0.0, explanation="ABNORMAL mean l0 0 outside [0.001, 5]")
+    fail(m, "figure5_improvement", measured=0.0)
+    finding = top(m)
+    assert finding.rule == "inner_loss_off_scale" and "nothing to reconstruct" in finding.title and "ttt_norm_weight" in finding.fix
+    assert finding.confidence == dx.MEDIUM and "inner_lr_too_low" not in rules(m)  # no step helps where nothing is to learn
+    fail(m, "dead_parameters", measured=1 / 19, details={"compared": 19, "unchanged": [], "zeroed": ["layers.3.ttt.ttt.ttt_norm_weight"]})
+    finding = top(m)
+    assert finding.confidence == dx.HIGH and "restore layers.3.ttt.ttt.ttt_norm_weight" in finding.fix
+
+
 def test_unused_parameters_are_a_dead_code_path():
     m = healthy_metrics()
     fail(m, "dead_parameters", measured=0.25, details={"unchanged": [], "unused": ["post_norm.weight", "wo.bias"]})

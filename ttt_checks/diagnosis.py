@@ -133,51 +133,55 @@ RULES: tuple[Rule, ...] = (
          "a smoothed Figure-5 loss exceeds loss_ceiling (default 10)",
          overrides=("inner_lr_too_low", "context_not_used", "inner_lr_too_high"),
          reads=("figure5_bounded", "figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size")),
-    Rule("gate_collapsed", 11, "the gate fell from its initial value: the outer loop switched TTT off",
+    Rule("inner_loss_off_scale", 11, "the inner loss at W_0 is outside the range a working layer shows: W_0 or the projections are off scale (above), or there is nothing to reconstruct (near 0)",
+         "figure5 per layer (mean_l0 vs loss_mean_min / loss_mean_max); verdict figure5_bounded",
+         "figure5_bounded fails on the mean l0 while no smoothed loss exceeds loss_ceiling",
+         reads=("figure5_bounded",)),
+    Rule("gate_collapsed", 12, "the gate fell from its initial value: the outer loop switched TTT off",
          "verdict gate_stats (mean |tanh|, fraction_of_init, fraction_sign_flipped); figure5; ttt_helps; sweep",
          "gate_stats fails and the gate is not exactly at its init",
          overrides=("sweep_scenario_b", "ttt_does_nothing"),
          reads=("gate_stats", "talk_learned")),
-    Rule("inner_lr_too_high", 12, "degenerate inner learning: one inner step makes the loss worse (inner lr far too high)",
+    Rule("inner_lr_too_high", 13, "degenerate inner learning: one inner step makes the loss worse (inner lr far too high)",
          "figure5 per layer (mean lafter vs lprev, improvement_abs, frac_lprev_gt_lafter); inner_step_size (best_multiplier <= 0.5)",
          "lafter > lprev on average in a layer, or the step-size probe's best multiplier is <= 0.5",
          overrides=("inner_lr_too_low", "context_not_used", "inner_step_size_off", "ttt_hurts", "ttt_does_nothing"),
          reads=("figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size", "ttt_helps")),
-    Rule("inner_lr_too_low", 13, "no inner learning: gradients do not flow or the inner lr is ~0",
+    Rule("inner_lr_too_low", 14, "no inner learning: gradients do not flow or the inner lr is ~0",
          "figure5 per layer (improvement_abs < improvement_min_abs, curves overlapping); inner_step_size (best_multiplier >= 4)",
          "one inner step improves the loss by less than improvement_min_abs (default 0.001) without making it worse",
          overrides=("context_not_used", "inner_step_size_off", "ttt_does_nothing"),
          reads=("figure5_improvement", "figure5_ordering", "figure5_adaptation", "inner_step_size", "ttt_helps")),
-    Rule("context_not_used", 14, "TTT cannot use the context: architecture or feature mismatch",
+    Rule("context_not_used", 15, "TTT cannot use the context: architecture or feature mismatch",
          "figure5 per layer (lprev/lafter first vs last quarter, gap growth, frac_l0_gt_lprev)",
          "lprev or lafter rise over the context, the gap l0 - lafter does not grow, or l0 > lprev fails",
          reads=("figure5_adaptation", "figure5_ordering")),
-    Rule("inner_step_size_off", 15, "the inner step size is off the minimum along its own direction",
+    Rule("inner_step_size_off", 16, "the inner step size is off the minimum along its own direction",
          "metrics.inner_step_size per layer (best_multiplier, base_lr, recommended_base_lr); verdict inner_step_size",
          "inner_step_size fails and no Figure-5 rule above explains it", reads=("inner_step_size",)),
-    Rule("gate_never_moved", 16, "the gate was never trained (exactly at its initial value)",
+    Rule("gate_never_moved", 17, "the gate was never trained (exactly at its initial value)",
          "verdict gate_stats (details.untrained)", "gate_stats fails with the gate exactly at its init",
          reads=("gate_stats",)),
-    Rule("ttt_hurts", 17, "TTT makes the outer loss worse than the model without it",
+    Rule("ttt_hurts", 18, "TTT makes the outer loss worse than the model without it",
          "verdict ttt_helps (details.verdict == hurts; relative_decrease); outer_loss learned / gate0",
          "ttt_helps fails as 'hurts' (or fails with a loss increase, older runs)", reads=("ttt_helps",)),
-    Rule("ttt_does_nothing", 18, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
+    Rule("ttt_does_nothing", 19, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
          "verdict ttt_helps (details.verdict == does_nothing; constant_output_layers); outer_loss",
          "ttt_helps fails as 'does nothing' or 'ignores its input'",
          reads=("ttt_helps",)),
-    Rule("sweep_scenario_c", 19, "scenario C: every gate is quiet, so the problem is elsewhere (base model, input, sampling)",
+    Rule("sweep_scenario_c", 20, "scenario C: every gate is quiet, so the problem is elsewhere (base model, input, sampling)",
          "sweep rows (words per gate, collapse); verdict talk_base", "no gate of the sweep talks, gate 0 included",
          overrides=("sweep_scenario_a", "sweep_scenario_b", "generation_collapse"),
          reads=("talk_base", "talk_learned", "talk_collapse")),
-    Rule("sweep_scenario_a", 20, "scenario A: the TTT weights learned quiet behaviour (data / objective)",
+    Rule("sweep_scenario_a", 21, "scenario A: the TTT weights learned quiet behaviour (data / objective)",
          "sweep rows: gate 0 talks, the learned gate and the highest gate are quiet", "gate 0 talks, learned and top gate quiet",
          reads=("talk_learned", "talk_collapse")),
-    Rule("sweep_scenario_b", 21, "scenario B: TTT learned useful features but the gate ignores them (gating collapsed)",
+    Rule("sweep_scenario_b", 22, "scenario B: TTT learned useful features but the gate ignores them (gating collapsed)",
          "sweep rows: gate 0 and the highest gate talk, the learned gate is quiet", "gate 0 and top gate talk, learned quiet",
          reads=("talk_learned",)),
-    Rule("generation_collapse", 22, "generation collapses (silence, repetition) at a gate the model runs at",
+    Rule("generation_collapse", 23, "generation collapses (silence, repetition) at a gate the model runs at",
          "verdict talk_collapse per gate (details.kinds)", "talk_collapse fails", reads=("talk_collapse",)),
-    Rule("dead_parameters_partial", 23, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
+    Rule("dead_parameters_partial", 24, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
          "verdict dead_parameters (details.unchanged, details.zeroed)", "dead_parameters fails with used tensors unchanged or zeroed",
          reads=("dead_parameters",)),
     Rule("unexplained_failure", 98, "a check failed that no rule above explains",
@@ -591,6 +595,46 @@ def rule_inner_loss_exploding(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_bounded", "inner_step_size"], layers), layers=layers)
 
 
+def rule_inner_loss_off_scale(m: Metrics) -> Finding | None:
+    low, high = _th(m, "loss_mean_min", 0.001), _th(m, "loss_mean_max", 5.0)
+    ceiling = _th(m, "loss_ceiling", 10.0)
+    flagged = failing_layers(m, "figure5_bounded")
+    f5 = _figure5(m)
+
+    def mean_l0(layer: str) -> float | None:
+        return _num(f5[layer].get("mean_l0"))
+
+    layers = [l for l in sorted(f5, key=_layer_key) if l in flagged and mean_l0(l) is not None
+              and not (low <= mean_l0(l) <= high) and (_num(f5[l].get("max_smoothed_loss")) or 0.0) <= ceiling]
+    if not layers:
+        return None
+    above = [l for l in layers if mean_l0(l) > high]
+    symptom = ", ".join(f"{l}: mean l0 {_fmt(mean_l0(l))}" for l in layers) + f" outside [{low:g}, {high:g}]"
+    if above:
+        return Finding("inner_loss_off_scale", "Inner loss off scale: W_0 or the TTT projections are far from where training keeps them",
+                       symptom + " (the inner model's reconstruction error before any step)",
+                       "the outer loop drove the TTT tensors that set the inner problem (W_0, the k/v projections, the target norm) "
+                       "off scale: an outer learning rate too high for the TTT parameters, or a bad initialisation; the inner "
+                       "learning rate does not enter l0",
+                       f"compare the TTT tensors with an earlier checkpoint (`ttt-checks trend`); lower the outer learning rate of the "
+                       f"TTT parameters ({_keys(m)['outer_lr']}) and train again",
+                       config_key=_keys(m)["outer_lr"], confidence=MEDIUM,
+                       confidence_why="l0 measured per token at W_0; which tensor moved it is not measured",
+                       evidence=_evidence(m, ["figure5_bounded"], layers), layers=layers)
+    zeroed = _dead(m)[2]
+    return Finding("inner_loss_off_scale", "Inner loss ~0: nothing to reconstruct",
+                   symptom + " (the inner model's reconstruction error before any step)"
+                   + (f"; zeroed TTT tensors: {name_list(zeroed, 5)}" if zeroed else ""),
+                   "the inner target carries no signal: the target norm's weight (ttt_norm_weight), the value projection or the "
+                   "keys are zero, so W_0 already fits it and the inner loop has nothing to learn",
+                   (f"restore {name_list(zeroed, 3)} (every element is 0)" if zeroed else
+                    "check ttt_norm_weight and the k/v projections for zeros (an edit, or a zero init left out of the optimiser)"),
+                   confidence=HIGH if zeroed else MEDIUM,
+                   confidence_why=("l0 measured per token at W_0, and dead_parameters found tensors that are exactly 0" if zeroed else
+                                   "l0 measured per token at W_0; which tensor zeroed it is not measured"),
+                   evidence=_evidence(m, ["figure5_bounded", *(["dead_parameters"] if zeroed else [])], layers), layers=layers)
+
+
 def _gate_verdicts(m: Metrics) -> list[dict[str, Any]]:
     return [v for v in failing(m, "gate_stats") if not _cannot_measure(v)]
 
@@ -710,10 +754,13 @@ def rule_inner_lr_too_low(m: Metrics) -> Finding | None:
     probe_low = {l for l, p in probe.items() if (_num(p.get("best_multiplier")) or 1.0) >= 4}
     if verdicts_of(m, "inner_step_size"):
         probe_low &= failing_layers(m, "inner_step_size")
-    layers = sorted(layers | overlapping | probe_low, key=_layer_key)
+    f5 = _figure5(m)
+    # An inner loss already ~0 at W_0 leaves nothing to learn, whatever the step (inner_loss_off_scale says so).
+    nothing_to_learn = {l for l, s in f5.items()
+                        if _num(s.get("mean_l0")) is not None and _num(s["mean_l0"]) < _th(m, "loss_mean_min", 1e-3)}
+    layers = sorted((layers | overlapping | probe_low) - nothing_to_learn, key=_layer_key)
     if not layers:
         return None
-    f5 = _figure5(m)
     parts = []
     for l in layers:
         s = f5.get(l, {})
@@ -1012,6 +1059,7 @@ RULE_FUNCTIONS: dict[str, Callable[[Metrics], Finding | None]] = {
     "noncausal_read_ahead": rule_noncausal_read_ahead,
     "ttt_untrained": rule_ttt_untrained,
     "inner_state_untrained": rule_inner_state_untrained,
+    "inner_loss_off_scale": rule_inner_loss_off_scale,
     "dead_code_path": rule_dead_code_path,
     "inner_loss_nonfinite": rule_inner_loss_nonfinite,
     "inner_loss_exploding": rule_inner_loss_exploding,
