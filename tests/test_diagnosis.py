@@ -552,6 +552,21 @@ def test_a_zeroed_output_projection_that_blocked_every_gradient_is_named():
     assert "layers.3.ttt.ttt.wo.weight" in finding.symptom and "layers.3.ttt.ttt.wo.weight" in finding.fix
 
 
+def test_a_gate_set_to_zero_is_named_as_zeroed_not_as_a_fall_the_outer_loop_made():
+    """healthy-seed0 with every alpha set to 0 after training: measured, the top finding said 'the outer
+    loop switched TTT off' (scenario B) with high confidence."""
+    m = healthy_metrics()
+    fail(m, "gate_stats", measured=0.0, details={"mean_tanh": 0.0, "alpha_init": 0.1, "fraction_of_init": 0.0})
+    fail(m, "dead_parameters", measured=1 / 19, details={"compared": 19, "unchanged": [], "zeroed": ["layers.3.ttt.alpha"]})
+    fail(m, "ttt_helps", measured=0.0, details={"verdict": "does_nothing", "relative_decrease": 0.0})
+    finding = top(m)
+    assert finding.rule == "gate_collapsed" and "zeroed" in finding.title and finding.confidence == dx.HIGH
+    assert "layers.3.ttt.alpha" in finding.fix and "outer loop did not" in finding.cause
+    # a gate that fell to a small non-zero value is a fall, whatever else was zeroed
+    fail(m, "gate_stats", measured=0.05, details={"mean_tanh": 0.005, "alpha_init": 0.1, "fraction_of_init": 0.05})
+    assert "zeroed" not in top(m).title
+
+
 def test_a_zero_initialised_gate_that_stayed_shut_did_not_fall():
     m = healthy_metrics()
     fail(m, "gate_stats", measured=0.002, threshold=0.01,

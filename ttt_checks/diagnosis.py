@@ -644,6 +644,18 @@ def rule_gate_collapsed(m: Metrics) -> Finding | None:
     if not bad:
         return None
     layers = [str(v.get("layer")) for v in bad if v.get("layer")]
+    zeroed_gates = [z for z in _dead(m)[2] if "alpha" in z.rsplit(".", 1)[-1]]
+    if zeroed_gates and all(_num(_details(v).get("mean_tanh", v.get("measured"))) == 0.0 for v in bad):
+        # Every channel exactly 0.0 while the init was not: set, not fallen (no optimiser lands every channel on 0.0).
+        return Finding("gate_collapsed", "Gate zeroed: every alpha is exactly 0",
+                       f"{name_list(zeroed_gates, 4)}: every element exactly 0 (mean |tanh(alpha)| 0), initialised at "
+                       + ", ".join(sorted({_fmt(_details(v).get('alpha_init')) for v in bad})),
+                       "the gate was set to 0 after training (an edit that switches TTT off) or zero-initialised and held out "
+                       "of the optimiser; the outer loop did not make this fall",
+                       f"restore {name_list(zeroed_gates, 2)} from the training checkpoint, or initialise the gate non-zero and "
+                       "put it in the optimiser",
+                       confidence=HIGH, confidence_why="every element is exactly 0.0, which no optimiser step lands on",
+                       evidence=_evidence(m, ["gate_stats", "dead_parameters"]), layers=layers)
     if all(_num(_details(v).get("alpha_init")) == 0.0 for v in bad):
         keys = _keys(m)
         shown = "; ".join(f"{v.get('layer')}: mean |tanh(alpha)| {_fmt(_details(v).get('mean_tanh', v.get('measured')))}" for v in bad)
