@@ -381,6 +381,32 @@ def test_sweep_scenarios_a_b_c(words, expected):
     assert top(m).evidence[0].endswith("gate_0.wav")
 
 
+def test_a_learned_gate_above_every_talking_gate_is_not_scenario_b():
+    """healthy-seed0 with alpha set to 3 (tanh 0.995): gate 0 and gate 1 (tanh 0.76) talk, the learned
+    gate loops. Scenario B ('the learned gate is too small to use TTT') was reported; the gate is the
+    most open of all, so no scenario applies and TTT hurts names the gate."""
+    m = healthy_metrics()
+    m["sweep"] = [_row("0", 0.0, 65), _row("learned", 0.995, 397, collapsed=True), _row("1", 0.76, 116)]
+    fail(m, "talk_learned", measured=0.0)
+    fail(m, "ttt_helps", measured=-0.29, details={"verdict": "hurts", "relative_decrease": -0.2896})
+    m["verdicts"]["gate_stats"][0]["details"].update(mean_tanh=0.9951, alpha_init=0.1, fraction_of_init=9.98,
+                                                     fraction_sign_flipped=0.0)
+    assert "sweep_scenario_b" not in rules(m) and "sweep_scenario_a" not in rules(m)
+    finding = top(m)
+    assert finding.rule == "ttt_hurts" and "998% of its init" in finding.symptom and "far beyond its init" in finding.cause
+
+
+def test_a_negated_gate_that_hurts_is_named():
+    """healthy-seed0 with every alpha negated: +1.13% loss; gate_stats passes (as strong as at init)
+    with a sign-flip warning."""
+    m = healthy_metrics()
+    fail(m, "ttt_helps", measured=-0.0113, details={"verdict": "hurts", "relative_decrease": -0.0113})
+    m["verdicts"]["gate_stats"][0]["details"].update(mean_tanh=0.1076, signed_mean_tanh=-0.1076, alpha_init=0.1,
+                                                     fraction_of_init=1.08, fraction_sign_flipped=1.0)
+    finding = top(m)
+    assert finding.rule == "ttt_hurts" and "opposite sign" in finding.title and "sign flipped in 100%" in finding.symptom
+
+
 def test_unknown_failure_is_reported_not_hidden():
     m = healthy_metrics()
     m["verdicts"]["model_specific"] = [_v("gate0_matches_vanilla", False, 0.3, 1e-4, "gate 0 differs from vanilla Moshi")]

@@ -914,10 +914,35 @@ def rule_ttt_hurts(m: Metrics) -> Finding | None:
     if kind != "hurts":
         return None
     keys = _keys(m)
-    return Finding("ttt_hurts", "TTT hurts the outer loss", _outer_symptom(m, v),
-                   "the TTT branch adds output that makes the model's predictions worse and the gate lets it through "
-                   "(undertrained TTT weights, or a gate initialised too open)",
-                   f"train the TTT weights longer or with a smaller {keys['gate_init']}; use an earlier checkpoint where TTT helped",
+    gates = [g for g in verdicts_of(m, "gate_stats") if _num(_details(g).get("mean_tanh")) is not None]
+    flipped = [g for g in gates if (_num(_details(g).get("fraction_sign_flipped")) or 0.0) > 0.5]
+    opened = [g for g in gates if (_num(_details(g).get("fraction_of_init")) or 0.0) > 2.0]
+
+    def gate_text(g: Mapping[str, Any]) -> str:
+        d = _details(g)
+        text = f"{g.get('layer')}: gate mean |tanh(alpha)| {_fmt(d.get('mean_tanh'))}"
+        if _num(d.get("fraction_of_init")) is not None and _num(d.get("alpha_init")) is not None:
+            text += f" = {_num(d['fraction_of_init']):.0%} of its init tanh({_num(d['alpha_init']):g})"
+        if g in flipped:
+            text += f", sign flipped in {_num(d['fraction_sign_flipped']):.0%} of channels (signed mean {_fmt(d.get('signed_mean_tanh'))})"
+        return text
+
+    symptom = _outer_symptom(m, v) + ("; " + "; ".join(gate_text(g) for g in gates) if gates else "")
+    if flipped:
+        return Finding("ttt_hurts", "TTT hurts the outer loss: its gate has the opposite sign of its init", symptom,
+                       "the branch is subtracted from the residual stream instead of added: the gate alpha was negated (an edit) "
+                       "or driven through zero by the outer loop",
+                       "check the sign of the gate alpha; restore it from the training checkpoint, or use an earlier checkpoint "
+                       "from before it crossed zero (`ttt-checks trend`)",
+                       confidence=MEDIUM, confidence_why="the loss and the gate's sign are measured; which of the two made it is not",
+                       evidence=_evidence(m, ["ttt_helps", "gate_stats"]))
+    cause = ("the TTT branch adds output that makes the model's predictions worse and the gate lets it through "
+             + ("(the gate opened, or was set, far beyond its init: the branch passes at a strength the model was not trained with"
+                if opened else "(undertrained TTT weights, or a gate initialised too open)") + ")")
+    fix = (f"restore the gate alpha from the training checkpoint or use an earlier checkpoint (`ttt-checks trend`); train with a "
+           f"smaller alpha learning rate or {keys['gate_init']}" if opened else
+           f"train the TTT weights longer or with a smaller {keys['gate_init']}; use an earlier checkpoint where TTT helped")
+    return Finding("ttt_hurts", "TTT hurts the outer loss", symptom, cause, fix,
                    config_key=keys["gate_init"], confidence=MEDIUM,
                    confidence_why="the outer loss is measured; which of the causes applies is not",
                    evidence=_evidence(m, ["ttt_helps"]))
@@ -971,11 +996,14 @@ def _sweep_scenario(m: Metrics) -> str | None:
     base_talks = talks["0"]
     learned_talks = talks.get("learned")
     gate_failed = any(not _details(v).get("untrained") for v in _gate_verdicts(m))  # fell, not never trained
+    # B says the learned gate is too small to use what TTT learned: only where it is smaller than the top gate that talks.
+    learned_below_top = (learned is not None and top is not None and _num(learned.get("gate_tanh")) is not None
+                         and abs(_num(learned["gate_tanh"])) < abs(_num(top["gate_tanh"])))
     if base_talks and learned_talks is not None and not learned_talks:
-        if top is not None:
-            return "B" if talks[str(top.get("label"))] else "A"
-        return None
-    if base_talks and gate_failed and top is not None and talks[str(top.get("label"))]:
+        if top is not None and talks[str(top.get("label"))]:
+            return "B" if learned_below_top else None
+        return "A" if top is not None else None
+    if base_talks and gate_failed and top is not None and talks[str(top.get("label"))] and (learned is None or learned_below_top):
         return "B"
     if base_talks and learned_talks:
         return "healthy"
