@@ -177,7 +177,7 @@ RULES: tuple[Rule, ...] = (
          "sweep rows: gate 0 talks, the learned gate and the highest gate are quiet", "gate 0 talks, learned and top gate quiet",
          reads=("talk_learned", "talk_collapse")),
     Rule("sweep_scenario_b", 22, "scenario B: TTT learned useful features but the gate ignores them (gating collapsed)",
-         "sweep rows: gate 0 and the highest gate talk, the learned gate is quiet", "gate 0 and top gate talk, learned quiet",
+         "sweep rows: gate 0 and the highest gate talk, the learned gate is quiet", "gate 0 and top gate talk, learned quiet and below the top gate",
          reads=("talk_learned",)),
     Rule("generation_collapse", 23, "generation collapses (silence, repetition) at a gate the model runs at",
          "verdict talk_collapse per gate (details.kinds)", "talk_collapse fails", reads=("talk_collapse",)),
