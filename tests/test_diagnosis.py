@@ -394,6 +394,10 @@ def test_a_learned_gate_above_every_talking_gate_is_not_scenario_b():
     assert "sweep_scenario_b" not in rules(m) and "sweep_scenario_a" not in rules(m)
     finding = top(m)
     assert finding.rule == "ttt_hurts" and "998% of its init" in finding.symptom and "far beyond its init" in finding.cause
+    assert finding.cause.count("(") == finding.cause.count(")")
+    m["verdicts"]["gate_stats"][0]["details"].update(fraction_of_init=1.05)
+    finding = top(m)
+    assert "undertrained" in finding.cause and finding.cause.count("(") == finding.cause.count(")"), finding.cause
 
 
 def test_a_negated_gate_that_hurts_is_named():

@@ -938,7 +938,7 @@ def rule_ttt_hurts(m: Metrics) -> Finding | None:
                        evidence=_evidence(m, ["ttt_helps", "gate_stats"]))
     cause = ("the TTT branch adds output that makes the model's predictions worse and the gate lets it through "
              + ("(the gate opened, or was set, far beyond its init: the branch passes at a strength the model was not trained with"
-                if opened else "(undertrained TTT weights, or a gate initialised too open)") + ")")
+                if opened else "(undertrained TTT weights, or a gate initialised too open") + ")")
     fix = (f"restore the gate alpha from the training checkpoint or use an earlier checkpoint (`ttt-checks trend`); train with a "
            f"smaller alpha learning rate or {keys['gate_init']}" if opened else
            f"train the TTT weights longer or with a smaller {keys['gate_init']}; use an earlier checkpoint where TTT helped")
