@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).parent))
 import moshi_fixtures as mf  # noqa: E402
 
-from ttt_checks import health  # noqa: E402
+from ttt_checks import checks as health  # noqa: E402
 from ttt_checks.models.moshi.checkpoint import MoshiCheckpointError, locate, read_weights  # noqa: E402
 from ttt_checks.models.reference.adapter import ReferenceAdapter  # noqa: E402
 from ttt_checks.models.reference.checkpoint import CheckpointError, load_checkpoint  # noqa: E402

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ttt_checks import baseline
+from ttt_checks.checks import baseline
 
 
 def metrics(mean_l0=0.8, improvement=0.1, words=12.0, loss=2.0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from ttt_checks import health
+from ttt_checks import checks as health
 from ttt_checks.metrics.branch_output import BranchOutputProbe
 
 TH = health.load_thresholds()

@@ -458,7 +458,7 @@ def test_report_text_html_and_junit_properties_lead_with_the_diagnosis(tmp_path)
 def test_gate_summary_prints_the_top_finding_in_one_line(tmp_path):
     import json
 
-    from ttt_checks.gate import summary
+    from ttt_checks.runs.suite import summary
 
     m = healthy_metrics()
     fail(m, "state_persistence", measured=0.0)
@@ -496,7 +496,7 @@ def test_docs_table_lists_every_rule_with_its_precedence_and_overrides():
 def test_every_broken_zoo_entry_names_the_diagnosis_its_construction_implies():
     """The mapping entry -> expected top finding is data (expected_diagnosis, else built_to_fail):
     every broken entry gets a rule of the table, healthy ones none."""
-    from ttt_checks.detection import zoo_expected_diagnoses
+    from ttt_checks.runs.matrix import zoo_expected_diagnoses
     from ttt_checks.models.reference.zoo import zoo_entries
 
     expected = zoo_expected_diagnoses()
@@ -520,7 +520,7 @@ def test_gate_cli_prints_and_records_the_top_finding_of_a_broken_zoo_checkpoint(
     import sys
     import xml.etree.ElementTree as ET
 
-    from ttt_checks.detection import zoo_expected_diagnoses
+    from ttt_checks.runs.matrix import zoo_expected_diagnoses
     from ttt_checks.models.reference.zoo import zoo_path
 
     out = tmp_path / "report"
@@ -546,7 +546,7 @@ def test_an_interrupted_run_is_never_called_healthy():
 
 
 def test_detection_matrix_diagnosis_table_marks_a_wrong_top_finding():
-    from ttt_checks.detection import render_diagnoses
+    from ttt_checks.runs.matrix import render_diagnoses
 
     text = render_diagnoses([("a", "gate_collapsed", "gate_collapsed", "x | y"), ("b", "missing_keys", "ttt_hurts", "z"),
                              ("c", None, None, "HEALTHY")])

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ttt_checks import gate
+from ttt_checks.runs import suite as gate
 
 REPO = Path(__file__).resolve().parents[1]
 

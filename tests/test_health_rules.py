@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-from ttt_checks import health
+from ttt_checks import checks as health
 from ttt_checks.metrics.figure5 import carried_benefit, figure5_stats, smooth
 from ttt_checks.ttt.figure5 import Figure5Record
 
@@ -154,7 +154,8 @@ def test_inner_initial_weights_at_init_are_listed_apart():
 
 
 def test_inner_initial_state_names():
-    from ttt_checks.ttt.layer import TTTLayer, is_inner_initial_state
+    from ttt_checks.ttt.config import is_inner_initial_state
+    from ttt_checks.ttt.layer import TTTLayer
     from ttt_checks.models.reference.train import default_ttt_config
 
     layer = TTTLayer(default_ttt_config(32))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from ttt_checks import health
+from ttt_checks import checks as health
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.models.reference.zoo import zoo_path
 from ttt_checks.run import HealthRun, RunOptions

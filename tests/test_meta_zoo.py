@@ -69,7 +69,7 @@ def test_zoo_checkpoint_fails_exactly_its_intended_checks(pytester, tmp_path, en
     assert result.ret == expected_code
     assert (tmp_path / "report" / "metrics.json").is_file() and (tmp_path / "report" / "index.html").is_file()
 
-    from ttt_checks.detection import zoo_expected_diagnoses
+    from ttt_checks.runs.matrix import zoo_expected_diagnoses
 
     diagnosis = json.loads((tmp_path / "report" / "metrics.json").read_text())["diagnosis"]
     expected_top = zoo_expected_diagnoses()[entry.name]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import moshi_fixtures as mf  # noqa: E402
 
 from ttt_checks.metrics.figure5 import figure5_stats  # noqa: E402
-from ttt_checks import health  # noqa: E402
+from ttt_checks import checks as health  # noqa: E402
 from ttt_checks.models.moshi import checks  # noqa: E402
 from ttt_checks.models.moshi.adapter import MoshiAdapter  # noqa: E402
 from ttt_checks.models.moshi.checkpoint import MoshiCheckpointError, consolidated_dir  # noqa: E402

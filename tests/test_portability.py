@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from ttt_checks.health import INIT_MATCH_ULPS, at_initial_value
+from ttt_checks.checks import INIT_MATCH_ULPS, at_initial_value
 
 DRAW = (
     "import json, torch; g = torch.Generator().manual_seed(1234); "

@@ -20,8 +20,8 @@ from ttt_checks.models.reference.corpus import DialogueCorpus, conversation_pair
 from ttt_checks.models.reference.generate import Reply, generate_batched, generate_sequential
 from ttt_checks.models.reference.tokenizer import EOT, REPLY, USER, ByteTokenizer
 from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
-from ttt_checks.health import at_initial_value
-from ttt_checks.run import CHECKS
+from ttt_checks.checks import at_initial_value
+from ttt_checks.checks import CHECKS
 from ttt_checks.ttt import Figure5Probe
 
 PROMPT = "Tell me a joke."  # the reference model ends this reply with <eot> at gate 0 and learned
@@ -378,7 +378,8 @@ def failing_checks_without_sweep(path: Path, report_dir: Path) -> set[str]:
     The sweep (greedy replies, espeak-ng, Whisper) is judged on the committed checkpoints by the
     meta-tests; here it would only add minutes per entry.
     """
-    from ttt_checks.run import TALK_CHECKS, HealthRun, RunOptions, run_all
+    from ttt_checks.checks import TALK_CHECKS
+    from ttt_checks.run import HealthRun, RunOptions, run_all
 
     run = HealthRun(ReferenceAdapter(path), RunOptions(report_dir=report_dir))
     return {v.name for v in run_all(run, [c for c in CHECKS if c not in TALK_CHECKS]) if not v.ok}
@@ -387,7 +388,7 @@ def failing_checks_without_sweep(path: Path, report_dir: Path) -> set[str]:
 @pytest.mark.slow
 def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
     from ttt_checks.models.reference.zoo import build_zoo
-    from ttt_checks.run import TALK_CHECKS
+    from ttt_checks.checks import TALK_CHECKS
 
     from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_ZOO_DIR
 

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttt_checks import health
+from ttt_checks import checks as health
 from ttt_checks.ttt import Figure5Probe, TTTConfig, TTTLayer
 from ttt_checks.ttt.step_probe import DEFAULT_MULTIPLIERS, StepSizeRecord
 

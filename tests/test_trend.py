@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ttt_checks import trend  # noqa: E402
+from ttt_checks.runs import trend  # noqa: E402
 
 EVERY = 40
 STEPS = 200
@@ -80,7 +80,7 @@ def _train_with_gate_penalty(root: Path) -> tuple[Path, Path, dict]:
 
 def _gate_in_process(ckpt: Path, base, report_dir: Path) -> None:
     """The plugin's run, minus pytest: HealthRun judges the checks, write_report writes metrics.json."""
-    from ttt_checks import health
+    from ttt_checks import checks as health
     from ttt_checks.models.base import LEARNED
     from ttt_checks.models.moshi.adapter import MoshiAdapter
     from ttt_checks.report import write_report
@@ -97,7 +97,7 @@ def _gate_in_process(ckpt: Path, base, report_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def trajectory(tmp_path_factory):
     """(run dir, report root, training log): the gated trajectory, built once."""
-    from ttt_checks.watch import checkpoint_name, find_checkpoints
+    from ttt_checks.runs.discovery import checkpoint_name, find_checkpoints
 
     root = tmp_path_factory.mktemp("trajectory")
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def trajectory(tmp_path_factory):
 
 def test_trajectory_is_real_and_the_penalty_makes_the_gates_fall(trajectory):
     run_dir, reports, log = trajectory
-    from ttt_checks.watch import find_checkpoints
+    from ttt_checks.runs.discovery import find_checkpoints
 
     assert len(find_checkpoints(run_dir)) == STEPS // EVERY >= 5
     before, after = log["gate"][PENALTY_FROM // EVERY - 1], log["gate"][-1]
@@ -230,7 +230,7 @@ def _fake_gate(bad_from: int):
 
 
 def test_trend_run_gates_the_missing_checkpoints_and_watch_refreshes_the_trend(tmp_path, monkeypatch, capsys):
-    from ttt_checks import watch
+    from ttt_checks.runs import watch
     from ttt_checks.cli import main
 
     run = _fake_run(tmp_path, [100, 200, 300])

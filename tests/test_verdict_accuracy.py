@@ -26,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ttt_checks import health
+from ttt_checks import checks as health
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.models.reference.zoo import zoo_entries
 from ttt_checks.run import HealthRun, RunOptions

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ttt_checks.watch import (
-    GateRecord, Watcher, checkpoint_name, exit_code, find_checkpoints, is_settled, run_command,
-)
+from ttt_checks.cli.watch import run_command
+from ttt_checks.runs.discovery import checkpoint_name, find_checkpoints, is_settled
+from ttt_checks.runs.watch import GateRecord, Watcher, exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 # Short gates: no token-by-token streaming pass, no Whisper sweep, and no baseline comparison

@@ -131,14 +131,14 @@ def _device(config: pytest.Config) -> str:
 def _options(config: pytest.Config):
     if _OPTIONS_KEY in config.stash:
         return config.stash[_OPTIONS_KEY]
-    from ttt_checks import health
+    from ttt_checks.checks.thresholds import ThresholdError, load_thresholds, parse_threshold_overrides
     from ttt_checks.run import RunError, RunOptions, new_run_id, parse_gates
 
     try:
-        overrides = health.parse_threshold_overrides(config.getoption("--threshold"))
-        thresholds = health.load_thresholds(config.rootpath / "pyproject.toml", overrides)
+        overrides = parse_threshold_overrides(config.getoption("--threshold"))
+        thresholds = load_thresholds(config.rootpath / "pyproject.toml", overrides)
         gates = parse_gates(config.getoption("--gates"))
-    except (health.ThresholdError, RunError) as exc:
+    except (ThresholdError, RunError) as exc:
         raise pytest.UsageError(str(exc)) from None
     max_positions = config.getoption("--max-positions")
     if max_positions is not None and max_positions < 2:
@@ -381,12 +381,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def _unstarted_metrics(config: pytest.Config, complete: bool) -> dict:
     """The report data of a run that never measured anything: one failed ``checkpoint_load`` check."""
-    from ttt_checks import health
     from ttt_checks.run import gate_label
+    from ttt_checks.verdict import cannot_measure, jsonable
 
     options = config.stash[_OPTIONS_KEY]
-    verdict = health.cannot_measure("checkpoint_load", config.stash[_UNSTARTED_KEY])
-    return health._jsonable({
+    verdict = cannot_measure("checkpoint_load", config.stash[_UNSTARTED_KEY])
+    return jsonable({
         "checkpoint": config.getoption("--ckpt"), "adapter": None, "report_dir": str(options.report_dir),
         "complete": complete, "thresholds": options.thresholds, "gates": [gate_label(g) for g in options.gates],
         "verdicts": {"checkpoint_load": [verdict.to_dict()]}, "artifacts": {},

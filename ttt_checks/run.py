@@ -21,14 +21,23 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ttt_checks import health
-from ttt_checks.health import Verdict
+from ttt_checks import checks
+from ttt_checks.asr import get_transcriber
+from ttt_checks.audio import write_wav
+from ttt_checks.audio.wav import AudioError
+from ttt_checks.checks import baseline
+from ttt_checks.checks.catalogue import CHECKS, FIGURE5_CHECKS, TALK_CHECKS
+from ttt_checks.checks.thresholds import read_pyproject_table
 from ttt_checks.metrics.branch_output import BranchOutputProbe
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats, positions_needed
-from ttt_checks.audio.wav import AudioError
+from ttt_checks.metrics.talk import judge_collapse, talk_metrics
 from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, InputError, ModelInputs
+from ttt_checks.report.files import write_text_atomic
+from ttt_checks.report.plots import plot_figure5, plot_outer_loss, plot_words_vs_gate
 from ttt_checks.ttt.figure5 import Figure5Error, Figure5Probe, Figure5Record
+from ttt_checks.ttt.gate import mean_effective_gate
 from ttt_checks.ttt.step_probe import DEFAULT_MULTIPLIERS, StepSizeRecord
+from ttt_checks.verdict import Verdict, jsonable
 
 DEFAULT_GATES: tuple[GateValue, ...] = (0.0, LEARNED, 0.3, 0.5, 1.0)
 
@@ -72,7 +81,7 @@ def new_run_id(checkpoint: Path | None) -> str:
 class RunOptions:
     report_dir: Path
     gates: list[GateValue] = field(default_factory=lambda: list(DEFAULT_GATES))
-    thresholds: dict[str, float] = field(default_factory=lambda: health.load_thresholds())
+    thresholds: dict[str, float] = field(default_factory=lambda: checks.load_thresholds())
     input_path: Path | None = None
     max_positions: int | None = None
     ttt_layers: list[str] | None = None
@@ -152,7 +161,6 @@ class HealthRun:
                 records[info.name] = probe.record(info.name)
             except Figure5Error as exc:
                 missing[info.name] = str(exc)
-        from ttt_checks.report.plots import plot_figure5
 
         for name, rec in records.items():
             stem = f"figure5_{_slug(name)}"
@@ -187,7 +195,6 @@ class HealthRun:
 
     @cached_property
     def outer_gate0(self) -> ForwardResult:
-        from ttt_checks.report.plots import plot_outer_loss
 
         def run():
             with self.adapter.set_gate(0.0):
@@ -228,11 +235,6 @@ class HealthRun:
         Collapse is judged per reply, never on the replies glued together (phrases shared across
         replies are not a loop), and a gate collapses when at least half of its replies do.
         """
-        from ttt_checks.asr import get_transcriber
-        from ttt_checks.audio import write_wav
-        from ttt_checks.metrics.talk import judge_collapse, talk_metrics
-        from ttt_checks.report.files import write_text_atomic
-        from ttt_checks.report.plots import plot_words_vs_gate
 
         gates = self.options.gates
         prompts = self.inputs.prompts
@@ -304,49 +306,48 @@ class HealthRun:
             try:
                 verdicts = fn()
             except (RunError, Figure5Error, InputError, AudioError) as exc:  # a bad input measures nothing
-                verdicts = [health.cannot_measure(check, str(exc))]
+                verdicts = [checks.cannot_measure(check, str(exc))]
             self.verdicts[check] = verdicts
         return self.verdicts[check]
 
     def _check_checkpoint_keys(self):
-        unexpected = getattr(self.adapter, "unexpected_ttt_keys", lambda: [])()
-        return [health.checkpoint_keys(self.adapter.expected_ttt_keys(), self.adapter.state().keys(), unexpected)]
+        unexpected = self.adapter.unexpected_ttt_keys()
+        return [checks.checkpoint_keys(self.adapter.expected_ttt_keys(), self.adapter.state().keys(), unexpected)]
 
     def _check_model_specific(self):
         """Checks only one model family can make (Moshi: gate 0 == vanilla Moshi, ...)."""
-        checks = getattr(self.adapter, "model_checks", None)
-        return [] if checks is None else self._timed("model_checks", lambda: checks(self.inputs.teacher_forced))
+        return self._timed("model_checks", lambda: self.adapter.model_checks(self.inputs.teacher_forced))
 
     def _check_checkpoint_finite(self):
-        return [health.checkpoint_finite(self.adapter.state())]
+        return [checks.checkpoint_finite(self.adapter.state())]
 
     def _check_figure5_collected(self):
         _, _, missing = self.teacher_forced
-        return health.figure5_collected(self.figure5, [i.name for i in self.layers], missing, self.th)
+        return checks.figure5_collected(self.figure5, [i.name for i in self.layers], missing, self.th)
 
     def _check_figure5_finite(self):
-        return self._per_layer(health.figure5_finite(self.figure5), "figure5_finite")
+        return self._per_layer(checks.figure5_finite(self.figure5), "figure5_finite")
 
     def _check_figure5_bounded(self):
-        return self._per_layer(health.figure5_bounded(self.figure5, self.th), "figure5_bounded")
+        return self._per_layer(checks.figure5_bounded(self.figure5, self.th), "figure5_bounded")
 
     def _check_figure5_ordering(self):
-        return self._per_layer(health.figure5_ordering(self.figure5, self.th), "figure5_ordering")
+        return self._per_layer(checks.figure5_ordering(self.figure5, self.th), "figure5_ordering")
 
     def _check_figure5_improvement(self):
-        return self._per_layer(health.figure5_improvement(self.figure5, self.th), "figure5_improvement")
+        return self._per_layer(checks.figure5_improvement(self.figure5, self.th), "figure5_improvement")
 
     def _check_figure5_adaptation(self):
-        return self._per_layer(health.figure5_adaptation(self.figure5, self.th), "figure5_adaptation")
+        return self._per_layer(checks.figure5_adaptation(self.figure5, self.th), "figure5_adaptation")
 
     def _check_inner_step_size(self):
         records, missing = self.step_size
-        out = health.inner_step_size(records, self.th)
-        out += [health.cannot_measure("inner_step_size", why, name) for name, why in missing.items()]
-        return out or [health.cannot_measure("inner_step_size", "the model reports no TTT layers")]
+        out = checks.inner_step_size(records, self.th)
+        out += [checks.cannot_measure("inner_step_size", why, name) for name, why in missing.items()]
+        return out or [checks.cannot_measure("inner_step_size", "the model reports no TTT layers")]
 
     def _check_gate_stats(self):
-        return health.gate_stats({i.name: i.gate_alpha for i in self.layers}, self.th,
+        return checks.gate_stats({i.name: i.gate_alpha for i in self.layers}, self.th,
                                  {i.name: i.gate_alpha_init for i in self.layers},
                                  {i.name: i.gate_alpha_init_disputed for i in self.layers})
 
@@ -382,49 +383,49 @@ class HealthRun:
         learned, _, _ = self.teacher_forced
         static = self.outer_no_inner_step
         if isinstance(static, str):
-            return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
+            return [checks.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
                                      no_inner_step_unavailable=static, output_spread=self.output_spread)]
-        return [health.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
+        return [checks.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
                                  loss_no_inner_step=static.outer_loss, output_spread=self.output_spread)]
 
     def _check_config_consistency(self):
         """Settings stated twice (config vs training record, config vs weights) must agree; what
         loading changed in the checkpoint's naming (a DDP ``module.`` prefix) is said here."""
-        return [health.config_consistency(self.adapter.recipe_fields(), self.adapter.checkpoint_notes())]
+        return [checks.config_consistency(self.adapter.recipe_fields(), self.adapter.checkpoint_notes())]
 
     def _check_dead_parameters(self):
-        unused = set(getattr(self.adapter, "unused_ttt_keys", lambda: [])())
+        unused = set(self.adapter.unused_ttt_keys())
         state = self.adapter.state()
         used = [k for k in state if k not in unused]
-        return [health.dead_parameters(state, self.adapter.initial_state(), used, self.th)]
+        return [checks.dead_parameters(state, self.adapter.initial_state(), used, self.th)]
 
     def _check_state_persistence(self):
         records = self.streamed
-        out = health.state_persistence(records, {i.name: i for i in self.layers}, self.th)
+        out = checks.state_persistence(records, {i.name: i for i in self.layers}, self.th)
         missing = [i.name for i in self.layers if i.name not in records]
-        out += [health.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
-        return out or [health.cannot_measure("state_persistence", "the model reports no TTT layers")]
+        out += [checks.cannot_measure("state_persistence", "the streamed run collected no Figure-5 data", name) for name in missing]
+        return out or [checks.cannot_measure("state_persistence", "the model reports no TTT layers")]
 
     def _check_streaming_consistency(self):
         self.streamed  # noqa: B018  (the one-token-per-call pass and its input)
         full = self._timed("teacher_forced_short", lambda: self.adapter.teacher_forced(self.streamed_inputs.teacher_forced))
         n = min(len(full.outer_loss), len(self.streamed_result.outer_loss))
         if n == 0:
-            return [health.cannot_measure("streaming_consistency", "the passes returned no outer loss")]
+            return [checks.cannot_measure("streaming_consistency", "the passes returned no outer loss")]
         causal = None if not self.layers else all(info.causal for info in self.layers)
         gate0 = None
         if causal is False:  # is the leak only a warning? TTT must still help one token at a time
             with self.adapter.set_gate(0.0):
                 gate0 = self._timed("teacher_forced_short_gate0",
                                     lambda: self.adapter.teacher_forced(self.streamed_inputs.teacher_forced)).outer_loss[:n]
-        return [health.streaming_consistency(full.outer_loss[:n], self.streamed_result.outer_loss[:n], self.th,
+        return [checks.streaming_consistency(full.outer_loss[:n], self.streamed_result.outer_loss[:n], self.th,
                                              loss_gate0=gate0, causal=causal)]
 
     def _check_talk_base(self):
         """Words heard at gate 0, cross-checked with how well gate 0 predicts its own stream
         (the teacher-forced outer loss vs uniform guessing): Whisper hears words in gibberish."""
         base = self._sweep_row("0", "the base model's talkativeness")
-        verdict = health.talk_base(base["words"], base["transcript"], base["collapse"]["reasons"], self.outer_gate0.outer_loss,
+        verdict = checks.talk_base(base["words"], base["transcript"], base["collapse"]["reasons"], self.outer_gate0.outer_loss,
                                    self.adapter.chance_outer_loss(), self.th, self.nonfinite_ttt_tensors)
         verdict.details["row"] = base["label"]
         return [verdict]
@@ -433,7 +434,7 @@ class HealthRun:
         base = self._sweep_row("0", "the words ratio learned / gate 0")
         learned = self._sweep_row(LEARNED, "the words ratio learned / gate 0")
         if base["words"] < self.th["talk_min_base_words"]:
-            return [health.cannot_measure("talk_learned", f"the base produced no speech at gate 0 ({base['words']} words), so there is nothing to keep")]
+            return [checks.cannot_measure("talk_learned", f"the base produced no speech at gate 0 ({base['words']} words), so there is nothing to keep")]
         ratio = learned["words"] / base["words"]
         ok = ratio >= self.th["talk_min_learned_ratio"]
         return [Verdict("talk_learned", ok, ratio, self.th["talk_min_learned_ratio"],
@@ -465,8 +466,6 @@ class HealthRun:
         return out
 
     def _check_baseline_regression(self):
-        from ttt_checks import baseline
-
         if self.options.baseline is None:
             return []
         for check in CHECKS:  # the comparison needs every measurement of this run
@@ -476,20 +475,20 @@ class HealthRun:
         try:
             reference = baseline.load_baseline(self.options.baseline)
         except baseline.BaselineError as exc:
-            return [health.cannot_measure("baseline_regression", str(exc))]
+            return [checks.cannot_measure("baseline_regression", str(exc))]
         per_metric = {}
         if self.options.pyproject is not None and Path(self.options.pyproject).is_file():
-            per_metric = health.read_pyproject_table(Path(self.options.pyproject)).get("baseline_tolerances", {})
+            per_metric = read_pyproject_table(Path(self.options.pyproject)).get("baseline_tolerances", {})
         return [baseline.compare(self.metrics(), reference, self.th["baseline_rel_tolerance"], per_metric)]
 
     def _per_layer(self, verdicts: list[Verdict], name: str) -> list[Verdict]:
         """Layers with no Figure-5 data fail every Figure-5 rule too (never a silent pass)."""
         have = {v.layer for v in verdicts}
         _, _, missing = self.teacher_forced
-        extra = [health.cannot_measure(name, f"no Figure-5 data for this layer ({missing.get(i.name, 'not reported')})", i.name)
+        extra = [checks.cannot_measure(name, f"no Figure-5 data for this layer ({missing.get(i.name, 'not reported')})", i.name)
                  for i in self.layers if i.name not in have]
         out = verdicts + extra
-        return out or [health.cannot_measure(name, "the model reports no TTT layers")]
+        return out or [checks.cannot_measure(name, "the model reports no TTT layers")]
 
     # -- evidence -------------------------------------------------------------------------------
 
@@ -531,22 +530,10 @@ class HealthRun:
             data["layers"] = [
                 {"name": i.name, "index": i.index, "mini_batch_size": i.mini_batch_size, "causal": i.causal,
                  "inner": i.inner, "mlp_layers": i.mlp_layers, "base_lr": i.base_lr,
-                 "gate_mean_tanh": float(np.tanh(np.clip(i.gate_alpha, -3, 3)).mean()), "gate_alpha_init": i.gate_alpha_init}
+                 "gate_mean_tanh": mean_effective_gate(i.gate_alpha), "gate_alpha_init": i.gate_alpha_init}
                 for i in self.layers
             ]
-        return health._jsonable(data)
-
-
-FIGURE5_CHECKS = ("figure5_collected", "figure5_finite", "figure5_bounded", "figure5_ordering",
-                  "figure5_improvement", "figure5_adaptation")
-
-TALK_CHECKS = ("talk_base", "talk_learned", "talk_collapse")
-
-CHECKS = [
-    "checkpoint_keys", "checkpoint_finite", "config_consistency", "figure5_collected", "figure5_finite", "figure5_bounded",
-    "figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size", "gate_stats", "ttt_helps",
-    "dead_parameters", "state_persistence", "streaming_consistency", *TALK_CHECKS, "model_specific",
-]
+        return jsonable(data)
 
 
 def _slug(name: str) -> str:

@@ -316,3 +316,26 @@ def figure5_stats(record: Figure5Record, expected_positions: int | None = None, 
         benefit_last_quarter=benefit_last,
         benefit_growth_se=benefit_se,
     )
+
+
+def record_summary(record: Figure5Record) -> dict[str, float]:
+    """A saved record in a few numbers (``ttt-checks figure5``): means of the curves and the
+    ordering fractions of :func:`figure5_stats` (the one definition: judged positions, margin).
+    It needs the layer's mini_batch_size and causal flag, which every TTT layer writes into
+    ``meta``; a record without them gets NaN fractions, never a second answer."""
+    out = {
+        "positions": float(record.num_positions),
+        "l0": float(np.mean(record.l0)),
+        "lprev": float(np.mean(record.lprev)),
+        "lafter": float(np.mean(record.lafter)),
+        "frac_l0_gt_lprev": float("nan"),
+        "frac_lprev_gt_lafter": float("nan"),
+        "nonfinite": float(record.nonfinite.sum()),
+    }
+    try:
+        stats = figure5_stats(record)
+    except Figure5Error:
+        return out
+    out.update(frac_l0_gt_lprev=stats.frac_l0_gt_lprev, frac_lprev_gt_lafter=stats.frac_lprev_gt_lafter,
+               judged_l0_lprev=float(stats.judged_l0_lprev))
+    return out

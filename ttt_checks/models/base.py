@@ -16,6 +16,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ttt_checks.verdict import Verdict
+
 GateValue = float | str  # a raw alpha value, or the string "learned"
 LEARNED = "learned"
 
@@ -217,4 +219,19 @@ class Adapter(abc.ABC):
     def checkpoint_notes(self) -> list[str]:
         """What loading changed in the checkpoint's own naming (e.g. a DDP ``module.`` prefix
         stripped), so the report says it instead of hiding it."""
+        return []
+
+    def unexpected_ttt_keys(self) -> list[str]:
+        """TTT-looking tensors in the checkpoint that no TTT layer of the config takes (a save or
+        naming bug); empty where the adapter cannot tell."""
+        return []
+
+    def unused_ttt_keys(self) -> list[str]:
+        """Trainable TTT tensors the forward never applies (no recipe can train them), so
+        ``dead_parameters`` does not count them as a training fault; empty by default."""
+        return []
+
+    def model_checks(self, inputs: Any) -> list[Verdict]:
+        """Verdicts only this model family can give (Moshi: gate 0 reproduces the vanilla model,
+        state carried frame by frame, ...), reported under ``model_specific``; none by default."""
         return []

@@ -16,9 +16,8 @@ from typing import Any
 
 from ttt_checks.models.base import Adapter, InputError
 from ttt_checks.models.tensorfile import PICKLE_SUFFIXES
+from ttt_checks.paths import ZOO_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ZOO_DIR = REPO_ROOT / "fixtures" / "zoo"
 DEFAULT_CHECKPOINT = "healthy-seed0"
 
 

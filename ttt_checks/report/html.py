@@ -12,6 +12,7 @@ from typing import Any
 
 from ttt_checks.diagnosis import diagnosis_dict
 from ttt_checks.report.files import write_text_atomic
+from ttt_checks.verdict import fmt, status_label
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -26,12 +27,6 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0} audio{height:28px}
 
 def _data_uri(path: Path, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 def _inputs_html(inputs: dict[str, Any] | None) -> list[str]:
@@ -55,7 +50,7 @@ def _diagnosis_html(diagnosis: dict[str, Any]) -> list[str]:
         for f in findings:
             change = e(str(f.get("fix", "")))
             if f.get("config_key"):
-                change += f"<br><code>{e(str(f['config_key']))}" + (f" = {e(_fmt(f['value']))}" if f.get("value") is not None else "") + "</code>"
+                change += f"<br><code>{e(str(f['config_key']))}" + (f" = {e(fmt(f['value']))}" if f.get("value") is not None else "") + "</code>"
             files = "<br>".join(f"<code>{e(Path(str(p)).name)}</code>" for p in (f.get("evidence") or [])[:6])
             parts.append(f"<tr><td>{f.get('rank')}</td><td class='{'FAIL' if f.get('rank') == 1 else ''}'>{e(str(f.get('title')))}</td>"
                          f"<td>{e(str(f.get('symptom')))}</td><td>{e(str(f.get('cause')))}</td><td>{change}</td>"
@@ -88,9 +83,9 @@ def render(metrics: dict[str, Any], report_dir: Path) -> str:
              *_diagnosis_html(metrics.get("diagnosis") or diagnosis_dict(metrics)),
              "<h2>Verdicts</h2><table><tr><th>check</th><th>layer</th><th>result</th><th>measured</th><th>threshold</th><th>explanation</th></tr>"]
     for v in verdicts:
-        status = "FAIL" if not v["ok"] else "WARN" if v.get("details", {}).get("severity") == "warning" else "PASS"
+        status = status_label(v)
         parts.append(f"<tr><td>{e(v['name'])}</td><td>{e(v.get('layer') or '')}</td><td class='{status}'>{status}</td>"
-                     f"<td>{e(_fmt(v['measured']))}</td><td>{e(_fmt(v['threshold']))}</td><td>{e(v['explanation'])}</td></tr>")
+                     f"<td>{e(fmt(v['measured'], missing=''))}</td><td>{e(fmt(v['threshold'], missing=''))}</td><td>{e(v['explanation'])}</td></tr>")
     parts.append("</table>")
     sweep = metrics.get("sweep")
     if sweep:

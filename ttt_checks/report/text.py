@@ -14,17 +14,7 @@ from typing import Any
 from ttt_checks.diagnosis import diagnosis_dict
 from ttt_checks.diagnosis import render_text as render_diagnosis
 from ttt_checks.report.files import write_text_atomic
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def verdict_line(v: dict[str, Any]) -> str:
-    where = f" [{v['layer']}]" if v.get("layer") else ""
-    status = "FAIL" if not v["ok"] else "WARN" if v.get("details", {}).get("severity") == "warning" else "PASS"
-    return (f"{status} {v['name']}{where}: measured {_fmt(v['measured'])} "
-            f"vs threshold {_fmt(v['threshold'])}. {v['explanation']}")
+from ttt_checks.verdict import fmt, verdict_line
 
 
 def render(metrics: dict[str, Any]) -> str:
@@ -52,12 +42,12 @@ def render(metrics: dict[str, Any]) -> str:
         s = figure5.get(layer)
         if s:
             lines.append(f"  Data coverage: {s['positions']} / {s['expected_positions']} positions")
-            lines.append(f"  mean l0 {_fmt(s['mean_l0'])}   mean lprev {_fmt(s['mean_lprev'])}   mean lafter {_fmt(s['mean_lafter'])}")
-            lines.append(f"  smoothed positions with l0>lprev {_fmt(s['frac_l0_gt_lprev'])}, lprev>lafter {_fmt(s['frac_lprev_gt_lafter'])}")
-            lines.append(f"  avg per-step improvement (lprev-lafter) {_fmt(s['improvement_abs'])} (relative {_fmt(s['improvement_rel'])})")
-            lines.append(f"  first -> last quarter: lprev {_fmt(s['lprev_first_quarter'])} -> {_fmt(s['lprev_last_quarter'])}, "
-                         f"log(l0/lprev) {_fmt(s.get('benefit_first_quarter'))} -> {_fmt(s.get('benefit_last_quarter'))}, "
-                         f"gap l0-lafter {_fmt(s['gap_first_quarter'])} -> {_fmt(s['gap_last_quarter'])}")
+            lines.append(f"  mean l0 {fmt(s['mean_l0'])}   mean lprev {fmt(s['mean_lprev'])}   mean lafter {fmt(s['mean_lafter'])}")
+            lines.append(f"  smoothed positions with l0>lprev {fmt(s['frac_l0_gt_lprev'])}, lprev>lafter {fmt(s['frac_lprev_gt_lafter'])}")
+            lines.append(f"  avg per-step improvement (lprev-lafter) {fmt(s['improvement_abs'])} (relative {fmt(s['improvement_rel'])})")
+            lines.append(f"  first -> last quarter: lprev {fmt(s['lprev_first_quarter'])} -> {fmt(s['lprev_last_quarter'])}, "
+                         f"log(l0/lprev) {fmt(s.get('benefit_first_quarter'))} -> {fmt(s.get('benefit_last_quarter'))}, "
+                         f"gap l0-lafter {fmt(s['gap_first_quarter'])} -> {fmt(s['gap_last_quarter'])}")
         elif layer in layers:
             lines.append("  NO DATA COLLECTED")
         lines += ["  " + verdict_line(v) for v in verdicts if v.get("layer") == layer]

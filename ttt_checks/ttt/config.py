@@ -127,3 +127,17 @@ class TTTConfig:
         if kwargs.get("mlp_hidden") is not None:
             kwargs["mlp_hidden"] = tuple(kwargs["mlp_hidden"])
         return cls(**kwargs)
+
+
+def is_inner_initial_state(name: str) -> bool:
+    """Is the parameter (or state-dict key) ``name`` part of the inner model's initial state W_0?
+    ``TTTLayer.weights.<i>`` / ``TTTLayer.biases.<i>`` (also the user's multi-layer TTT-MLP keys),
+    or ``W1``, ``b1``, ``W2``, ``b2`` (the user's two-layer TTT-MLP and older checkpoints).
+
+    These are the tensors a trainable-parameter filter most often misses (it matched ``ttt`` or
+    ``wq``, not ``weights.``), and then every sequence starts from the random W_0 of the init."""
+    parts = name.split(".")
+    last = parts[-1]
+    if len(last) >= 2 and last[0] in "Wb" and last[1:].isdigit():
+        return True
+    return len(parts) >= 2 and parts[-2] in ("weights", "biases") and last.isdigit()

@@ -106,30 +106,6 @@ class Figure5Record:
         meta = json.loads(str(fields.pop("meta"))) if "meta" in fields else {}
         return cls(layer=layer, meta=meta, **fields)
 
-    def summary(self) -> dict[str, float]:
-        """Means of the curves and the ordering fractions of ``metrics.figure5.figure5_stats`` (the
-        one definition: judged positions, margin). It needs the layer's mini_batch_size and causal
-        flag, which every TTT layer writes into ``meta``; a record without them gets NaN fractions,
-        never a second answer."""
-        from ttt_checks.metrics.figure5 import figure5_stats
-
-        out = {
-            "positions": float(self.num_positions),
-            "l0": float(np.mean(self.l0)),
-            "lprev": float(np.mean(self.lprev)),
-            "lafter": float(np.mean(self.lafter)),
-            "frac_l0_gt_lprev": float("nan"),
-            "frac_lprev_gt_lafter": float("nan"),
-            "nonfinite": float(self.nonfinite.sum()),
-        }
-        try:
-            stats = figure5_stats(self)
-        except Figure5Error:
-            return out
-        out.update(frac_l0_gt_lprev=stats.frac_l0_gt_lprev, frac_lprev_gt_lafter=stats.frac_lprev_gt_lafter,
-                   judged_l0_lprev=float(stats.judged_l0_lprev))
-        return out
-
 
 class _LayerAccumulator:
     """Sums per absolute position for one layer; committed rows plus the open mini-batch's rows."""

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ttt_checks.ttt import inner, step_probe
 from ttt_checks.ttt.config import TTTConfig
+from ttt_checks.ttt.gate import effective_gate
 from ttt_checks.ttt.figure5 import Figure5Sink
 
 # (q, k, positions) -> (q, k); q, k: [B, H, n, d], positions: [n] absolute token indices.
@@ -79,20 +80,6 @@ class TTTState:
     @property
     def next_position(self) -> int:
         return self.position + (0 if self.pending is None else int(self.pending["xk"].shape[-2]))
-
-
-def is_inner_initial_state(name: str) -> bool:
-    """Is the parameter (or state-dict key) ``name`` part of the inner model's initial state W_0?
-    ``TTTLayer.weights.<i>`` / ``TTTLayer.biases.<i>`` (also the user's multi-layer TTT-MLP keys),
-    or ``W1``, ``b1``, ``W2``, ``b2`` (the user's two-layer TTT-MLP and older checkpoints).
-
-    These are the tensors a trainable-parameter filter most often misses (it matched ``ttt`` or
-    ``wq``, not ``weights.``), and then every sequence starts from the random W_0 of the init."""
-    parts = name.split(".")
-    last = parts[-1]
-    if len(last) >= 2 and last[0] in "Wb" and last[1:].isdigit():
-        return True
-    return len(parts) >= 2 and parts[-2] in ("weights", "biases") and last.isdigit()
 
 
 class TTTLayer(nn.Module):
@@ -329,8 +316,6 @@ class GatedTTT(nn.Module):
     or one value for all rows (a 0-d tensor or float), so a gating sweep is one batched pass.
     """
 
-    ALPHA_CLAMP = 3.0
-
     def __init__(self, config: TTTConfig, alpha_init: float = 0.1, rope: RopeHook | None = None) -> None:
         super().__init__()
         self.ttt = TTTLayer(config, rope=rope)
@@ -351,7 +336,7 @@ class GatedTTT(nn.Module):
                 alpha = alpha[:, None, None]
             else:
                 alpha = alpha[:, None, :]
-        return torch.tanh(alpha.clamp(-self.ALPHA_CLAMP, self.ALPHA_CLAMP))
+        return effective_gate(alpha)
 
     @contextlib.contextmanager
     def override_gate(self, values: Tensor | float | None) -> Iterator[None]:
@@ -366,10 +351,4 @@ class GatedTTT(nn.Module):
         return x + self.gate(x.shape[0]).to(x.dtype) * self.ttt(x)
 
 
-def effective_gate(alpha: Tensor | np.ndarray | float) -> float:
-    """Mean tanh(clamp(alpha, -3, 3)): the fraction of TTT(x) that reaches the residual stream."""
-    a = torch.as_tensor(alpha, dtype=torch.float64)
-    return float(torch.tanh(a.clamp(-GatedTTT.ALPHA_CLAMP, GatedTTT.ALPHA_CLAMP)).mean())
-
-
-__all__ = ["TTTLayer", "GatedTTT", "TTTState", "rope_within_minibatch", "effective_gate"]
+__all__ = ["TTTLayer", "GatedTTT", "TTTState", "rope_within_minibatch"]

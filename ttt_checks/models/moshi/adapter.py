@@ -32,16 +32,26 @@ import torch
 
 from ttt_checks.audio.speech_input import MIMI_FRAME_SIZE, MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
 from ttt_checks.audio.wav import Audio, AudioError
-from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
-                                    TTTLayerInfo, disputed_number, fixed_gate)
+from ttt_checks.models.base import (
+    LEARNED,
+    Adapter,
+    ForwardResult,
+    GateValue,
+    Generation,
+    InputError,
+    ModelInputs,
+    TTTLayerInfo,
+    disputed_number,
+    fixed_gate,
+)
 from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
 from ttt_checks.models.moshi.memory import MoshiMemoryModel, lm_kwargs_of, require_fits
 from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
+from ttt_checks.paths import SPEECH_FIXTURES
+from ttt_checks.ttt.gate import mean_effective_gate
 
 SAMPLE_RATE = MIMI_SAMPLE_RATE  # 24 kHz
 FRAME_SIZE = MIMI_FRAME_SIZE  # 80 ms at 12.5 Hz
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SPEECH_FIXTURES = REPO_ROOT / "fixtures" / "speech"
 
 
 class MoshiInputError(InputError):
@@ -496,7 +506,7 @@ class MoshiAdapter(Adapter):
         if not alphas:
             return float("nan"), 0.0
         a = torch.cat(alphas) if gate == LEARNED else torch.full((sum(x.numel() for x in alphas),), float(gate), dtype=torch.float64)
-        return float(a.mean()), float(torch.tanh(a.clamp(-3, 3)).mean())
+        return float(a.mean()), mean_effective_gate(a)
 
     # -- generation -----------------------------------------------------------------------------
 

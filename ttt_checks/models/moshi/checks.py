@@ -1,4 +1,4 @@
-"""Moshi-specific checks: each returns :class:`~ttt_checks.health.Verdict` objects.
+"""Moshi-specific checks: each returns :class:`~ttt_checks.verdict.Verdict` objects.
 
 - :func:`gate0_matches_vanilla`: with every gate at 0 the injected model gives the logits of the
   same Moshi with the TTT blocks taken out (the base path is intact; NaN in TTT weights breaks
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ttt_checks.health import Verdict, cannot_measure
+from ttt_checks.verdict import Verdict, cannot_measure
 from ttt_checks.ttt import causality
 
 

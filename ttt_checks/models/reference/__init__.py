@@ -10,7 +10,7 @@ broken checkpoints the health checks are tested against (``fixtures/zoo``). Publ
 Files: ``tokenizer`` (bytes + dialogue markers), ``corpus`` (chatterbot-corpus pairs),
 ``model`` (decoder, streaming), ``generate`` (greedy, one gate per batch row), ``train``
 (pretraining and TTT fine-tuning recipes), ``checkpoint`` (safetensors + JSON), ``measure``
-(Figure 5, losses, replies), ``zoo`` and ``zoo_cli`` (``ttt-checks zoo``), ``adapter``.
+(Figure 5, losses, replies), ``zoo`` (rebuilt by ``ttt-checks zoo``), ``adapter``.
 Importing this package loads no model and reads no file.
 """
 

@@ -23,18 +23,33 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ttt_checks.models.reference.checkpoint import (
-    CONFIG_NAME, TTT_WEIGHTS, load_checkpoint, read_config, save_base, save_ttt, ttt_tensors,
+    CONFIG_NAME,
+    TTT_WEIGHTS,
+    load_checkpoint,
+    read_config,
+    save_base,
+    save_ttt,
+    ttt_tensors,
 )
 from ttt_checks.models.reference.corpus import DialogueCorpus
 from ttt_checks.models.reference.model import Decoder, DecoderConfig
 from ttt_checks.models.reference.train import (
-    FinetuneRecipe, PretrainRecipe, TTTInit, default_ttt_config, evaluate, finetune_ttt, insert_ttt, pretrain_base,
-    round_to_bf16_, validation_windows,
+    FinetuneRecipe,
+    PretrainRecipe,
+    TTTInit,
+    default_ttt_config,
+    evaluate,
+    finetune_ttt,
+    insert_ttt,
+    pretrain_base,
+    round_to_bf16_,
+    validation_windows,
 )
+from ttt_checks.paths import ZOO_DIR
 
 Log = Callable[[str], None]
 BASE_NAME = "base"
-DEFAULT_ZOO_DIR = Path(__file__).resolve().parents[3] / "fixtures" / "zoo"
+DEFAULT_ZOO_DIR = ZOO_DIR
 
 
 @dataclass(frozen=True)

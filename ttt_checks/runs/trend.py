@@ -21,21 +21,26 @@ trend.json. Exit code: 0 when the newest gated checkpoint is healthy, 1 when not
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
-import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ttt_checks.diagnosis import _num  # one reader of metrics numbers: finite float or None
-from ttt_checks.watch import STATE_FILE, checkpoint_name, find_checkpoints
+from ttt_checks.checks.thresholds import THRESHOLDS
+from ttt_checks.diagnosis import diagnosis_dict
+from ttt_checks.paths import REPORTS
+from ttt_checks.report.files import write_json_atomic, write_text_atomic
+from ttt_checks.report.plots import _pyplot, _save
+from ttt_checks.runs.discovery import STATE_FILE, checkpoint_name, find_checkpoints
+from ttt_checks.ttt.gate import mean_effective_gate
+from ttt_checks.verdict import finite_or_none
 
 TREND_JSON = "trend.json"
+
+
 TREND_HTML = "trend.html"
 
 
@@ -68,32 +73,30 @@ def step_of(name: str, index: int) -> int:
 
 def point_from_metrics(metrics: Mapping[str, Any], step: int, name: str, report_dir: Path) -> Point:
     """The trend's numbers of one checkpoint, read defensively (a missing key is a gap in a curve)."""
-    from ttt_checks.diagnosis import diagnosis_dict
-
     verdicts = metrics.get("verdicts") or {}
     failing = sorted(c for c, vs in verdicts.items() if isinstance(vs, list) and any(not v.get("ok", False) for v in vs))
     gate, init = {}, {}
     for layer in metrics.get("layers") or []:
         lname = str(layer.get("name"))
-        gate[lname] = _num(layer.get("gate_mean_tanh"))
-        a0 = _num(layer.get("gate_alpha_init"))
-        init[lname] = math.tanh(max(-3.0, min(3.0, a0))) if a0 is not None else None
+        gate[lname] = finite_or_none(layer.get("gate_mean_tanh"))
+        a0 = finite_or_none(layer.get("gate_alpha_init"))
+        init[lname] = mean_effective_gate(a0) if a0 is not None else None
     for v in verdicts.get("gate_stats") or []:
         d = v.get("details") or {}
         lname = str(v.get("layer"))
         if v.get("layer") and gate.get(lname) is None:
-            gate[lname] = _num(d.get("signed_mean_tanh", d.get("mean_tanh")))
-        a0 = _num(d.get("alpha_init"))
+            gate[lname] = finite_or_none(d.get("signed_mean_tanh", d.get("mean_tanh")))
+        a0 = finite_or_none(d.get("alpha_init"))
         if v.get("layer") and init.get(lname) is None and a0 is not None:
-            init[lname] = math.tanh(max(-3.0, min(3.0, a0)))
+            init[lname] = mean_effective_gate(a0)
     f5 = {}
     for lname, s in (metrics.get("figure5") or {}).items():
-        l0, lprev, lafter = (_num(s.get(k)) for k in ("mean_l0", "mean_lprev", "mean_lafter"))
+        l0, lprev, lafter = (finite_or_none(s.get(k)) for k in ("mean_l0", "mean_lprev", "mean_lafter"))
         f5[lname] = {"l0": l0, "lprev": lprev, "lafter": lafter,
                      "gap_context": l0 - lprev if l0 is not None and lprev is not None else None,
                      "gap_step": lprev - lafter if lprev is not None and lafter is not None else None}
     outer = metrics.get("outer_loss") or {}
-    a, b = _num(outer.get("learned")), _num(outer.get("gate0"))
+    a, b = finite_or_none(outer.get("learned")), finite_or_none(outer.get("gate0"))
     rows = {str(r.get("label")): r for r in metrics.get("sweep") or [] if isinstance(r, Mapping)}
     diagnosis = metrics.get("diagnosis") or diagnosis_dict(metrics)
     findings = diagnosis.get("findings") or []
@@ -102,11 +105,8 @@ def point_from_metrics(metrics: Mapping[str, Any], step: int, name: str, report_
                  complete=metrics.get("complete", True) is not False, failing_checks=failing,
                  gate_tanh=gate, gate_init_tanh=init, figure5=f5,
                  outer_change=(a - b) / abs(b) if a is not None and b else None,
-                 words_gate0=_num((rows.get("0") or {}).get("words")), words_learned=_num((rows.get("learned") or {}).get("words")),
+                 words_gate0=finite_or_none((rows.get("0") or {}).get("words")), words_learned=finite_or_none((rows.get("learned") or {}).get("words")),
                  diagnosis=str(diagnosis.get("summary", "")), top_rule=findings[0]["rule"] if findings else None)
-
-
-# -- finding the reports -----------------------------------------------------------------------
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -189,9 +189,6 @@ def _walk(root: Path, filename: str, max_depth: int) -> Iterable[Path]:
         frontier = nxt
 
 
-# -- the trend ---------------------------------------------------------------------------------
-
-
 def collect(run_dir: Path, roots: Sequence[Path]) -> tuple[list[Point], list[str]]:
     """(points oldest first, names of the run's checkpoints without a report)."""
     checkpoints = find_checkpoints(run_dir)
@@ -215,16 +212,14 @@ def collect(run_dir: Path, roots: Sequence[Path]) -> tuple[list[Point], list[str
 
 def _lost_fraction(points: Sequence[Point]) -> float:
     """``gate_min_fraction_of_init`` of the newest report (the threshold the gates were judged by)."""
-    from ttt_checks import health
-
     for p in reversed(points):
         try:
             value = json.loads((Path(p.report_dir) / "metrics.json").read_text()).get("thresholds", {}).get("gate_min_fraction_of_init")
         except (OSError, ValueError):
             continue
-        if _num(value) is not None:
+        if finite_or_none(value) is not None:
             return float(value)
-    default = health.THRESHOLDS.get("gate_min_fraction_of_init")
+    default = THRESHOLDS.get("gate_min_fraction_of_init")
     return default.default if default is not None else 0.5
 
 
@@ -271,7 +266,6 @@ def summarise(points: Sequence[Point], missing: Sequence[str], lost_fraction: fl
     reds = first_red(points)
     falling = gates_began_falling(points, lost_fraction)
     newest = points[-1]
-    healthy = [p for p in points if p.healthy]
     first_bad = next((p for p in points if not p.healthy), None)
     # The checkpoint to keep: the newest healthy one (before the current unhealthy streak, if any).
     keep = next((p for p in reversed(points) if p.healthy), None)
@@ -295,12 +289,7 @@ def summarise(points: Sequence[Point], missing: Sequence[str], lost_fraction: fl
             "first_red": reds, "gates_began_falling": falling, "sentence": "; ".join(parts)}
 
 
-# -- plots and output --------------------------------------------------------------------------
-
-
 def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> list[Path]:
-    from ttt_checks.report.plots import _pyplot, _save
-
     plt = _pyplot()
     steps = [p.step for p in points]
     files = []
@@ -414,8 +403,6 @@ def _w(value: float | None) -> str:
 
 def write_trend(run_dir: Path, out: Path, roots: Sequence[Path]) -> dict[str, Any]:
     """Collect, summarise and write trend.json, trend.html and the PNGs into ``out``."""
-    from ttt_checks.report.files import write_json_atomic, write_text_atomic
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     points, missing = collect(run_dir, roots)
@@ -430,57 +417,4 @@ def write_trend(run_dir: Path, out: Path, roots: Sequence[Path]) -> dict[str, An
 
 def default_roots(run_dir: Path) -> list[Path]:
     """Where gates write by default: reports/ of this clone (watch-<run>, slurm, gate runs)."""
-    from ttt_checks.gate import REPO_ROOT
-
-    return [REPO_ROOT / "reports"]
-
-
-# -- the command -------------------------------------------------------------------------------
-
-
-def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("run_dir", type=Path, help="training run directory (checkpoints/checkpoint_<step>/...)")
-    parser.add_argument("--out", type=Path, help="where trend.html, trend.json and the PNGs go (default: the watch "
-                                                 "report folder of the run, reports/watch-<run name>)")
-    parser.add_argument("--reports", type=Path, action="append", default=[],
-                        help="folder to search for gated checkpoints' metrics.json (repeatable; default reports/ and --out)")
-    parser.add_argument("--run", action="store_true", help="gate the checkpoints that have no report yet (as watch --once)")
-    parser.add_argument("--device", default="auto", help="--run: auto | cpu | cuda | cuda:N")
-    parser.add_argument("--gates", help="--run: gating sweep values (default 0,learned,0.3,0.5,1)")
-    parser.add_argument("--max-positions", type=int, help="--run: cut the teacher-forced input to this many positions")
-    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE", help="--run: override a threshold")
-    parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
-                        help="--run: extra argument for each gate's pytest run (e.g. --input=PATH, -k=...)")
-    parser.set_defaults(func=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    from ttt_checks.gate import REPO_ROOT
-
-    run_dir: Path = args.run_dir
-    try:
-        checkpoints = find_checkpoints(run_dir)
-    except FileNotFoundError as exc:
-        print(f"ttt-checks trend: {exc}", file=sys.stderr)
-        return 4
-    if not checkpoints:
-        print(f"ttt-checks trend: {run_dir} holds no checkpoint", file=sys.stderr)
-        return 5
-    out = args.out or REPO_ROOT / "reports" / f"watch-{run_dir.resolve().name}"
-    roots = [*(args.reports or default_roots(run_dir)), out]
-    if args.run:
-        from ttt_checks.watch import Watcher, subprocess_gate
-
-        have = find_reports(run_dir, roots)
-        missing = [c for c in checkpoints if str(c.absolute()) not in have]
-        if missing:
-            print(f"trend: gating {len(missing)} checkpoint(s) without a report into {out}", flush=True)
-            Watcher(run_dir, out, subprocess_gate(args), settle_s=0.0).gate_checkpoints(missing)
-    data = write_trend(run_dir, out, roots)
-    summary = data["summary"]
-    print(f"trend: {summary['sentence']}")
-    print(f"trend: {out / TREND_HTML}  ({len(data['points'])} checkpoint(s); json {out / TREND_JSON})")
-    if not data["points"]:
-        return 5
-    return 0 if summary["newest_healthy"] else 1
+    return [REPORTS]

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from ttt_checks.health import Verdict, cannot_measure
+from ttt_checks.verdict import Verdict, cannot_measure
 
 # Higher is better (+1), lower is better (-1).
 DIRECTIONS: dict[str, int] = {

@@ -1,7 +1,8 @@
 """The ``ttt-checks`` command.
 
-Each subcommand lives next to the concept it drives and exposes ``register(subparsers)``;
-this module only lists them, so ``ttt-checks --help`` stays cheap (modules load lazily).
+Each subcommand is a module of this package with ``register(subparsers, name, help)`` and a
+handler; the handler imports what it drives (``runs/``, ``run.py``, the zoo) when it runs, so
+``ttt-checks --help`` stays cheap. This module only lists them.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Sequence
 # name -> (module, one-line help). The module defines register(subparsers) -> None and a
 # handler stored with ``parser.set_defaults(func=...)`` that returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("ttt_checks.gate", "run the full health suite on the embedded default model (CPU, offline)"),
-    "gate": ("ttt_checks.gate", "run the health suite on a checkpoint; exit 0 healthy, 1 unhealthy"),
-    "matrix": ("ttt_checks.detection", "regenerate docs/detection-matrix.md from the zoo (runs the suite on each)"),
-    "figure5": ("ttt_checks.ttt.cli", "inspect a saved Figure-5 record (.npz)"),
-    "zoo": ("ttt_checks.models.reference.zoo_cli", "list or rebuild the reference checkpoint zoo"),
-    "transcribe": ("ttt_checks.asr.cli", "transcribe WAV files with Whisper: text, guarded word count, duration, speech seconds"),
-    "watch": ("ttt_checks.watch", "gate each new checkpoint of a training run as it appears"),
-    "trend": ("ttt_checks.trend", "a run's gated checkpoints over the training step: what broke when, which checkpoint to keep"),
+    "demo": ("ttt_checks.cli.gate", "run the full health suite on the embedded default model (CPU, offline)"),
+    "gate": ("ttt_checks.cli.gate", "run the health suite on a checkpoint; exit 0 healthy, 1 unhealthy"),
+    "matrix": ("ttt_checks.cli.matrix", "regenerate docs/detection-matrix.md from the zoo (runs the suite on each)"),
+    "figure5": ("ttt_checks.cli.figure5", "inspect a saved Figure-5 record (.npz)"),
+    "zoo": ("ttt_checks.cli.zoo", "list or rebuild the reference checkpoint zoo"),
+    "transcribe": ("ttt_checks.cli.transcribe", "transcribe WAV files with Whisper: text, guarded word count, duration, speech seconds"),
+    "watch": ("ttt_checks.cli.watch", "gate each new checkpoint of a training run as it appears"),
+    "trend": ("ttt_checks.cli.trend", "a run's gated checkpoints over the training step: what broke when, which checkpoint to keep"),
 }
 
 
@@ -55,6 +56,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     return int(args.func(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""``ttt-checks watch RUN_DIR``: gate each new checkpoint of a training run as it appears.
+"""Gate each new checkpoint of a training run as it appears.
 
-A run directory holds checkpoints in one of these shapes (first match wins):
+A run directory holds checkpoints in the shapes of ``runs/discovery.py`` (first match wins):
 
 - ``RUN_DIR/checkpoints/checkpoint_<step>/`` or ``RUN_DIR/checkpoint_<step>/`` (moshi-finetune
   writes ``checkpoints/checkpoint_033000/consolidated/``; the ``consolidated/`` folder is the
@@ -40,65 +40,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-CHECKPOINT_PREFIX = "checkpoint_"
-STATE_FILE = "watch-state.json"
+from ttt_checks.paths import REPO_ROOT
+from ttt_checks.runs.discovery import STATE_FILE, checkpoint_name, find_checkpoints, is_settled
+from ttt_checks.runs.suite import pytest_args, summary
+from ttt_checks.runs.trend import TREND_HTML, write_trend
 
 # gate(checkpoint, report_dir, baseline or None) -> pytest exit code
 GateFn = Callable[[Path, Path, "Path | None"], int]
-
-
-def is_checkpoint(path: Path) -> bool:
-    """A directory the health suite can be pointed at: it holds config.json or consolidated/."""
-    return (path / "config.json").is_file() or (path / "consolidated").is_dir()
-
-
-def _step(path: Path) -> tuple[int, str]:
-    """Sort key of ``checkpoint_<step>`` folders: the step as a number, then the name."""
-    match = re.search(r"(\d+)$", path.name)
-    return (int(match.group(1)) if match else -1, path.name)
-
-
-def _consolidated(path: Path) -> Path:
-    return path / "consolidated" if (path / "consolidated").is_dir() else path
-
-
-def find_checkpoints(run_dir: Path) -> list[Path]:
-    """The checkpoints of a run directory, oldest first (see the module docstring for the shapes)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such directory")
-    if is_checkpoint(run_dir):
-        return [_consolidated(run_dir)]
-    stepped = [p for parent in (run_dir / "checkpoints", run_dir) if parent.is_dir()
-               for p in parent.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    if stepped:
-        return [_consolidated(p) for p in sorted(stepped, key=_step)]
-    return sorted((p for p in run_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()),
-                  key=lambda p: p.name)
-
-
-def checkpoint_name(checkpoint: Path) -> str:
-    """``.../checkpoint_001000/consolidated`` -> ``checkpoint_001000``; other paths: their folder name."""
-    return checkpoint.parent.name if checkpoint.name == "consolidated" else checkpoint.name
-
-
-def newest_mtime(path: Path) -> float:
-    """The latest modification time of the folder or anything in it (following links)."""
-    latest = path.stat().st_mtime
-    for item in path.rglob("*"):
-        try:
-            latest = max(latest, item.stat().st_mtime)
-        except FileNotFoundError:  # removed while we looked: it is still being written or pruned
-            latest = time.time()
-    return latest
-
-
-def is_settled(checkpoint: Path, settle_s: float, now: float | None = None) -> bool:
-    """True when the checkpoint has its config.json and nothing in it changed for ``settle_s`` seconds."""
-    if not (checkpoint / "config.json").is_file():
-        return False
-    now = time.time() if now is None else now
-    return now - newest_mtime(checkpoint) >= settle_s
 
 
 @dataclass
@@ -227,52 +175,17 @@ def describe(code: int) -> str:
     return {0: "healthy", 1: "UNHEALTHY"}.get(code, f"ERROR (pytest exit code {code})")
 
 
-# -- the command ----------------------------------------------------------------------------
-
-
-def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="training run directory (or one checkpoint)")
-    parser.add_argument("--interval", type=float, default=60.0, help="seconds between looks at the run (default 60)")
-    parser.add_argument("--once", action="store_true", help="gate what is there now, then exit with the verdict")
-    parser.add_argument("--baseline-chain", action="store_true",
-                        help="compare each checkpoint with the last healthy one before it (its metrics.json)")
-    parser.add_argument("--baseline", type=Path, help="metrics.json the first checkpoint is compared with")
-    parser.add_argument("--settle", type=float, default=30.0,
-                        help="a checkpoint is gated once nothing in it changed for this many seconds (default 30)")
-    parser.add_argument("--out", type=Path, help="report root, one folder per checkpoint (default reports/watch-<run name>)")
-    parser.add_argument("--list", action="store_true", help="print the run's checkpoints, one per line, and exit")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--gates", help="gating sweep values (default 0,learned,0.3,0.5,1)")
-    parser.add_argument("--max-positions", type=int, help="cut the teacher-forced input to this many positions")
-    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE", help="override a threshold")
-    parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for the pytest run of each gate (repeatable)")
-    parser.set_defaults(func=run_command)
-
-
-_EPILOG = """\
-checkpoints: RUN_DIR/checkpoints/checkpoint_<step>[/consolidated], RUN_DIR/checkpoint_<step>, or
-folders holding config.json; each is gated once it has settled, reports in OUT/<checkpoint name>/,
-what was gated in OUT/watch-state.json.
-exit codes (--once, or Ctrl-C): 0 healthy or nothing new, 1 a checkpoint is unhealthy, 2 a gate
-could not judge one, 4 usage error, 5 no checkpoint in RUN_DIR."""
-
-
 def subprocess_gate(args: argparse.Namespace) -> GateFn:
     """A gate that runs the health suite of one checkpoint in a fresh pytest process.
 
     A fresh process per checkpoint: the model of one checkpoint never leaks into the next, and
     a crash ends one gate, not the watcher. Prints the gate's one-screen summary.
     """
-    from ttt_checks import gate as gate_module
-
     def run(checkpoint: Path, report_dir: Path, baseline: Path | None) -> int:
         report_dir.mkdir(parents=True, exist_ok=True)
         options = argparse.Namespace(device=args.device, gates=args.gates, threshold=args.threshold, keyword=None,
                                      verbose=False, baseline=str(baseline) if baseline else None, update_baseline=False)
-        argv = gate_module.pytest_args(str(checkpoint), report_dir.resolve(), options)
+        argv = pytest_args(str(checkpoint), report_dir.resolve(), options)
         if args.max_positions is not None:
             argv += ["--max-positions", str(args.max_positions)]
         argv += list(args.pytest_arg)
@@ -281,9 +194,9 @@ def subprocess_gate(args: argparse.Namespace) -> GateFn:
         with open(report_dir / "pytest.log", "w") as log:
             log.write("$ " + shlex.join(command) + "\n")
             log.flush()
-            code = subprocess.call(command, cwd=gate_module.REPO_ROOT,
+            code = subprocess.call(command, cwd=REPO_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
-        print(gate_module.summary(report_dir.resolve(), code, time.perf_counter() - t0), flush=True)
+        print(summary(report_dir.resolve(), code, time.perf_counter() - t0), flush=True)
         return code
 
     return run
@@ -296,59 +209,7 @@ def _refresh_trend(run_dir: Path, out: Path, gated: Sequence[GateRecord]) -> Non
     if not gated:
         return
     try:
-        from ttt_checks.trend import TREND_HTML, write_trend
-
         data = write_trend(run_dir, out, [out])
         print(f"watch: trend: {data['summary']['sentence']} ({out / TREND_HTML})", flush=True)
     except Exception as exc:  # noqa: BLE001 - the gates already ran; the trend is a view of them
         print(f"watch: could not refresh the trend ({type(exc).__name__}: {exc})", flush=True)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    run_dir: Path = args.run_dir
-    try:
-        checkpoints = find_checkpoints(run_dir)
-    except FileNotFoundError as exc:
-        print(f"ttt-checks watch: {exc}", file=sys.stderr)
-        return 4
-    if args.list:
-        for ckpt in checkpoints:  # absolute, not resolved: a linked checkpoint keeps its name in the run
-            print(ckpt.absolute())
-        return 0
-    if args.interval <= 0 or args.settle < 0:
-        print("ttt-checks watch: --interval must be positive and --settle not negative", file=sys.stderr)
-        return 4
-    if args.baseline is not None and not args.baseline.is_file():
-        print(f"ttt-checks watch: --baseline {args.baseline}: no such file", file=sys.stderr)
-        return 4
-    from ttt_checks.gate import REPO_ROOT
-
-    out = args.out or REPO_ROOT / "reports" / f"watch-{run_dir.resolve().name}"
-    try:
-        watcher = Watcher(run_dir, out, subprocess_gate(args), settle_s=args.settle,
-                          baseline_chain=args.baseline_chain, baseline=args.baseline)
-    except RuntimeError as exc:
-        print(f"ttt-checks watch: {exc}", file=sys.stderr)
-        return 4
-    gated: list[GateRecord] = []
-    try:
-        if args.once:
-            if not checkpoints:
-                print(f"ttt-checks watch: {run_dir} holds no checkpoint (checkpoint_* folders, or folders with "
-                      "config.json)", file=sys.stderr)
-                return 5
-            gated = watcher.poll_once()
-            _refresh_trend(run_dir, out, gated)
-        else:
-            print(f"watch: watching {run_dir} every {args.interval:g} s; reports in {out} (Ctrl-C stops)", flush=True)
-            while True:
-                new = watcher.poll_once()
-                gated += new  # counted before the trend is drawn: Ctrl-C while drawing loses no verdict
-                _refresh_trend(run_dir, out, new)
-                time.sleep(args.interval)
-    except KeyboardInterrupt:
-        print("watch: stopped", flush=True)
-    code = exit_code(gated)
-    print(f"watch: {len(gated)} checkpoint(s) gated now, {len(watcher.records)} in total; "
-          + ", ".join(f"{r.name} {describe(r.code)}" for r in gated) + f"; state in {watcher.state_path}")
-    return code

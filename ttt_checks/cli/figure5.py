@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ttt_checks.metrics.figure5 import record_summary
     from ttt_checks.ttt.figure5 import Figure5Error, Figure5Record
 
     status = 0
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"ttt-checks figure5: {exc}")
             status = 1
             continue
-        summary = {"file": path, "layer": record.layer, **record.summary()}
+        summary = {"file": path, "layer": record.layer, **record_summary(record)}
         if args.json:
             print(json.dumps(summary))
         else:

@@ -8,33 +8,22 @@ record of one run of them.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from ttt_checks.run import CHECKS
+from ttt_checks.diagnosis import diagnosis_dict, expected_diagnosis
+from ttt_checks.models.reference.zoo import zoo_entries
+from ttt_checks.paths import DOCS
+from ttt_checks.verdict import fmt
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "docs" / "detection-matrix.md"
-
-
-def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"markdown file to write (default {DEFAULT_OUT})")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--from-reports", metavar="DIR",
-                        help="read DIR/<checkpoint>/metrics.json of earlier `ttt-checks gate` runs instead of running the suite")
-    parser.set_defaults(func=run_command)
+DEFAULT_OUT = DOCS / "detection-matrix.md"
 
 
 def zoo_checkpoints() -> list[tuple[str, Path, list[str]]]:
     """(name, path, intended failing checks) for every checkpoint of the committed zoo."""
-    from ttt_checks.models.reference.zoo import zoo_entries
-
     return [(e.name, e.path, list(e.expected_failures)) for e in zoo_entries()]
 
 
@@ -44,9 +33,6 @@ def zoo_expected_diagnoses() -> dict[str, str | None]:
     Read from the entry's ``expected_diagnosis`` (the ZooEntry field, or ``expected.expected_diagnosis``
     in its committed config.json), else derived from its ``built_to_fail`` checks
     (:func:`ttt_checks.diagnosis.expected_diagnosis`), so a new zoo entry needs no edit here."""
-    from ttt_checks.diagnosis import expected_diagnosis
-    from ttt_checks.models.reference.zoo import zoo_entries
-
     out = {}
     for e in zoo_entries():
         expected = dict(e.expected())
@@ -63,15 +49,13 @@ def zoo_expected_diagnoses() -> dict[str, str | None]:
 
 def read_top_finding(report_dir: Path) -> tuple[str | None, str]:
     """(rule of the top finding or None when healthy, its one line) from a run's metrics.json."""
-    from ttt_checks.diagnosis import _fmt, diagnosis_dict
-
     metrics = json.loads((Path(report_dir) / "metrics.json").read_text())
     diagnosis = diagnosis_dict(metrics)  # the current rules on the measurements (a stored one may be older)
     findings = diagnosis.get("findings") or []
     if not findings:
         return None, str(diagnosis.get("summary", ""))
     top = findings[0]
-    change = (f"{top.get('config_key')} = {_fmt(top.get('value'))}" if top.get("config_key") and top.get("value") is not None
+    change = (f"{top.get('config_key')} = {fmt(top.get('value'))}" if top.get("config_key") and top.get("value") is not None
               else top.get("fix", ""))
     return str(top["rule"]), f"{top.get('title')} -> {change}"
 
@@ -198,26 +182,3 @@ def render(rows: list[tuple[str, list[str], dict[str, bool]]], checks: list[str]
         as_intended = "yes" if failing == set(expected) else "NO"
         lines.append(f"| {name} | {', '.join(expected) or '(healthy)'} | " + " | ".join(cells) + f" | {as_intended} |")
     return "\n".join(lines) + "\n"
-
-
-def run_command(args: argparse.Namespace) -> int:
-    rows, diagnoses, margin_rows = [], [], []
-    checks = list(CHECKS)
-    expected_rules = zoo_expected_diagnoses()
-    with tempfile.TemporaryDirectory(prefix="ttt-matrix-") as tmp:
-        for name, path, expected in zoo_checkpoints():
-            print(f"matrix: {name} ...", flush=True)
-            report = Path(args.from_reports) / name if args.from_reports else Path(tmp) / name
-            if args.from_reports:
-                passed = read_verdicts(report)
-            else:
-                passed = measure(path, args.device, report)
-            checks += [c for c in passed if c not in checks]
-            rows.append((name, expected, passed))
-            margin_rows.append((name, not expected, passed, read_margins(report)))
-            diagnoses.append((name, expected_rules.get(name), *read_top_finding(report)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rows, checks) + render_diagnoses(diagnoses) + render_margins(margin_rows))
-    print(f"matrix: wrote {out}")
-    return 0

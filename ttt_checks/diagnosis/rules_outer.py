@@ -1,0 +1,99 @@
+"""Rules about the outer loss: TTT hurts the model, or does nothing for it."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ttt_checks.diagnosis.finding import HIGH, LOW, MEDIUM, Finding, Metrics, rule
+from ttt_checks.diagnosis.readers import _cannot_measure, _details, _evidence, _keys, failing, verdicts_of
+from ttt_checks.verdict import finite_or_none, fmt
+
+
+def _helps(m: Metrics) -> tuple[dict[str, Any] | None, str | None]:
+    # "cannot measure" (e.g. an input too short to resolve the required benefit) is not_measured's.
+    bad = [v for v in failing(m, "ttt_helps") if finite_or_none(v.get("measured")) is not None and not _cannot_measure(v)]
+    if not bad:
+        return None, None
+    v = bad[0]
+    kind = _details(v).get("verdict")
+    if kind not in ("hurts", "does_nothing"):  # older runs: measured is the relative loss increase
+        kind = "hurts"
+    return v, str(kind)
+
+
+def _outer_symptom(m: Metrics, v: Mapping[str, Any]) -> str:
+    d = _details(v)
+    a = finite_or_none(d.get("loss_learned", (m.get("outer_loss") or {}).get("learned")))
+    b = finite_or_none(d.get("loss_gate0", (m.get("outer_loss") or {}).get("gate0")))
+    if a is None or b is None:
+        return f"ttt_helps measured {fmt(v.get('measured'))}"
+    return f"outer loss {a:.4f} at the learned gate vs {b:.4f} at gate 0 ({(a - b) / abs(b):+.2%})" if b else f"outer loss {a} vs {b}"
+
+
+@rule("ttt_hurts", 18, "TTT makes the outer loss worse than the model without it",
+      "verdict ttt_helps (details.verdict == hurts; relative_decrease); outer_loss learned / gate0",
+      "ttt_helps fails as 'hurts' (or fails with a loss increase, older runs)", reads=("ttt_helps",))
+def rule_ttt_hurts(m: Metrics) -> Finding | None:
+    v, kind = _helps(m)
+    if kind != "hurts":
+        return None
+    keys = _keys(m)
+    gates = [g for g in verdicts_of(m, "gate_stats") if finite_or_none(_details(g).get("mean_tanh")) is not None]
+    flipped = [g for g in gates if (finite_or_none(_details(g).get("fraction_sign_flipped")) or 0.0) > 0.5]
+    opened = [g for g in gates if (finite_or_none(_details(g).get("fraction_of_init")) or 0.0) > 2.0]
+
+    def gate_text(g: Mapping[str, Any]) -> str:
+        d = _details(g)
+        text = f"{g.get('layer')}: gate mean |tanh(alpha)| {fmt(d.get('mean_tanh'))}"
+        if finite_or_none(d.get("fraction_of_init")) is not None and finite_or_none(d.get("alpha_init")) is not None:
+            text += f" = {finite_or_none(d['fraction_of_init']):.0%} of its init tanh({finite_or_none(d['alpha_init']):g})"
+        if g in flipped:
+            text += f", sign flipped in {finite_or_none(d['fraction_sign_flipped']):.0%} of channels (signed mean {fmt(d.get('signed_mean_tanh'))})"
+        return text
+
+    symptom = _outer_symptom(m, v) + ("; " + "; ".join(gate_text(g) for g in gates) if gates else "")
+    if flipped:
+        return Finding("TTT hurts the outer loss: its gate has the opposite sign of its init", symptom,
+                       "the branch is subtracted from the residual stream instead of added: the gate alpha was negated (an edit) "
+                       "or driven through zero by the outer loop",
+                       "check the sign of the gate alpha; restore it from the training checkpoint, or use an earlier checkpoint "
+                       "from before it crossed zero (`ttt-checks trend`)",
+                       confidence=MEDIUM, confidence_why="the loss and the gate's sign are measured; which of the two made it is not",
+                       evidence=_evidence(m, ["ttt_helps", "gate_stats"]))
+    cause = ("the TTT branch adds output that makes the model's predictions worse and the gate lets it through "
+             + ("(the gate opened, or was set, far beyond its init: the branch passes at a strength the model was not trained with"
+                if opened else "(undertrained TTT weights, or a gate initialised too open") + ")")
+    fix = (f"restore the gate alpha from the training checkpoint or use an earlier checkpoint (`ttt-checks trend`); train with a "
+           f"smaller alpha learning rate or {keys['gate_init']}" if opened else
+           f"train the TTT weights longer or with a smaller {keys['gate_init']}; use an earlier checkpoint where TTT helped")
+    return Finding("TTT hurts the outer loss", symptom, cause, fix,
+                   config_key=keys["gate_init"], confidence=MEDIUM,
+                   confidence_why="the outer loss is measured; which of the causes applies is not",
+                   evidence=_evidence(m, ["ttt_helps"]))
+
+
+@rule("ttt_does_nothing", 19, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
+      "verdict ttt_helps (details.verdict == does_nothing; constant_output_layers); outer_loss",
+      "ttt_helps fails as 'does nothing' or 'ignores its input'",
+      reads=("ttt_helps",))
+def rule_ttt_does_nothing(m: Metrics) -> Finding | None:
+    v, kind = _helps(m)
+    if kind != "does_nothing":
+        return None
+    constant = _details(v).get("constant_output_layers")
+    if isinstance(constant, Mapping) and constant:
+        spreads = ", ".join(f"{name} {fmt(value)}" for name, value in constant.items())
+        return Finding("TTT ignores its input: its output is a constant",
+                       f"{_outer_symptom(m, v)}; the branch output is the same at every position (spread std/rms {spreads})",
+                       "the TTT branch adds the same vector at every position, so nothing the inner loop learns reaches the "
+                       "model: its output projection is zeroed or frozen (only a bias left), or no gradient reaches it",
+                       "check the TTT output projection (wo) in the checkpoint and in training (frozen, zero-initialised and "
+                       "never trained, or cut off from the loss)",
+                       confidence=HIGH, confidence_why="the output's spread over positions is measured; a constant has none",
+                       evidence=_evidence(m, ["ttt_helps"]))
+    return Finding("TTT does nothing", _outer_symptom(m, v),
+                   "the TTT branch does not change the predictions: its output ignores the input, the gate is too small to "
+                   "matter, or no benefit was learned",
+                   "read the gate and Figure-5 findings; train longer or on data whose context matters",
+                   confidence=LOW, confidence_why="the outer loss is measured; a cause is not",
+                   evidence=_evidence(m, ["ttt_helps"]))
