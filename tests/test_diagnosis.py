@@ -473,24 +473,34 @@ def test_gate_summary_prints_the_top_finding_in_one_line(tmp_path):
 # -- docs/diagnosis.md ---------------------------------------------------------------------------
 
 
-def _doc_rows() -> dict[str, tuple[int, str]]:
-    """rule id -> (precedence, overrides cell) from the table of docs/diagnosis.md."""
-    rows = {}
-    for line in (REPO / "docs" / "diagnosis.md").read_text().splitlines():
-        match = re.match(r"\|\s*(\d+)\s*\|\s*`(\w+)`\s*\|", line)
-        if match:
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[match.group(2)] = (int(match.group(1)), cells[-1])
-    return rows
+def test_docs_table_is_the_one_generated_from_the_rules():
+    """docs/diagnosis.md's table is generated from the rules' declarations (``python -m
+    ttt_checks.diagnosis.table``), so a rule and its description cannot drift apart."""
+    from ttt_checks.diagnosis.table import DOC, main, with_table
+
+    text = DOC.read_text()
+    assert with_table(text, dx.rules_table()) == text, "docs/diagnosis.md is stale: run python -m ttt_checks.diagnosis.table"
+    assert main(["--check"]) == 0
+    for r in dx.RULES:  # every rule has a row, in precedence order, with its overrides
+        assert f"| {r.precedence} | `{r.id}` |" in text, r.id
 
 
-def test_docs_table_lists_every_rule_with_its_precedence_and_overrides():
-    rows = _doc_rows()
-    assert list(rows) == [r.id for r in dx.RULES], "docs/diagnosis.md and diagnosis.RULES list different rules (or order)"
-    for r in dx.RULES:
-        precedence, overrides = rows[r.id]
-        assert precedence == r.precedence, r.id
-        assert set(re.findall(r"`(\w+)`", overrides)) == set(r.overrides), f"{r.id}: overrides differ from the doc"
+def test_a_stale_docs_table_is_refused(tmp_path):
+    from ttt_checks.diagnosis.table import DOC, main
+
+    stale = tmp_path / "diagnosis.md"
+    stale.write_text(DOC.read_text().replace("| 1 | `nonfinite_weights` |", "| 1 | `nonfinite_weights_old` |"))
+    assert main(["--check"], doc=stale) == 1
+    assert main([], doc=stale) == 0 and main(["--check"], doc=stale) == 0  # rewritten from the rules
+
+
+def test_a_rule_is_declared_once_with_a_unique_precedence():
+    from ttt_checks.diagnosis.finding import declare
+
+    with pytest.raises(ValueError, match="declared twice"):
+        declare(dx.Rule("ttt_hurts", 500, "c", "e", "f"))
+    with pytest.raises(ValueError, match="share precedence"):
+        declare(dx.Rule("a_new_rule", dx.RULES_BY_ID["ttt_hurts"].precedence, "c", "e", "f"))
 
 
 def test_every_broken_zoo_entry_names_the_diagnosis_its_construction_implies():

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ttt_checks.ttt.gate import effective_gate
+from ttt_checks.ttt.gate import effective_gate, mean_effective_gate
 from ttt_checks.verdict import Verdict, cannot_measure
 
 
@@ -95,7 +95,7 @@ def _gate_verdict(layer: str, alpha: np.ndarray, init: float | None, th: Mapping
                        f"{head}; the initial alpha is not stated by the checkpoint, so the gate is judged by the absolute floor "
                        f"{floor:g} only" + ("" if ok else f": GATING COLLAPSE in {layer}, TTT is effectively switched off"),
                        layer, details)
-    init_tanh = abs(math.tanh(max(-3.0, min(3.0, init))))
+    init_tanh = abs(mean_effective_gate(init))
     if init_tanh == 0.0 and not _exactly_at_init(alpha, init):
         # A zero-initialised gate (the zero-init trick: TTT starts switched off) cannot fall from its init;
         # only the absolute floor can say it never opened.

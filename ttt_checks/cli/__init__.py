@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 from typing import Sequence
 
 # name -> (module, one-line help). The module defines register(subparsers) -> None and a

@@ -26,6 +26,7 @@ from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, 
 from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
+from ttt_checks.ttt.gate import mean_effective_gate
 
 SAMPLE_RATE = 16000
 DEFAULT_PROMPTS = ("Good morning, how are you?", "What is your favorite book?", "Tell me a joke.", "Do you like music?")
@@ -317,7 +318,7 @@ class ReferenceAdapter(Adapter):
                 audio = np.zeros(0, dtype=np.float32)
             results.append(Generation(
                 gate=gate, gate_alpha=float(alpha.mean()) if alpha.numel() else float("nan"),
-                gate_tanh=float(torch.tanh(alpha.clamp(-3, 3)).mean()) if alpha.numel() else 0.0,
+                gate_tanh=mean_effective_gate(alpha) if alpha.numel() else 0.0,
                 audio=audio, sample_rate=SAMPLE_RATE, text=reply.text, tokens=reply.tokens,
                 extra={"ended": reply.ended, "prompt": self.tokenizer.describe(prompt), "batched": batched, "spoken": synth is not None},
             ))

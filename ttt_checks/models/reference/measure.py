@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
 from ttt_checks.models.reference.adapter import ReferenceAdapter
-from ttt_checks.ttt import Figure5Probe
+from ttt_checks.ttt import Figure5Probe, effective_gate
 
 SWEEP = (0.0, "learned", 1.0)
 PROMPTS = ("Good morning, how are you?", "What is your favorite book?", "Tell me a joke.")
@@ -60,7 +59,7 @@ def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows:
     token_by_token = adapter.teacher_forced(inputs, chunk=1)
     gates = {}
     for name, block in adapter.model.gated_blocks().items():
-        t = torch.tanh(block.alpha.detach().double().clamp(-3, 3))
+        t = effective_gate(block.alpha.detach().double())
         gates[name] = {"tanh_mean": _r(float(t.mean())), "tanh_max": _r(float(t.max())), "tanh_min": _r(float(t.min()))}
     replies = {}
     for prompt in prompts:

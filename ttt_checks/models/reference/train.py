@@ -21,7 +21,7 @@ import torch
 from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows, sample_windows
 from ttt_checks.models.reference.model import Decoder, DecoderConfig, lm_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
-from ttt_checks.ttt import TTTConfig
+from ttt_checks.ttt import TTTConfig, effective_gate
 
 Log = Callable[[str], None]
 
@@ -271,7 +271,7 @@ def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe,
         value = loss.item()
         running = value if running is None else 0.95 * running + 0.05 * value
         if log and (step % 50 == 0 or step == recipe.steps - 1):
-            gate = torch.tanh(torch.cat([a.detach() for a in alphas]).clamp(-3, 3))
+            gate = effective_gate(torch.cat([a.detach() for a in alphas]))
             log(f"finetune step {step:4d} loss {running:.3f} gate mean {float(gate.mean()):.3f} "
                 f"({time.perf_counter() - start:.0f}s)")
     for p in model.parameters():
