@@ -1,7 +1,7 @@
 """The health checks of one checkpoint, one test per symptom.
 
 Run against any checkpoint:  pytest -m gpu tests_gpu --ckpt PATH [--device cpu]
-Each test judges one rule of ttt_checks.health on measurements taken once per session
+Each test judges one check of ttt_checks.checks on measurements taken once per session
 (the ``ttt_run`` fixture), records measured value and threshold as JUnit properties, attaches
 its evidence, and fails with the explanation of every failing verdict.
 """

@@ -127,7 +127,7 @@ def render_margins(rows: list[tuple[str, bool, dict[str, bool], dict[str, tuple[
     close to it is a miss waiting for a milder defect. Distances are relative to the threshold (absolute
     where the threshold is 0, marked "abs"); only the checks of ``SCALAR_CHECKS``."""
     lines = ["", "## Margins: distance from each threshold", "",
-             "The checks decided by one number against one threshold (`detection.SCALAR_CHECKS`; the others "
+             "The checks decided by one number against one threshold (`runs.matrix.SCALAR_CHECKS`; the others "
              "combine several conditions, see docs/health-checks.md). Healthy rows: how far each check passes "
              "(smallest over layers); broken rows: how far each check it fails is past its threshold. Relative "
              "to the threshold, |measured - threshold| / |threshold|; `abs` marks an absolute distance where "
