@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ttt_checks.asr.transcript import Segment, Transcript
+from ttt_checks.audio.wav import resample
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,6 @@ def speech_regions(
     if x.size == 0:
         return [], "none"
     if sample_rate != VAD_SAMPLE_RATE:
-        from ttt_checks.audio.wav import resample
 
         x = resample(x, sample_rate, VAD_SAMPLE_RATE)
     if method not in ("auto", "silero", "energy"):

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ttt_checks.audio.speech_input import MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
+from ttt_checks.audio.wav import AudioError
 from ttt_checks.models.base import Adapter, InputError
 from ttt_checks.models.tensorfile import PICKLE_SUFFIXES
 from ttt_checks.paths import ZOO_DIR
@@ -102,8 +104,6 @@ def check_input(family: str, path: str | Path, max_positions: int | None = None)
     checkpoint of several GB loads. The adapters apply the same rules when they read the file.
     """
     if family == "moshi":
-        from ttt_checks.audio.speech_input import MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, load_speech_input
-        from ttt_checks.audio.wav import AudioError
 
         try:
             return list(load_speech_input(path, MIMI_SAMPLE_RATE, MIMI_MIN_SAMPLES).notes)

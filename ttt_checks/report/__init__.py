@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ttt_checks.diagnosis import diagnosis_dict
 from ttt_checks.report.files import write_json_atomic
 from ttt_checks.report.html import write_html
 from ttt_checks.report.text import write_text_report
@@ -19,7 +20,6 @@ from ttt_checks.report.text import write_text_report
 def write_report(metrics: dict[str, Any], report_dir: Path) -> dict[str, Path]:
     """metrics.json, report.txt and index.html; the diagnosis (ttt_checks.diagnosis) is added to
     ``metrics["diagnosis"]`` first, so every view shows the same ranked findings."""
-    from ttt_checks.diagnosis import diagnosis_dict
 
     report_dir = Path(report_dir)
     metrics["diagnosis"] = diagnosis_dict(metrics)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -44,9 +46,10 @@ from ttt_checks.models.base import (
     disputed_number,
     fixed_gate,
 )
-from ttt_checks.models.moshi.checkpoint import BaseWeights, locate
+from ttt_checks.models.moshi import checks
+from ttt_checks.models.moshi.checkpoint import BaseWeights, locate, recipe_fields
 from ttt_checks.models.moshi.memory import MoshiMemoryModel, lm_kwargs_of, require_fits
-from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi
+from ttt_checks.models.moshi.model import LoadedMoshi, load_moshi, ttt_config_for
 from ttt_checks.paths import SPEECH_FIXTURES
 from ttt_checks.ttt.gate import mean_effective_gate
 
@@ -128,7 +131,6 @@ def graphs_disabled() -> contextlib.AbstractContextManager:
 
 
 def _env_flag(name: str) -> bool | None:
-    import os
 
     value = os.environ.get(name)
     if value is None or value == "":
@@ -261,7 +263,6 @@ class MoshiAdapter(Adapter):
     def chance_outer_loss(self) -> float:
         """Uniform guessing under this adapter's outer loss: ln(text_card) for the text stream
         plus ln(card) for the (weighted mean of the) audio codebooks."""
-        import math
 
         return math.log(self.lm.text_card) + math.log(self.lm.card)
 
@@ -271,7 +272,6 @@ class MoshiAdapter(Adapter):
     def recipe_fields(self) -> list:
         """config.json vs training_config.json, and the TTT-MLP depth of the weights vs the config
         (see :func:`ttt_checks.models.moshi.checkpoint.recipe_fields`)."""
-        from ttt_checks.models.moshi.checkpoint import recipe_fields
 
         built = {i: (h.ttt.config.inner, h.ttt.config.mlp_layers) for i, h in self.loaded.hybrids.items()}
         return recipe_fields(self.files, built)
@@ -290,7 +290,6 @@ class MoshiAdapter(Adapter):
         """Moshi-specific verdicts: gate 0 reproduces vanilla Moshi, parameters the user's code
         never applied are still at init, state carried frame by frame, the intra-mini-batch
         causality leak (a warning with its size, never hidden)."""
-        from ttt_checks.models.moshi import checks
 
         return [
             checks.gate0_matches_vanilla(self, inputs),
@@ -576,7 +575,6 @@ class MoshiAdapter(Adapter):
 def _memory_model(files: Any, base: BaseWeights, dtype: torch.dtype, configs: dict | None) -> MoshiMemoryModel:
     """The estimate for a checkpoint: its config.json LM, its TTT layers (``configs``, or before
     loading the TTT-MLP the training config names), its attention contexts, base Mimi's config."""
-    from ttt_checks.models.moshi.model import ttt_config_for
 
     kwargs = lm_kwargs_of(files.config)
     ttt = files.ttt

@@ -15,17 +15,31 @@ What the checks get from it:
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ttt_checks.models.base import (LEARNED, Adapter, ForwardResult, GateValue, Generation, InputError, ModelInputs,
-                                    RecipeField, TTTLayerInfo, disputed_number, fixed_gate)
-from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint
+from ttt_checks.models.base import (
+    LEARNED,
+    Adapter,
+    ForwardResult,
+    GateValue,
+    Generation,
+    InputError,
+    ModelInputs,
+    RecipeField,
+    TTTLayerInfo,
+    disputed_number,
+    fixed_gate,
+)
+from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint, ttt_init_of
+from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
+from ttt_checks.models.reference.train import build_with_ttt_init, default_ttt_config
 from ttt_checks.ttt.gate import mean_effective_gate
 
 SAMPLE_RATE = 16000
@@ -159,7 +173,6 @@ class ReferenceAdapter(Adapter):
 
     def chance_outer_loss(self) -> float:
         """Cross-entropy of uniform guessing over the byte vocabulary: ln(vocab)."""
-        import math
 
         return math.log(self.loaded.decoder_config.vocab_size)
 
@@ -171,7 +184,6 @@ class ReferenceAdapter(Adapter):
         with: ``layers``, ``alpha_init`` and TTTConfig overrides of ``default_ttt_config``). Keys
         the recipe leaves to the default are compared for the settings that shape the inner loop
         (mini_batch_size, base_lr, inner, mlp_layers, causal), labelled as the training code's default."""
-        from ttt_checks.models.reference.train import default_ttt_config
 
         config = self.loaded.config
         recipe = config.get("recipe")
@@ -214,10 +226,8 @@ class ReferenceAdapter(Adapter):
 
     def initial_state(self) -> Mapping[str, torch.Tensor]:
         if self._initial is None:
-            from ttt_checks.models.reference.train import build_with_ttt_init
 
             # In the storage dtype: an untrained checkpoint stores exactly these values.
-            from ttt_checks.models.reference.checkpoint import ttt_init_of
 
             fresh = build_with_ttt_init(self.loaded.decoder_config, int(self.loaded.config.get("ttt_init_seed", 0)),
                                         ttt_init_of(self.loaded.config))
@@ -231,7 +241,6 @@ class ReferenceAdapter(Adapter):
 
     def default_teacher_forced_inputs(self, length: int = DEFAULT_POSITIONS, rows: int = DEFAULT_ROWS) -> torch.Tensor:
         """Held-out dialogue the model never trained on: [rows, length + 1] token ids."""
-        from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows
 
         split_seed = int(self.loaded.config.get("corpus_split_seed", 0))
         data = self.corpus_data()
@@ -250,7 +259,6 @@ class ReferenceAdapter(Adapter):
         A text file is read as raw dialogue bytes; it is cut into up to 8 rows (at least one)
         of ``max_positions`` (default 256) fed tokens each.
         """
-        from ttt_checks.models.reference.corpus import fixed_windows
 
         length = int(max_positions or DEFAULT_POSITIONS)
         if length < 2:

@@ -25,6 +25,7 @@ import torch
 from ttt_checks.models.reference.checkpoint import (
     CONFIG_NAME,
     TTT_WEIGHTS,
+    _write_json_atomic,
     load_checkpoint,
     read_config,
     save_base,
@@ -32,6 +33,7 @@ from ttt_checks.models.reference.checkpoint import (
     ttt_tensors,
 )
 from ttt_checks.models.reference.corpus import DialogueCorpus
+from ttt_checks.models.reference.measure import measure_checkpoint
 from ttt_checks.models.reference.model import Decoder, DecoderConfig
 from ttt_checks.models.reference.train import (
     FinetuneRecipe,
@@ -390,7 +392,6 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
         timings["build_total"] = time.perf_counter() - t_all
 
         if measure_entries:
-            from ttt_checks.models.reference.measure import measure_checkpoint
 
             t0 = time.perf_counter()
             for name in wanted:
@@ -526,7 +527,6 @@ def refresh_expectations(out: Path = DEFAULT_ZOO_DIR) -> None:
 
 
 def _update_config(d: Path, patch: dict[str, Any]) -> None:
-    from ttt_checks.models.reference.checkpoint import _write_json_atomic
 
     config = read_config(d)
     config.update(patch)
