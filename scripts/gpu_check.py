@@ -118,7 +118,7 @@ SHAPES = {
 
 
 def user_ttt_section(mini_batch_size: int, mlp_layers: int) -> dict[str, Any]:
-    """The user's TTT run (moshi-ttt-checkpoints.md): TTT-MLP, base_lr 1, carried state, alpha 0.1."""
+    """The user's TTT run (docs/moshi-checkpoints.md): TTT-MLP, base_lr 1, carried state, alpha 0.1."""
     return {"enable": True, "mini_batch_size": mini_batch_size, "base_lr": 1.0, "persistent_states": True,
             "initial_gating_alpha": 0.1, "ttt_mlp_layers": mlp_layers, "ttt_mlp_expansion_factor": 4.0,
             "ttt_mlp_hidden_dims": None, "use_rope": False}

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Must precede any moshi import (see moshi-runtime notes): no torch.compile on CPU.
+    # Must precede any moshi import: moshi reads NO_TORCH_COMPILE when it is imported (docs/moshi.md).
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ttt_checks import restore_sigint

@@ -3,7 +3,7 @@
 The family covers the LM papers (ttt-lm-jax / ttt-lm-pytorch: causal mini-batches, 1/i
 token-index weighting) and the video-DiT code the user's Moshi layers were copied from
 (non-causal mini-batches, uniform 1/b weighting, L2-normalised Q/K, layer-normalised target).
-See ../shared/reference/ttt-math.md for the formulas each field selects.
+See docs/ttt-math.md ("TTTConfig fields") for the formulas each field selects.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The TTT inner loop: one function per equation, readable next to the paper.
 
-Notation (ttt-math.md §1). Per head, token t has q_t, k_t, y_t (the reconstruction target)
+Notation (docs/ttt-math.md). Per head, token t has q_t, k_t, y_t (the reconstruction target)
 and a step size sigma_t = base_lr * sigmoid(theta_lr . x_t + b) / head_dim. The inner model is
 
     f(x; W) = x + LN(f_res(x; W))          f_res = xW_1 + b_1            (linear)
@@ -86,7 +86,7 @@ def layer_norm_l2_grad(x_hat: Tensor, inv_std: Tensor, gamma: Tensor, residual: 
 
     The LayerNorm backward: dz = inv_std * (dx - mean(dx) - x_hat * mean(dx * x_hat)),
     dx = residual * gamma. It scales with 1/std(z), which is why small inner activations make
-    large inner steps (ttt-math.md, the measured note).
+    large inner steps (docs/ttt-math.md, "Inner LayerNorm gradient scale").
     """
     dx = residual * gamma[:, None, :]
     return inv_std * (

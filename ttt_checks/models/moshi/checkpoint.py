@@ -9,7 +9,7 @@ runs lack newer ``ttt`` keys, so every key has the default the training code use
 TTT tensor names changed over the user's history; they are matched by *suffix* within
 ``transformer.layers.L.seq_modeling_block.``, so the wrapper layout
 (``ttt_layer.ttt.W1``) and the older direct layout (``W1`` on the block) both load.
-See /work/shared/reference/moshi-ttt-checkpoints.md §1 for the layouts.
+See docs/moshi-checkpoints.md ("Layouts", "TTT tensor names") for the layouts.
 
 Broken checkpoints fail in :func:`locate` (configs: JSON, key types, TTT layers the model lacks)
 or :func:`read_weights` (the weights file, through :mod:`ttt_checks.models.tensorfile`), each

@@ -1,7 +1,7 @@
 """The checkpoint zoo: healthy reference checkpoints and broken ones, re-created by ``build_zoo``.
 
 Each broken checkpoint reproduces one failure mode of the user's Moshi+TTT runs
-(../shared/reference/moshi-ttt-checkpoints.md §4, §6) and names the check that must catch it
+(docs/moshi-checkpoints.md, "Failure modes" and "Zoo reproductions") and names the check that must catch it
 (``expected.expected_failures`` in its config.json, explained in its EXPECTED.md). Where a bad recipe
 is cheap to train it is trained; otherwise the checkpoint is a documented transformation of
 ``healthy-seed0``.
