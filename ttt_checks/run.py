@@ -433,37 +433,10 @@ class HealthRun:
     def _check_talk_learned(self):
         base = self._sweep_row("0", "the words ratio learned / gate 0")
         learned = self._sweep_row(LEARNED, "the words ratio learned / gate 0")
-        if base["words"] < self.th["talk_min_base_words"]:
-            return [checks.cannot_measure("talk_learned", f"the base produced no speech at gate 0 ({base['words']} words), so there is nothing to keep")]
-        ratio = learned["words"] / base["words"]
-        ok = ratio >= self.th["talk_min_learned_ratio"]
-        return [Verdict("talk_learned", ok, ratio, self.th["talk_min_learned_ratio"],
-                        f"the learned gate (tanh {learned['gate_tanh']:.3f}) keeps {learned['words']} of {base['words']} words "
-                        f"({ratio:.0%}): {learned['transcript']!r}" + ("" if ok else ": the model went quiet with TTT on"))]
+        return [checks.talk_learned(base, learned, self.th)]
 
     def _check_talk_collapse(self):
-        """No collapse at the gates the model runs at (gate 0 up to its learned gate). Above the
-        learned gate the TTT branch runs at a strength it was never trained at: a collapse there is
-        reported as a warning, or fails with ``talk_fail_above_learned = 1``."""
-        learned = next((r["gate_tanh"] for r in self.sweep if r["label"] == LEARNED), None)
-        strict = self.th["talk_fail_above_learned"] >= 1
-        out = []
-        for row in self.sweep:
-            c = row["collapse"]
-            share = c["replies_collapsed"] / c["replies"]
-            detail = "; ".join(c["reasons"])
-            forced = learned is not None and row["label"] != LEARNED and abs(row["gate_tanh"]) > abs(learned) + 1e-6
-            ok = not c["collapsed"] or (forced and not strict)
-            text = (f"gate {row['label']} (tanh {row['gate_tanh']:.3f}): {c['replies_collapsed']} of {c['replies']} replies "
-                    + (f"collapsed ({', '.join(c['kinds'])}): {detail}" if c["collapsed"] else
-                       f"collapsed{(': ' + detail) if detail else ''}; {row['words']} words in all"))
-            if c["collapsed"] and forced:
-                text += (f" [forced above the learned gate (tanh {learned:.3f}): the TTT branch was never trained at this "
-                         "strength" + ("" if strict else "; a warning, set talk_fail_above_learned=1 to fail on it") + "]")
-            out.append(Verdict("talk_collapse", ok, share, self.th["talk_collapsed_share"], text, layer=f"gate {row['label']}",
-                               details={"kinds": c["kinds"], "forced_above_learned": forced,
-                                        "severity": "warning" if (c["collapsed"] and ok) else "info"}))
-        return out
+        return checks.talk_collapse(self.sweep, self.th)
 
     def _check_baseline_regression(self):
         if self.options.baseline is None:

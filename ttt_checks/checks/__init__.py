@@ -19,7 +19,7 @@ from ttt_checks.checks.gate import gate_stats
 from ttt_checks.checks.outer import HELP_RESOLUTION_SE, ttt_helps
 from ttt_checks.checks.step_size import inner_step_size
 from ttt_checks.checks.streaming import state_persistence, streaming_consistency
-from ttt_checks.checks.talk import talk_base
+from ttt_checks.checks.talk import talk_base, talk_collapse, talk_learned
 from ttt_checks.checks.thresholds import (THRESHOLDS, Threshold, ThresholdError, load_thresholds,
                                           parse_threshold_overrides, read_pyproject_table)
 from ttt_checks.verdict import Verdict, cannot_measure
@@ -30,6 +30,6 @@ __all__ = [
     "config_consistency", "dead_parameters", "zeroed_tensor",
     "figure5_adaptation", "figure5_bounded", "figure5_collected", "figure5_finite", "figure5_improvement", "figure5_ordering",
     "gate_stats", "HELP_RESOLUTION_SE", "ttt_helps", "inner_step_size", "state_persistence", "streaming_consistency",
-    "talk_base", "THRESHOLDS", "Threshold", "ThresholdError", "load_thresholds", "parse_threshold_overrides",
+    "talk_base", "talk_collapse", "talk_learned", "THRESHOLDS", "Threshold", "ThresholdError", "load_thresholds", "parse_threshold_overrides",
     "read_pyproject_table", "Verdict", "cannot_measure",
 ]

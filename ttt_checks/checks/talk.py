@@ -1,4 +1,9 @@
-"""Does it still talk? The base model at gate 0 must talk for the gating sweep to mean anything."""
+"""Does it still talk? The gating sweep judged: the base (gate 0) talks, the learned gate keeps its
+words, and no gate the model runs at collapses into silence, repetition or gibberish.
+
+A sweep row is what ``run.py`` records per gate: ``label`` ('0', 'learned', a raw alpha),
+``gate_tanh``, ``words``, ``transcript`` and ``collapse`` (``metrics/talk.py``'s judgement of its
+replies)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ttt_checks.verdict import Verdict
+from ttt_checks.ttt.gate import LEARNED
+from ttt_checks.verdict import Verdict, cannot_measure
 
 
 def talk_base(words: int, transcript: str, collapse_reasons: Sequence[str], loss_gate0: np.ndarray | None,
@@ -43,3 +49,39 @@ def talk_base(words: int, transcript: str, collapse_reasons: Sequence[str], loss
     return Verdict("talk_base", False, words, min_words,
                    "; ".join(problems) + ": without a talking base the sweep cannot say whether TTT keeps the model talkative"
                    + ("" if ratio is None or ratio > max_ratio else loss_note), details=details)
+
+
+def talk_learned(base: Mapping[str, Any], learned: Mapping[str, Any], th: Mapping[str, float]) -> Verdict:
+    """The learned gate keeps at least ``talk_min_learned_ratio`` of the words gate 0 says."""
+    if base["words"] < th["talk_min_base_words"]:
+        return cannot_measure("talk_learned", f"the base produced no speech at gate 0 ({base['words']} words), so there is nothing to keep")
+    ratio = learned["words"] / base["words"]
+    ok = ratio >= th["talk_min_learned_ratio"]
+    return Verdict("talk_learned", ok, ratio, th["talk_min_learned_ratio"],
+                   f"the learned gate (tanh {learned['gate_tanh']:.3f}) keeps {learned['words']} of {base['words']} words "
+                   f"({ratio:.0%}): {learned['transcript']!r}" + ("" if ok else ": the model went quiet with TTT on"))
+
+
+def talk_collapse(sweep: Sequence[Mapping[str, Any]], th: Mapping[str, float]) -> list[Verdict]:
+    """No collapse at the gates the model runs at (gate 0 up to its learned gate). Above the
+    learned gate the TTT branch runs at a strength it was never trained at: a collapse there is
+    reported as a warning, or fails with ``talk_fail_above_learned = 1``."""
+    learned = next((r["gate_tanh"] for r in sweep if r["label"] == LEARNED), None)
+    strict = th["talk_fail_above_learned"] >= 1
+    out = []
+    for row in sweep:
+        c = row["collapse"]
+        share = c["replies_collapsed"] / c["replies"]
+        detail = "; ".join(c["reasons"])
+        forced = learned is not None and row["label"] != LEARNED and abs(row["gate_tanh"]) > abs(learned) + 1e-6
+        ok = not c["collapsed"] or (forced and not strict)
+        text = (f"gate {row['label']} (tanh {row['gate_tanh']:.3f}): {c['replies_collapsed']} of {c['replies']} replies "
+                + (f"collapsed ({', '.join(c['kinds'])}): {detail}" if c["collapsed"] else
+                   f"collapsed{(': ' + detail) if detail else ''}; {row['words']} words in all"))
+        if c["collapsed"] and forced:
+            text += (f" [forced above the learned gate (tanh {learned:.3f}): the TTT branch was never trained at this "
+                     "strength" + ("" if strict else "; a warning, set talk_fail_above_learned=1 to fail on it") + "]")
+        out.append(Verdict("talk_collapse", ok, share, th["talk_collapsed_share"], text, layer=f"gate {row['label']}",
+                           details={"kinds": c["kinds"], "forced_above_learned": forced,
+                                    "severity": "warning" if (c["collapsed"] and ok) else "info"}))
+    return out

@@ -16,10 +16,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ttt_checks.ttt.gate import LEARNED  # the gate label, offered with the interface (adapters import it from here)
 from ttt_checks.verdict import Verdict
 
-GateValue = float | str  # a raw alpha value, or the string "learned"
-LEARNED = "learned"
+GateValue = float | str  # a raw alpha value, or the string "learned" (LEARNED)
 
 
 def fixed_gate(value: GateValue | None) -> float | None:

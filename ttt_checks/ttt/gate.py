@@ -14,6 +14,9 @@ import numpy as np
 
 ALPHA_CLAMP = 3.0
 
+#: The gate value that means "the checkpoint's own learned alpha" (a gating sweep's label, ``--gates``).
+LEARNED = "learned"
+
 
 def effective_gate(alpha: Any) -> Any:
     """tanh(clamp(alpha, -3, 3)) per element: a torch tensor stays a tensor (same dtype and
