@@ -30,8 +30,10 @@ with ``--shape tiny``: the 7B phases then run on a tiny shape on CPU, which is h
 suite exercises this script (tests/test_cuda_gpu_check.py).
 
 On a bare GPU machine without the project's venv (only torch): carry wheels of moshi==0.2.13,
-sphn==0.2.1 and chatterbot-corpus==1.3.3 (``pip download --no-deps``), install them with ``pip install --no-deps --target
-/tmp/site``, then ``PYTHONPATH=/tmp/site:$PWD NO_TORCH_COMPILE=1 HF_HUB_OFFLINE=1 python3
+sphn==0.2.1, chatterbot-corpus==1.3.3, soundfile==0.13.1 (WAV I/O, libsndfile inside; it needs a cffi
+wheel for the machine's Python) and junitparser==5.0.3 (ttt_checks.report.junit reads the JUnit with it)
+(``pip download --no-deps``), install them with ``pip install --no-deps --target /tmp/site``, then
+``PYTHONPATH=/tmp/site:$PWD NO_TORCH_COMPILE=1 HF_HUB_OFFLINE=1 python3
 scripts/gpu_check.py --json $OUT/gpu_check.json --results $OUT/RESULTS-gpu.md``.
 """
 
@@ -47,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -280,16 +281,17 @@ def run_pytest(args: list[str], xml: Path, timeout: int) -> dict[str, Any]:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout} s", "cmd": " ".join(cmd)}
-    outcomes: dict[str, str] = {}
+    from ttt_checks.report.junit import JUnitError, cases_by_name
+
+    outcomes: dict[str, str] = {}  # test name -> passed / failed / error / skipped
+    unreadable: dict[str, str] = {}
     if xml.is_file():
-        for case in ET.parse(xml).getroot().iter("testcase"):
-            outcome = "passed"
-            for tag in ("failure", "error", "skipped"):
-                if case.find(tag) is not None:
-                    outcome = tag
-            outcomes[case.get("name")] = outcome
+        try:
+            outcomes = {name: case.outcome for name, case in cases_by_name(xml).items()}
+        except JUnitError as exc:  # no outcomes, so not ok; the summary says why
+            unreadable = {"error": str(exc)}
     return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1), "outcomes": outcomes,
-            "cmd": " ".join(cmd), "tail": (proc.stdout + proc.stderr)[-1500:]}
+            "cmd": " ".join(cmd), "tail": (proc.stdout + proc.stderr)[-1500:], **unreadable}
 
 
 def cuda_tests(tmp: Path) -> dict[str, Any]:

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+# Run as a script (merge_junit.sbatch), so the JUnit reader comes from the clone this file is in,
+# as the health jobs' checks do (they run in $TTT_CHECKS_REPO), whether or not TTT_PYTHON has it installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 @dataclass
 class SuiteSummary:
@@ -38,26 +42,14 @@ class SuiteSummary:
 
 
 def summarise(path: Path) -> list[SuiteSummary]:
-    """Per-suite counts, computed from the test cases (not from possibly stale suite attributes)."""
-    from junitparser import Error, Failure, JUnitXml, Skipped, TestSuite
+    """Per-suite counts, computed from the test cases (ttt_checks.report.junit), sorted by suite name."""
+    from ttt_checks.report.junit import read_junit
 
-    xml = JUnitXml.fromfile(str(path))
-    suites = sorted([xml] if isinstance(xml, TestSuite) else list(xml), key=lambda s: s.name or "")
     out = []
-    for suite in suites:
-        summary = SuiteSummary(name=suite.name or "(unnamed)")
-        for case in suite:
-            summary.tests += 1
-            kinds = {type(r) for r in case.result}
-            if Failure in kinds:
-                summary.failures += 1
-                summary.failing.append(case.name)
-            elif Error in kinds:
-                summary.errors += 1
-                summary.failing.append(case.name)
-            elif Skipped in kinds:
-                summary.skipped += 1
-        out.append(summary)
+    for suite in sorted(read_junit(path), key=lambda s: s.name):
+        out.append(SuiteSummary(name=suite.name or "(unnamed)", tests=suite.tests, failures=suite.failed,
+                                errors=suite.errors, skipped=suite.skipped,
+                                failing=[c.name for c in suite.cases if c.outcome in ("failed", "error")]))
     return out
 
 
@@ -68,9 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--expected", type=int, help="number of checkpoints (suites) the run must contain")
     args = parser.parse_args(argv)
     try:
+        from ttt_checks.report.junit import JUnitError
+    except ImportError as exc:  # a usage error (4), never "a test failed" (1)
+        print(f"ttt-checks[slurm]: {sys.executable} cannot import the JUnit reader ttt_checks.report.junit ({exc}): "
+              "set TTT_PYTHON to the ttt-checks environment", file=sys.stderr)
+        return 4
+    try:
         suites = summarise(args.junit)
-    except Exception as exc:  # junitparser raises lxml/ElementTree errors of several types
-        print(f"ttt-checks[slurm]: {args.junit}: not a readable JUnit file ({exc})", file=sys.stderr)
+    except (JUnitError, ImportError) as exc:  # the file, what is wrong (or: install junitparser); never exit 1
+        print(f"ttt-checks[slurm]: {exc}", file=sys.stderr)
         return 4
     lines = [s.line() for s in suites]
     code = 0 if suites and all(s.ok for s in suites) else 1

@@ -63,6 +63,80 @@ def test_files_from_the_stdlib_wave_writer_are_read_correctly(tmp_path: Path, wi
     assert np.max(np.abs(y[:, 1] - right)) <= 2 * tolerance
 
 
+def _riff(fmt: bytes, data: bytes | None) -> bytes:
+    """A RIFF/WAVE file from a 'fmt ' body and sample bytes, written by hand (not by the reader under test)."""
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    if data is not None:
+        chunks += b"data" + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def _fmt(tag: int, channels: int, rate: int, bits: int, extensible_subformat: int | None = None) -> bytes:
+    align = channels * bits // 8
+    head = struct.pack("<HHIIHH", 0xFFFE if extensible_subformat else tag, channels, rate, rate * align, align, bits)
+    if extensible_subformat is None:
+        return head
+    guid_tail = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_{PCM,IEEE_FLOAT}
+    return head + struct.pack("<HHI", 22, bits, 0) + struct.pack("<H", extensible_subformat) + guid_tail
+
+
+_INT32 = np.array([-(2**31), -(2**31) + 1, -1, 0, 1, 123456789, 2**31 - 1], dtype=np.int64)
+
+
+@pytest.mark.parametrize("name, fmt, data, expected", [
+    ("pcm_u8", _fmt(1, 1, 8000, 8), bytes([0, 1, 127, 128, 129, 255]),
+     (np.array([0, 1, 127, 128, 129, 255]) - 128) / 128),
+    ("pcm_32", _fmt(1, 1, 8000, 32), _INT32.astype("<i4").tobytes(), _INT32 / 2.0**31),
+    ("float_64", _fmt(3, 1, 8000, 64), np.array([0.25, -1.5, 1e-3, 3.0]).astype("<f8").tobytes(),
+     np.array([0.25, -1.5, 1e-3, 3.0])),
+    ("extensible_pcm_24", _fmt(1, 1, 8000, 24, extensible_subformat=1),
+     b"".join(struct.pack("<i", v)[:3] for v in (-(2**23), -1, 0, 1, 2**23 - 1)),
+     np.array([-(2**23), -1, 0, 1, 2**23 - 1]) / 2.0**23),
+    ("extensible_float_32", _fmt(3, 1, 8000, 32, extensible_subformat=3), np.array([0.5, -2.0], "<f4").tobytes(),
+     np.array([0.5, -2.0])),
+])
+def test_every_supported_encoding_reads_with_the_wav_scaling(tmp_path: Path, name: str, fmt: bytes, data: bytes,
+                                                             expected: np.ndarray) -> None:
+    """Integer PCM is x / 2^(bits-1) (8-bit unsigned, offset 128), floats are as stored: the
+    arithmetic is exact in float32 up to one rounding of a 32-bit integer or a float64 (rtol 2^-24)."""
+    (tmp_path / f"{name}.wav").write_bytes(_riff(fmt, data))
+    y, rate = read_wav(tmp_path / f"{name}.wav")
+    assert rate == 8000 and y.dtype == np.float32 and y.shape == (len(expected), 1)
+    np.testing.assert_allclose(y[:, 0], expected, rtol=2.0**-24, atol=0)
+
+
+def test_write_keeps_16_bit_pcm_by_default_and_32_bit_float_on_request(tmp_path: Path) -> None:
+    import soundfile
+
+    x = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0])
+    write_wav(tmp_path / "p.wav", x, 16000)
+    write_wav(tmp_path / "f.wav", x, 16000, float32=True)
+    assert (soundfile.info(str(tmp_path / "p.wav")).format, soundfile.info(str(tmp_path / "p.wav")).subtype) == ("WAV", "PCM_16")
+    assert soundfile.info(str(tmp_path / "f.wav")).subtype == "FLOAT"
+    ints, _ = soundfile.read(str(tmp_path / "p.wav"), dtype="int16")
+    np.testing.assert_array_equal(ints, [0, 16384, -16384, 32767, -32767, 32767, -32767])  # round(clip(x) * 32767)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_damaged_wav_names_the_file_and_keeps_libsndfiles_reason(tmp_path: Path) -> None:
+    import soundfile
+
+    p = tmp_path / "hollow_header.wav"
+    p.write_bytes(_riff(_fmt(1, 1, 16000, 16), None))  # a header, then no 'data' chunk
+    with pytest.raises(AudioError, match=r"hollow_header\.wav: a damaged or unsupported WAV file \(libsndfile: .+\); "
+                                         r"regenerate it, or re-encode it with `sox") as err:
+        read_wav(p)
+    cause = err.value.__cause__
+    assert isinstance(cause, soundfile.LibsndfileError) and cause.error_string in str(err.value)
+
+
+def test_write_refuses_a_rate_libsndfile_cannot_write_and_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match=r"cannot write .*z\.wav as a PCM_16 WAV of 1 channels at 0 Hz \(libsndfile: ") as err:
+        write_wav(tmp_path / "z.wav", np.zeros(100), 0)
+    assert err.value.__cause__ is not None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_file_error_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match=r"nope\.wav: no such file"):
         load_audio(tmp_path / "nope.wav")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import moshi_fixtures as mf  # noqa: E402
+
+from ttt_checks.report.junit import cases_by_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4  # fp32 on two devices: different kernels and reduction orders, same math
@@ -68,14 +69,7 @@ def health_outcomes(tmp: Path, device: str, ckpt: Path | None = None, env: dict[
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
     assert xml.is_file(), f"no JUnit XML from {' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    outcomes = {}
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        outcome = "passed"
-        for tag in ("failure", "error", "skipped"):
-            if case.find(tag) is not None:
-                outcome = tag
-        outcomes[case.get("name")] = outcome
-    return proc.returncode, outcomes
+    return proc.returncode, {name: case.outcome for name, case in cases_by_name(xml).items()}
 
 
 def assert_records_close(cpu: dict, gpu: dict) -> None:

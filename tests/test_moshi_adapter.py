@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from ttt_checks.models.moshi.adapter import MoshiAdapter  # noqa: E402
 from ttt_checks.models.moshi.checkpoint import MoshiCheckpointError, consolidated_dir  # noqa: E402
 from ttt_checks.models.moshi.model import export_ttt_tensors  # noqa: E402
 from ttt_checks.models.registry import resolve  # noqa: E402
+from ttt_checks.report.junit import cases_by_name  # noqa: E402
 from ttt_checks.ttt import Figure5Probe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,15 +117,7 @@ def run_health(tiny: Tiny, ckpt: Path, tmp: Path, select: str | None = None) -> 
     env = {**os.environ, **tiny.base.env, "NO_TORCH_COMPILE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert xml.is_file(), f"no JUnit XML written:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    out = {}
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            el = case.find(tag)
-            if el is not None:
-                outcome, message = tag, (el.get("message") or "") + (el.text or "")
-        out[case.get("name")] = (outcome, message)
-    return out
+    return {name: (case.outcome, case.message + case.text) for name, case in cases_by_name(xml).items()}
 
 
 # -- resolution and loading ----------------------------------------------------------------------
@@ -333,7 +325,7 @@ def test_health_suite_on_the_healthy_tiny_checkpoint(tiny, tmp_path):
     # A random tiny Mimi cannot speak: the talkativeness checks must fail, saying the base is silent
     for name in TALK:
         if name in results:
-            assert results[name][0] in ("failure", "error"), (name, results[name])
+            assert results[name][0] in ("failed", "error"), (name, results[name])
     if TALK[0] in results:
         assert "gate 0" in results[TALK[0]][1] or "base" in results[TALK[0]][1], results[TALK[0]]
 
@@ -347,7 +339,7 @@ def test_health_suite_on_the_healthy_tiny_checkpoint(tiny, tmp_path):
 ])
 def test_health_suite_fails_exactly_the_broken_checks(tiny, tmp_path, variant, select, failing):
     results = run_health(tiny, getattr(tiny, variant), tmp_path, select)
-    failed = {name for name, (outcome, _) in results.items() if outcome in ("failure", "error")}
+    failed = {name for name, (outcome, _) in results.items() if outcome in ("failed", "error")}
     assert failed == failing, results
 
 
