@@ -18,8 +18,8 @@ result: ``failed``, and ``error`` (a teardown error is never hidden behind ``ski
 ``properties`` are the test case's <properties> (what ``record_property`` wrote; pytest's
 default family xunit1 writes them, xunit2 does not), as text, the last value of a repeated name.
 
-junitparser is a dev dependency (``pip install -e .[dev]``); it is imported when a file is read,
-so importing this module needs nothing beyond the standard library.
+junitparser (a dependency of ttt-checks) parses the XML; a node that runs slurm/junit_summary.py
+needs only the environment the checks run in.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from junitparser import Error, Failure, JUnitXml, JUnitXmlError, Properties, Skipped
 
 #: The outcomes, from the worst: a test case with several result elements takes the first.
 OUTCOMES = ("failed", "error", "skipped", "passed")
@@ -92,14 +94,6 @@ def read_junit(path: str | os.PathLike[str]) -> list[SuiteResult]:
     Raises :class:`JUnitError` for a missing or unreadable file, XML that is not well formed (a
     run killed while writing) and XML that is not JUnit; the parser's error is the ``__cause__``.
     """
-    try:
-        from junitparser import Error, Failure, JUnitXml, JUnitXmlError, Properties, Skipped
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            f"reading {path} needs junitparser, a dev dependency of ttt-checks: "
-            "pip install -e '.[dev]' (or pip install junitparser)"
-        ) from exc
-
     p = Path(path)
     try:
         xml = JUnitXml.fromfile(str(p))
