@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from ttt_checks import checks as health
+from ttt_checks.checks.outer import _block_mean_and_se
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.models.reference.zoo import zoo_path
 from ttt_checks.run import HealthRun, RunOptions
@@ -123,7 +124,7 @@ def test_ttt_helps_reports_a_paired_t_over_every_position_with_the_sign_of_its_g
     v = health.ttt_helps(learned, gate0, TH)
     gain, t = v.details["relative_decrease"], v.details["paired_t"]
     assert gain > 0 and t > 0, v.line()
-    mean, se = health._block_mean_and_se(gate0 - learned)
+    mean, se = _block_mean_and_se(gate0 - learned)
     assert mean == pytest.approx(float(np.mean(gate0 - learned))) and se > 0
 
 
