@@ -195,7 +195,6 @@ class HealthRun:
 
     @cached_property
     def outer_gate0(self) -> ForwardResult:
-
         def run():
             with self.adapter.set_gate(0.0):
                 return self.adapter.teacher_forced(self.inputs.teacher_forced)

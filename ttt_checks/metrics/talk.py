@@ -230,7 +230,6 @@ def speech_regions(
     if x.size == 0:
         return [], "none"
     if sample_rate != VAD_SAMPLE_RATE:
-
         x = resample(x, sample_rate, VAD_SAMPLE_RATE)
     if method not in ("auto", "silero", "energy"):
         raise ValueError(f"speech_regions: method must be 'auto', 'silero' or 'energy', got {method!r}")

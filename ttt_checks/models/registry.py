@@ -104,7 +104,6 @@ def check_input(family: str, path: str | Path, max_positions: int | None = None)
     checkpoint of several GB loads. The adapters apply the same rules when they read the file.
     """
     if family == "moshi":
-
         try:
             return list(load_speech_input(path, MIMI_SAMPLE_RATE, MIMI_MIN_SAMPLES).notes)
         except AudioError as exc:

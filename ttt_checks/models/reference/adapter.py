@@ -226,9 +226,7 @@ class ReferenceAdapter(Adapter):
 
     def initial_state(self) -> Mapping[str, torch.Tensor]:
         if self._initial is None:
-
             # In the storage dtype: an untrained checkpoint stores exactly these values.
-
             fresh = build_with_ttt_init(self.loaded.decoder_config, int(self.loaded.config.get("ttt_init_seed", 0)),
                                         ttt_init_of(self.loaded.config))
             self._initial = {k: v.detach().to(STORE_DTYPE) for k, v in fresh.state_dict().items() if is_ttt_key(k)}

@@ -392,7 +392,6 @@ def build_zoo(out_dir: str | Path = DEFAULT_ZOO_DIR, log: Log | None = print, me
         timings["build_total"] = time.perf_counter() - t_all
 
         if measure_entries:
-
             t0 = time.perf_counter()
             for name in wanted:
                 measured = measure_checkpoint(out / name)
