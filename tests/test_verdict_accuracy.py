@@ -444,3 +444,35 @@ def test_zero_initialised_gate_is_judged_by_the_floor_and_says_it_opened():
     assert not shut[0].ok and "NEVER OPENED" in shut[0].explanation
     untouched = health.gate_stats({"layers.3.ttt": np.zeros(128)}, TH, {"layers.3.ttt": 0.0})
     assert not untouched[0].ok and untouched[0].details.get("untrained")
+
+
+def test_nan_in_a_frozen_base_tensor_is_the_base_not_a_training_divergence(tmp_path):
+    """Held-out class: NaN in a base tensor was diagnosed 'the training diverged ... lower base_lr'; the TTT
+    fine-tune never updates the base, so the finding names the base weights and restoring them."""
+    from safetensors.torch import load_file, save_file
+
+    from ttt_checks.diagnosis import diagnose
+
+    ckpt = zoo_copy("healthy-seed0", tmp_path)
+    tensors = load_file(tmp_path / "base" / "model.safetensors")
+    name = next(k for k in sorted(tensors) if k.startswith("layers.1.") and tensors[k].is_floating_point())
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, tmp_path / "base" / "model.safetensors")
+    run = health_run(ckpt, tmp_path)
+    [v] = run.judge("checkpoint_finite")
+    assert not v.ok and v.details["nonfinite_base"] == [name] and v.details["nonfinite_ttt"] == []
+    run.judge("figure5_finite")
+    finding = diagnose(run.metrics()).findings[0]
+    assert finding.rule == "nonfinite_weights" and "base" in finding.title.lower() and name in finding.symptom
+    assert "restore the base weights" in finding.fix and "base_lr" not in finding.fix
+
+
+def test_nan_in_a_ttt_tensor_is_still_a_divergence_of_the_ttt_training(tmp_path):
+    run = health_run(ZOO / "nan-weights", tmp_path)
+    [v] = run.judge("checkpoint_finite")
+    assert v.details["nonfinite_ttt"] and not v.details["nonfinite_base"]
+    from ttt_checks.diagnosis import diagnose
+
+    finding = diagnose(run.metrics()).findings[0]
+    assert finding.rule == "nonfinite_weights" and "base_lr" in finding.fix

@@ -319,7 +319,7 @@ class HealthRun:
         return self._timed("model_checks", lambda: self.adapter.model_checks(self.inputs.teacher_forced))
 
     def _check_checkpoint_finite(self):
-        return [checks.checkpoint_finite(self.adapter.state())]
+        return [checks.checkpoint_finite(self.adapter.state(), self.adapter.expected_ttt_keys())]
 
     def _check_figure5_collected(self):
         _, _, missing = self.teacher_forced

@@ -28,13 +28,20 @@ def checkpoint_keys(expected: Sequence[str], present: Iterable[str], unexpected:
                    details={"missing": missing, "unexpected": list(unexpected)})
 
 
-def checkpoint_finite(state: Mapping[str, Any]) -> Verdict:
+def checkpoint_finite(state: Mapping[str, Any], ttt_keys: Iterable[str] | None = None) -> Verdict:
+    """Every floating-point tensor is finite. With ``ttt_keys`` (the TTT tensors the config implies)
+    the non-finite ones are split into TTT and base tensors: a base the TTT fine-tune never updates
+    cannot diverge in it, so NaN there has another cause than NaN in the TTT weights."""
     if not state:
         return cannot_measure("checkpoint_finite", "the checkpoint holds no tensors")
     bad = [name for name, t in state.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()]
     shown = name_list(bad, 8)
+    details: dict[str, Any] = {"nonfinite": bad}
+    if ttt_keys is not None:
+        ttt = set(ttt_keys)
+        details.update(nonfinite_ttt=[n for n in bad if n in ttt], nonfinite_base=[n for n in bad if n not in ttt])
     return Verdict("checkpoint_finite", not bad, len(bad), 0,
-                   f"NaN/Inf in {shown}" if bad else f"all {len(state)} tensors finite", details={"nonfinite": bad})
+                   f"NaN/Inf in {shown}" if bad else f"all {len(state)} tensors finite", details=details)
 
 
 def config_consistency(fields: Sequence[Any] | None, notes: Sequence[str] = ()) -> Verdict:

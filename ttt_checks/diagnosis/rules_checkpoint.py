@@ -10,6 +10,24 @@ from ttt_checks.diagnosis.readers import _cannot_measure, _dead, _details, _evid
 from ttt_checks.verdict import finite_or_none, fmt, name_list
 
 
+@rule("checkpoint_not_loaded", 0, "the checkpoint does not load: the loader refused its files, so nothing was measured",
+      "verdict checkpoint_load (details.stage == load, details.error_type, details.load_error: the loader's message)",
+      "checkpoint_load fails because the loader raised (not because the run was interrupted)",
+      reads=("checkpoint_load",))
+def rule_checkpoint_not_loaded(m: Metrics) -> Finding | None:
+    bad = [v for v in failing(m, "checkpoint_load") if _details(v).get("stage") == "load"]
+    if not bad:
+        return None
+    d = _details(bad[0])
+    reason = str(d.get("load_error") or bad[0].get("explanation", ""))
+    return Finding("Checkpoint does not load", f"{d.get('error_type', 'error')}: {reason}",
+                   f"the checkpoint does not load: {reason}",
+                   "fix what the loader names (the file, key or setting in its message), then rerun; no check could measure "
+                   "anything until the checkpoint loads",
+                   confidence=HIGH, confidence_why="the loader raised on these files; no measurement is involved",
+                   evidence=_evidence(m, ["checkpoint_load"]))
+
+
 @rule("nonfinite_weights", 1, "non-finite (NaN/Inf) weights in the checkpoint",
       "verdict checkpoint_finite (details.nonfinite: tensor names); figure5_finite per layer",
       "checkpoint_finite fails",
@@ -32,6 +50,19 @@ def rule_nonfinite_weights(m: Metrics) -> Finding | None:
     if f5_layers:
         symptom += f"; the inner-loop losses are non-finite from layer {f5_layers[0]} on ({', '.join(f5_layers)})"
     keys = _keys(m)
+    in_base = [str(t) for v in bad for t in _details(v).get("nonfinite_base") or []]
+    in_ttt = [str(t) for v in bad for t in _details(v).get("nonfinite_ttt") or []]
+    if in_base and not in_ttt:
+        return Finding("Non-finite weights in the base model", symptom + "; every TTT tensor is finite",
+                       "the base model's weights are broken, not the TTT fine-tune: the TTT recipe trains only the TTT "
+                       "tensors, so a frozen base cannot diverge in it; the base file was damaged, replaced or saved from a "
+                       "diverged run (if the base was trained too, its own training diverged)",
+                       f"restore the base weights the checkpoint was built on ({keys['base_weights']}) and rerun; "
+                       "nothing about the TTT recipe needs to change",
+                       config_key=keys["base_weights"], confidence=HIGH,
+                       confidence_why="NaN/Inf counted in the saved tensors, all of them base tensors (names against "
+                                      "the TTT keys the config implies)",
+                       evidence=_evidence(m, ["checkpoint_finite"]), layers=f5_layers)
     return Finding("Non-finite weights", symptom,
                    "the training diverged before this checkpoint was saved (typically an inner lr too high, an exploding "
                    "outer gradient, or a bf16 overflow); every later measurement of this checkpoint is meaningless",

@@ -11,6 +11,7 @@ from ttt_checks.diagnosis.readers import (
     _gate_verdicts,
     _keys,
     _recommended_lr,
+    _to_value,
     _sweep_scenario,
     failing,
 )
@@ -75,11 +76,11 @@ def rule_gate_collapsed(m: Metrics) -> Finding | None:
     if sweep_b:
         reasons.append("the sweep shows scenario B (gate 0 and the top gate talk): the TTT features are useful, the gate ignores them")
     keys = _keys(m)
-    rec, _ = _recommended_lr(m, over, "down") if over else (None, "")
+    rec, _, bound = _recommended_lr(m, over, "down") if over else (None, "", "")
     fix = "use an earlier checkpoint, from before the gates fell (`ttt-checks trend` names it); regularise the gate (a floor or a "\
           "penalty on alpha falling, or a smaller alpha learning rate)"
     if over:
-        fix += f"; and fix what made TTT harmful: lower {keys['base_lr']}" + (f" to {rec:.3g}" if rec is not None else "")
+        fix += f"; and fix what made TTT harmful: lower {keys['base_lr']}" + _to_value(rec, bound)
     confidence = HIGH if known_init == len(bad) and (reasons or flipped) else MEDIUM if known_init == len(bad) or flipped else LOW
     why = ("fall measured against the initial alpha" if known_init == len(bad) else
            "the initial alpha is unknown: judged by the absolute floor only") + (
