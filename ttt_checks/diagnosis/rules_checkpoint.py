@@ -176,9 +176,12 @@ def rule_noncausal_read_ahead(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["streaming_consistency", "talk_collapse"]))
 
 
-@rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its initial value)",
-      "verdict dead_parameters (details.unchanged + unused == compared, or compared - 1)",
-      "dead_parameters fails and at most one compared TTT tensor moved from its init",
+@rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its "
+      "initial value; or saved from a fresh initialisation with another seed)",
+      "verdict dead_parameters (details.unchanged + unused == compared, or compared - 1; details.constant_init, "
+      "constant_init_unchanged, fresh_draw_like: the init signature)",
+      "dead_parameters fails and at most one compared TTT tensor moved from its init, or every deterministically initialised "
+      "TTT tensor (at least two) is exactly at its init while every one that moved has the spread of a fresh draw of its init",
       overrides=("dead_code_path", "inner_state_untrained", "dead_parameters_partial", "gate_never_moved", "ttt_hurts", "ttt_does_nothing",
                  "context_not_used", "inner_lr_too_high", "inner_lr_too_low", "inner_step_size_off"),
       reads=("dead_parameters", "ttt_helps", "gate_stats", "figure5_adaptation", "figure5_ordering", "figure5_improvement"))
@@ -194,7 +197,14 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     # output projection or gate held out of the optimiser) blocks every path; the branch is as untrained.
     all_but_one = (not all_dead and compared is not None and compared >= 3
                    and len(unchanged) + len(unused) == compared - 1)
-    if not (all_dead or all_but_one):
+    d = _details(v)
+    constant = [str(x) for x in d.get("constant_init") or []]
+    constant_kept = set(map(str, d.get("constant_init_unchanged") or []))
+    fresh = set(map(str, d.get("fresh_draw_like") or []))
+    moved_random = [str(n) for n in (d.get("std_ratio_to_init") or {})]
+    fresh_init = (not all_dead and not all_but_one and len(constant) >= 2 and set(constant) <= constant_kept
+                  and bool(moved_random) and set(moved_random) <= fresh and not zeroed)
+    if not (all_dead or all_but_one or fresh_init):
         return None
     helps = verdicts_of(m, "ttt_helps")
     extra = ""
@@ -205,6 +215,21 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     gate = [g for g in gate if g is not None]
     if gate:
         extra += f"; the gate lets {max(gate):.1%} of the random TTT output through"
+    if fresh_init:
+        ratios = [finite_or_none(r) for r in (d.get("std_ratio_to_init") or {}).values()]
+        spread = ", ".join(f"{r:.3f}" for r in sorted(r for r in ratios if r is not None)[:1] + sorted(r for r in ratios if r is not None)[-1:])
+        return Finding("TTT never trained (saved from a fresh initialisation)",
+                       f"all {len(constant)} deterministically initialised TTT tensors are exactly at their init "
+                       f"({name_list(constant, 4)}), and the {len(moved_random)} random ones that differ from the stated init "
+                       f"have its spread (std / init std {spread}) as a new draw would{extra}",
+                       "the TTT weights were never trained: training moves every bias and norm weight from its "
+                       "initial value, and these are all still there; the random tensors differ only because they were "
+                       "drawn with another seed (a fresh model saved instead of the trained one, or the wrong file)",
+                       "save the trained TTT weights (check the checkpoint is written after the optimiser steps, from the "
+                       "trained model), or point the gate at a trained checkpoint",
+                       confidence=HIGH, confidence_why="deterministic inits compared bit for bit; random ones by their spread "
+                                                       "against the sampling noise of a fresh draw",
+                       evidence=_evidence(m, ["dead_parameters", "ttt_helps"]))
     if all_but_one and zeroed:
         return Finding("TTT never trained (no gradient reached it)",
                        f"{compared - 1} of {compared} compared TTT tensors are exactly at their initial values, every one "
