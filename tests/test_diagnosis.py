@@ -709,3 +709,28 @@ def test_the_probe_says_whether_its_optimum_is_bracketed():
     edge = record([1.9, 1.7, 1.5, 1.3, 1.1, 1.0])
     assert inside.bracketed and inside.to_dict()["bracketed"] is True
     assert not edge.bracketed and edge.best_multiplier == 4.0 and edge.to_dict()["bracketed"] is False
+
+
+# -- the checkpoint's own training record against what is measured -------------------------------
+
+
+def test_a_train_loss_far_below_the_evaluated_one_is_another_objective():
+    """Held-out class: a branch fine-tuned with labels not shifted (teacher-forced 6.48 at the learned gate,
+    1.73 at gate 0, the training record 0.52) was diagnosed 'the gate opened'."""
+    m = healthy_metrics()
+    m["outer_loss"] = {"learned": 6.48, "gate0": 1.73}
+    m["training_record"] = {"train_loss": 0.52, "val_loss": None, "source": "config.json training"}
+    fail(m, "ttt_helps", measured=-2.75, details={"verdict": "hurts", "relative_decrease": -2.75})
+    fail(m, "gate_stats", measured=0.2)
+    f = top(m)
+    assert f.rule == "objective_mismatch" and "12.5x" in f.symptom and f.confidence == dx.HIGH
+    assert "gate_collapsed" not in rules(m) and "ttt_hurts" not in rules(m)
+    m["outer_loss"]["learned"], m["training_record"]["train_loss"] = 1.72, 1.39  # healthy-seed0's 1.24: no finding
+    assert "objective_mismatch" not in rules(m)
+
+
+def test_a_record_alone_is_not_a_finding_when_every_check_passes():
+    m = healthy_metrics()
+    m["outer_loss"] = {"learned": 6.48, "gate0": 6.5}
+    m["training_record"] = {"train_loss": 0.52, "source": "config.json training"}
+    assert dx.diagnose(m).healthy and "objective_mismatch" not in rules(m)

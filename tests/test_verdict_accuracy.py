@@ -513,3 +513,15 @@ def test_a_trained_checkpoint_has_no_fresh_init_signature(tmp_path):
     d = v.details
     assert v.ok and d["constant_init"] and not set(d["constant_init"]) <= set(d["constant_init_unchanged"])
     assert set(d["std_ratio_to_init"]) - set(d["fresh_draw_like"]), d["std_ratio_to_init"]  # trained spreads moved
+
+
+def test_the_healthy_zoo_evaluates_near_its_training_record():
+    """The other side of record_max_loss_ratio, from the committed measurements (no model run)."""
+    import json
+
+    for entry in zoo_entries():
+        config = json.loads((entry.path / "config.json").read_text())
+        record = (config.get("training") or {}).get("train_loss")
+        learned = ((config.get("measured") or {}).get("summary") or {}).get("val_loss_learned")
+        if entry.healthy and record and learned:
+            assert learned / record * MARGIN <= TH["record_max_loss_ratio"], (entry.name, learned / record)

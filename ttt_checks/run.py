@@ -487,6 +487,9 @@ class HealthRun:
         if "inputs" in self.__dict__:
             data["inputs"] = {"description": self.inputs.description, "notes": list(self.inputs.notes)}
         data["checkpoint_notes"] = list(self.adapter.checkpoint_notes())
+        record = self.adapter.training_record()
+        if record is not None:
+            data["training_record"] = dict(record)
         if "figure5" in self.__dict__:
             data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
         if "step_size" in self.__dict__:

@@ -305,7 +305,7 @@ def rule_dead_code_path(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["dead_parameters"]))
 
 
-@rule("dead_parameters_partial", 24, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
+@rule("dead_parameters_partial", 25, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
       "verdict dead_parameters (details.unchanged, details.zeroed)", "dead_parameters fails with used tensors unchanged or zeroed",
       reads=("dead_parameters",))
 def rule_dead_parameters_partial(m: Metrics) -> Finding | None:
