@@ -122,7 +122,10 @@ def test_bad_input_checkpoint_that_never_loads_still_writes_a_failing_report(tmp
     assert metrics["complete"] is True
     (load,) = metrics["verdicts"]["checkpoint_load"]
     assert load["ok"] is False and "could not load the checkpoint" in load["explanation"]
+    assert load["status"] == "cannot_measure" and load["details"]["stage"] == "load" and load["details"]["load_error"]
     assert "UNHEALTHY" in text and "checkpoint_load" in text
+    top = metrics["diagnosis"]["findings"][0]  # the loader's reason, not "missing data"
+    assert top["rule"] == "checkpoint_not_loaded" and load["details"]["load_error"] in top["cause"]
 
 
 def _snapshot(*roots: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -454,6 +455,22 @@ def test_report_text_html_and_junit_properties_lead_with_the_diagnosis(tmp_path)
     assert "code bug" in props["diagnosis.1.cause"] and props["diagnosis.1.config_key"] == "decoder.ttt_reset_each_call"
 
 
+def test_junit_carries_the_reviewers_numbers_per_layer_and_leaves_out_what_was_not_measured():
+    from ttt_checks.pytest_plugin import junit_measurement_properties
+
+    m = healthy_metrics()
+    m["outer_loss"] = {"learned": 1.70, "gate0": 1.71, "no_inner_step": "nan"}
+    m["verdicts"]["ttt_helps"][0]["details"]["relative_decrease"] = 0.0058
+    props = dict(junit_measurement_properties(m))
+    stats = m["figure5"][LAYER]
+    assert float(props[f"layer.{LAYER}.mean_l0"]) == pytest.approx(stats["mean_l0"])
+    assert float(props[f"layer.{LAYER}.mean_lafter"]) == pytest.approx(stats["mean_lafter"])
+    assert props[f"layer.{LAYER}.gate_mean_abs_tanh"] == "0.108"
+    assert props["outer_loss.learned"] == "1.7" and props["outer_loss.relative_decrease"] == "0.0058"
+    m["figure5"][LAYER]["mean_lprev"] = "nan"
+    assert f"layer.{LAYER}.mean_lprev" not in dict(junit_measurement_properties(m))  # never a made-up number
+
+
 def test_gate_summary_prints_the_top_finding_in_one_line(tmp_path):
     import json
 
@@ -612,3 +629,108 @@ def test_a_zero_initialised_gate_that_stayed_shut_did_not_fall():
          details={"mean_tanh": 0.002, "alpha_init": 0.0, "fraction_of_init": None})
     finding = top(m)
     assert finding.rule == "gate_collapsed" and "never opened" in finding.title and "fell" not in finding.title
+
+
+# -- a checkpoint that does not load ----------------------------------------------------------------
+
+
+def _load_failure(stage: str, **details) -> dict:
+    return {"complete": True, "verdicts": {"checkpoint_load": [{
+        "name": "checkpoint_load", "ok": False, "measured": None, "threshold": None, "status": "cannot_measure",
+        "explanation": "cannot measure: could not load the checkpoint /x: CheckpointError: config.json names TTT layer 9, the "
+                       "tensors hold layer 3", "details": {"stage": stage, **details}}]}}
+
+
+def test_a_checkpoint_that_does_not_load_is_diagnosed_with_the_loaders_reason():
+    f = top(_load_failure("load", error_type="CheckpointError",
+                          load_error="config.json names TTT layer 9, the tensors hold layer 3"))
+    assert f.rule == "checkpoint_not_loaded" and f.confidence == dx.HIGH
+    assert "config.json names TTT layer 9, the tensors hold layer 3" in f.cause
+    assert dx.diagnose(_load_failure("load", error_type="E", load_error="x")).findings[1:] == []  # nothing else claimed
+
+
+def test_an_interrupted_load_is_not_called_a_load_failure():
+    assert top(_load_failure("interrupted")).rule == "not_measured"
+
+
+# -- advice never contradicts its own numbers -------------------------------------------------------
+
+_GRID = [0.0, 0.001, 0.25, 0.5, 1.0, 2.0, 4.0]
+
+
+def _advice_agrees(f: dx.Finding) -> None:
+    """A fix that says lower names a smaller value than the one it starts from, raise a larger one."""
+    for verb, sign in (("lower", -1), ("raise", +1)):
+        match = re.search(rf"{verb} \S+ from ([0-9.e+-]+) to (?:at (?:most|least) )?([0-9.e+-]+)", f.fix)
+        if match:
+            start, target = float(match.group(1)), float(match.group(2))
+            assert (target - start) * sign > 0, f"{f.rule}: '{f.fix}' goes the wrong way"
+
+
+def test_a_probe_whose_best_is_the_grids_largest_step_never_sizes_advice_to_lower_the_lr():
+    """Held-out trend case: Figure 5 failed after the outer lr jumped, and the fix read 'lower ttt.base_lr from
+    1 to 4' because the probe's best multiplier was the grid's edge (x4). Lower must name a smaller value."""
+    m = healthy_metrics()
+    m["layers"][0]["base_lr"] = 1.0
+    m["figure5"][LAYER] = _f5(l0=1.80, lprev=2.289, lafter=2.305)
+    fail(m, "figure5_ordering", measured=0.0)
+    fail(m, "figure5_improvement", measured=-0.017)
+    m["inner_step_size"] = {LAYER: {"best_multiplier": 4.0, "base_lr": 1.0, "recommended_base_lr": 4.0,
+                                    "multipliers": _GRID, "bracketed": False}}
+    f = top(m)
+    assert f.rule == "inner_lr_too_high" and f.value is not None and f.value < 1.0, f.fix
+    _advice_agrees(f)
+
+
+def test_an_unbracketed_optimum_is_a_bound_not_a_value():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=1.296, lprev=1.2960, lafter=1.2959)
+    m["layers"][0]["base_lr"] = 100.0
+    fail(m, "figure5_improvement", measured=1e-4)
+    m["inner_step_size"] = {LAYER: {"best_multiplier": 4.0, "base_lr": 100.0, "recommended_base_lr": 400.0,
+                                    "multipliers": _GRID, "bracketed": False}}
+    f = top(m)
+    assert f.rule == "inner_lr_too_low" and "to at least 400" in f.fix and "not bracketed" in f.confidence_why
+    _advice_agrees(f)
+    m["inner_step_size"][LAYER].update(best_multiplier=2.0, recommended_base_lr=200.0, bracketed=True)
+    f = top(m)
+    assert "to 200" in f.fix and "at least" not in f.fix and "not bracketed" not in f.confidence_why
+    del m["inner_step_size"][LAYER]["bracketed"]  # a run written before the probe said so: derived from the grid
+    assert "to 200" in top(m).fix
+
+
+def test_the_probe_says_whether_its_optimum_is_bracketed():
+    from ttt_checks.ttt.step_probe import StepSizeRecord
+
+    def record(losses):
+        return StepSizeRecord("l", list(_GRID[1:]), losses, loss_start=2.0, count=10, nonfinite=0, base_lr=1.0)
+
+    inside = record([1.9, 1.5, 1.2, 1.0, 1.1, 1.4])
+    edge = record([1.9, 1.7, 1.5, 1.3, 1.1, 1.0])
+    assert inside.bracketed and inside.to_dict()["bracketed"] is True
+    assert not edge.bracketed and edge.best_multiplier == 4.0 and edge.to_dict()["bracketed"] is False
+
+
+# -- the checkpoint's own training record against what is measured -------------------------------
+
+
+def test_a_train_loss_far_below_the_evaluated_one_is_another_objective():
+    """Held-out class: a branch fine-tuned with labels not shifted (teacher-forced 6.48 at the learned gate,
+    1.73 at gate 0, the training record 0.52) was diagnosed 'the gate opened'."""
+    m = healthy_metrics()
+    m["outer_loss"] = {"learned": 6.48, "gate0": 1.73}
+    m["training_record"] = {"train_loss": 0.52, "val_loss": None, "source": "config.json training"}
+    fail(m, "ttt_helps", measured=-2.75, details={"verdict": "hurts", "relative_decrease": -2.75})
+    fail(m, "gate_stats", measured=0.2)
+    f = top(m)
+    assert f.rule == "objective_mismatch" and "12.5x" in f.symptom and f.confidence == dx.HIGH
+    assert "gate_collapsed" not in rules(m) and "ttt_hurts" not in rules(m)
+    m["outer_loss"]["learned"], m["training_record"]["train_loss"] = 1.72, 1.39  # healthy-seed0's 1.24: no finding
+    assert "objective_mismatch" not in rules(m)
+
+
+def test_a_record_alone_is_not_a_finding_when_every_check_passes():
+    m = healthy_metrics()
+    m["outer_loss"] = {"learned": 6.48, "gate0": 6.5}
+    m["training_record"] = {"train_loss": 0.52, "source": "config.json training"}
+    assert dx.diagnose(m).healthy and "objective_mismatch" not in rules(m)

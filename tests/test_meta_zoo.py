@@ -80,6 +80,13 @@ def test_zoo_checkpoint_fails_exactly_its_intended_checks(pytester, tmp_path, en
     props = {p.get("name"): p.get("value") for p in root.find("testsuite").find("properties").iter("property")}
     assert props["diagnosis.healthy"] == str(expected_top is None).lower()
     assert props.get("diagnosis.1.rule") == expected_top
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    for layer, stats in (metrics.get("figure5") or {}).items():  # the reviewer's numbers, as measured
+        for curve in ("mean_l0", "mean_lprev", "mean_lafter"):
+            if isinstance(stats.get(curve), float):
+                assert float(props[f"layer.{layer}.{curve}"]) == pytest.approx(stats[curve], rel=1e-5)
+    if isinstance((metrics.get("outer_loss") or {}).get("learned"), float):
+        assert float(props["outer_loss.learned"]) == pytest.approx(metrics["outer_loss"]["learned"], rel=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -444,3 +444,84 @@ def test_zero_initialised_gate_is_judged_by_the_floor_and_says_it_opened():
     assert not shut[0].ok and "NEVER OPENED" in shut[0].explanation
     untouched = health.gate_stats({"layers.3.ttt": np.zeros(128)}, TH, {"layers.3.ttt": 0.0})
     assert not untouched[0].ok and untouched[0].details.get("untrained")
+
+
+def test_nan_in_a_frozen_base_tensor_is_the_base_not_a_training_divergence(tmp_path):
+    """Held-out class: NaN in a base tensor was diagnosed 'the training diverged ... lower base_lr'; the TTT
+    fine-tune never updates the base, so the finding names the base weights and restoring them."""
+    from safetensors.torch import load_file, save_file
+
+    from ttt_checks.diagnosis import diagnose
+
+    ckpt = zoo_copy("healthy-seed0", tmp_path)
+    tensors = load_file(tmp_path / "base" / "model.safetensors")
+    name = next(k for k in sorted(tensors) if k.startswith("layers.1.") and tensors[k].is_floating_point())
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, tmp_path / "base" / "model.safetensors")
+    run = health_run(ckpt, tmp_path)
+    [v] = run.judge("checkpoint_finite")
+    assert not v.ok and v.details["nonfinite_base"] == [name] and v.details["nonfinite_ttt"] == []
+    run.judge("figure5_finite")
+    finding = diagnose(run.metrics()).findings[0]
+    assert finding.rule == "nonfinite_weights" and "base" in finding.title.lower() and name in finding.symptom
+    assert "restore the base weights" in finding.fix and "base_lr" not in finding.fix
+
+
+def test_nan_in_a_ttt_tensor_is_still_a_divergence_of_the_ttt_training(tmp_path):
+    run = health_run(ZOO / "nan-weights", tmp_path)
+    [v] = run.judge("checkpoint_finite")
+    assert v.details["nonfinite_ttt"] and not v.details["nonfinite_base"]
+    from ttt_checks.diagnosis import diagnose
+
+    finding = diagnose(run.metrics()).findings[0]
+    assert finding.rule == "nonfinite_weights" and "base_lr" in finding.fix
+
+
+def test_ttt_weights_saved_from_a_fresh_init_with_another_seed_are_never_trained(tmp_path):
+    """Held-out class: TTT weights drawn from another seed than the config states do not bit-match its init,
+    and were diagnosed 'context not used'. Every deterministic part of the init is still exactly at init
+    while the random tensors have the init's spread: never trained, saved from a fresh initialisation."""
+    from safetensors.torch import load_file, save_file
+
+    from ttt_checks.diagnosis import diagnose
+    from ttt_checks.models.reference.checkpoint import STORE_DTYPE, is_ttt_key, ttt_init_of
+    from ttt_checks.models.reference.train import build_with_ttt_init
+
+    ckpt = zoo_copy("healthy-seed0", tmp_path)
+    adapter = ReferenceAdapter(ckpt)
+    seed = int(adapter.loaded.config["ttt_init_seed"]) + 7
+    fresh = build_with_ttt_init(adapter.loaded.decoder_config, seed, ttt_init_of(adapter.loaded.config)).state_dict()
+    saved = load_file(ckpt / "ttt.safetensors")
+    replaced = {k: (fresh[k].detach().to(STORE_DTYPE).contiguous() if is_ttt_key(k) and k in fresh else v) for k, v in saved.items()}
+    assert sum(1 for k in saved if is_ttt_key(k) and k in fresh) >= 5
+    save_file(replaced, ckpt / "ttt.safetensors")
+    run = health_run(ckpt, tmp_path)
+    [v] = run.judge("dead_parameters")
+    d = v.details
+    assert not v.ok and len(d["constant_init"]) >= 2 and set(d["constant_init"]) == set(d["constant_init_unchanged"])
+    assert set(d["std_ratio_to_init"]) == set(d["fresh_draw_like"]) and d["fresh_draw_like"]
+    for check in ("figure5_adaptation", "figure5_ordering", "figure5_improvement", "gate_stats"):
+        run.judge(check)
+    finding = diagnose(run.metrics()).findings[0]
+    assert finding.rule == "ttt_untrained" and "fresh initialisation" in finding.title, finding.line()
+
+
+def test_a_trained_checkpoint_has_no_fresh_init_signature(tmp_path):
+    run = health_run(ZOO / "healthy-seed0", tmp_path)
+    [v] = run.judge("dead_parameters")
+    d = v.details
+    assert v.ok and d["constant_init"] and not set(d["constant_init"]) <= set(d["constant_init_unchanged"])
+    assert set(d["std_ratio_to_init"]) - set(d["fresh_draw_like"]), d["std_ratio_to_init"]  # trained spreads moved
+
+
+def test_the_healthy_zoo_evaluates_near_its_training_record():
+    """The other side of record_max_loss_ratio, from the committed measurements (no model run)."""
+    import json
+
+    for entry in zoo_entries():
+        config = json.loads((entry.path / "config.json").read_text())
+        record = (config.get("training") or {}).get("train_loss")
+        learned = ((config.get("measured") or {}).get("summary") or {}).get("val_loss_learned")
+        if entry.healthy and record and learned:
+            assert learned / record * MARGIN <= TH["record_max_loss_ratio"], (entry.name, learned / record)

@@ -34,6 +34,7 @@ _OPTIONS_KEY = pytest.StashKey["object"]()
 _REPORT_PATHS_KEY = pytest.StashKey[dict]()
 _LATE_MERGE_KEY = pytest.StashKey[tuple]()  # (report_dir, complete): workers not finished at sessionfinish
 _UNSTARTED_KEY = pytest.StashKey[str]()  # why the ttt_run fixture has no run (load failed, or interrupted)
+_LOAD_ERROR_KEY = pytest.StashKey[tuple[str, str]]()  # (exception type, message) of a checkpoint that failed to load
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -260,6 +261,7 @@ def ttt_run(request: pytest.FixtureRequest):
         adapter = None
         config.stash[_UNSTARTED_KEY] = (f"could not load the checkpoint {config.getoption('--ckpt') or '(embedded default)'}: "
                                         f"{type(exc).__name__}: {exc}")
+        config.stash[_LOAD_ERROR_KEY] = (type(exc).__name__, str(exc))
     if adapter is None:  # failed outside the except block, so pytest prints the cause once, not its chain
         pytest.fail(config.stash[_UNSTARTED_KEY], pytrace=False)
     run = HealthRun(adapter, options, progress=progress)
@@ -355,8 +357,38 @@ def junit_diagnosis_properties(diagnosis: dict) -> list[tuple[str, str]]:
     return props
 
 
+def junit_measurement_properties(metrics: dict) -> list[tuple[str, str]]:
+    """The numbers a reviewer reads first, as testsuite properties: per TTT layer the means of the
+    Figure-5 curves (``layer.<name>.mean_l0`` / ``mean_lprev`` / ``mean_lafter``) and the gate's mean
+    |tanh(alpha)| (``layer.<name>.gate_mean_abs_tanh``), and the outer loss at the learned gate and at
+    gate 0 with the relative gain (``outer_loss.learned``, ``outer_loss.gate0``,
+    ``outer_loss.relative_decrease``). A number the run did not measure is left out, never 0."""
+    from ttt_checks.verdict import finite_or_none
+
+    props: list[tuple[str, str]] = []
+
+    def add(name: str, value: object) -> None:
+        number = finite_or_none(value)
+        if number is not None:
+            props.append((name, f"{number:.6g}"))
+
+    for layer, stats in sorted((metrics.get("figure5") or {}).items()):
+        for curve in ("mean_l0", "mean_lprev", "mean_lafter"):
+            add(f"layer.{layer}.{curve}", (stats or {}).get(curve))
+    for v in (metrics.get("verdicts") or {}).get("gate_stats") or []:
+        if v.get("layer"):
+            add(f"layer.{v['layer']}.gate_mean_abs_tanh", (v.get("details") or {}).get("mean_tanh"))
+    outer = metrics.get("outer_loss") or {}
+    add("outer_loss.learned", outer.get("learned"))
+    add("outer_loss.gate0", outer.get("gate0"))
+    for v in (metrics.get("verdicts") or {}).get("ttt_helps") or []:
+        add("outer_loss.relative_decrease", (v.get("details") or {}).get("relative_decrease"))
+    return props
+
+
 def _junit_diagnosis_properties(config: pytest.Config, metrics_path: Path) -> None:
-    """Add the report's diagnosis to the JUnit file as testsuite properties (when --junitxml is on)."""
+    """Add the report's diagnosis and headline measurements to the JUnit file as testsuite
+    properties (when --junitxml is on)."""
     import json
 
     from _pytest.junitxml import xml_key
@@ -365,10 +397,10 @@ def _junit_diagnosis_properties(config: pytest.Config, metrics_path: Path) -> No
     if xml is None:
         return
     try:
-        diagnosis = json.loads(Path(metrics_path).read_text()).get("diagnosis") or {}
+        metrics = json.loads(Path(metrics_path).read_text())
     except (OSError, ValueError):
         return
-    for name, value in junit_diagnosis_properties(diagnosis):
+    for name, value in [*junit_diagnosis_properties(metrics.get("diagnosis") or {}), *junit_measurement_properties(metrics)]:
         xml.add_global_property(name, value)
 
 
@@ -385,7 +417,10 @@ def _unstarted_metrics(config: pytest.Config, complete: bool) -> dict:
     from ttt_checks.verdict import cannot_measure, jsonable
 
     options = config.stash[_OPTIONS_KEY]
-    verdict = cannot_measure("checkpoint_load", config.stash[_UNSTARTED_KEY])
+    error = config.stash.get(_LOAD_ERROR_KEY, None)
+    details = ({"stage": "load", "error_type": error[0], "load_error": error[1]} if error
+               else {"stage": "interrupted"})
+    verdict = cannot_measure("checkpoint_load", config.stash[_UNSTARTED_KEY], details=details)
     return jsonable({
         "checkpoint": config.getoption("--ckpt"), "adapter": None, "report_dir": str(options.report_dir),
         "complete": complete, "thresholds": options.thresholds, "gates": [gate_label(g) for g in options.gates],

@@ -318,7 +318,7 @@ class HealthRun:
         return self._timed("model_checks", lambda: self.adapter.model_checks(self.inputs.teacher_forced))
 
     def _check_checkpoint_finite(self):
-        return [checks.checkpoint_finite(self.adapter.state())]
+        return [checks.checkpoint_finite(self.adapter.state(), self.adapter.expected_ttt_keys())]
 
     def _check_figure5_collected(self):
         _, _, missing = self.teacher_forced
@@ -486,6 +486,9 @@ class HealthRun:
         if "inputs" in self.__dict__:
             data["inputs"] = {"description": self.inputs.description, "notes": list(self.inputs.notes)}
         data["checkpoint_notes"] = list(self.adapter.checkpoint_notes())
+        record = self.adapter.training_record()
+        if record is not None:
+            data["training_record"] = dict(record)
         if "figure5" in self.__dict__:
             data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
         if "step_size" in self.__dict__:

@@ -3,6 +3,7 @@ trainable TTT tensors that moved from their initial values."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -28,13 +29,20 @@ def checkpoint_keys(expected: Sequence[str], present: Iterable[str], unexpected:
                    details={"missing": missing, "unexpected": list(unexpected)})
 
 
-def checkpoint_finite(state: Mapping[str, Any]) -> Verdict:
+def checkpoint_finite(state: Mapping[str, Any], ttt_keys: Iterable[str] | None = None) -> Verdict:
+    """Every floating-point tensor is finite. With ``ttt_keys`` (the TTT tensors the config implies)
+    the non-finite ones are split into TTT and base tensors: a base the TTT fine-tune never updates
+    cannot diverge in it, so NaN there has another cause than NaN in the TTT weights."""
     if not state:
         return cannot_measure("checkpoint_finite", "the checkpoint holds no tensors")
     bad = [name for name, t in state.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()]
     shown = name_list(bad, 8)
+    details: dict[str, Any] = {"nonfinite": bad}
+    if ttt_keys is not None:
+        ttt = set(ttt_keys)
+        details.update(nonfinite_ttt=[n for n in bad if n in ttt], nonfinite_base=[n for n in bad if n not in ttt])
     return Verdict("checkpoint_finite", not bad, len(bad), 0,
-                   f"NaN/Inf in {shown}" if bad else f"all {len(state)} tensors finite", details={"nonfinite": bad})
+                   f"NaN/Inf in {shown}" if bad else f"all {len(state)} tensors finite", details=details)
 
 
 def config_consistency(fields: Sequence[Any] | None, notes: Sequence[str] = ()) -> Verdict:
@@ -105,6 +113,48 @@ def zeroed_tensor(current: Any, initial: Any) -> bool:
     return bool((a == 0).all()) and bool((b != 0).any())
 
 
+# A fresh draw of a random init has the init's spread up to sampling noise: the std of n samples
+# varies by about 1/sqrt(2n) (relative); 5 of those is the band of "as if drawn again".
+FRESH_DRAW_SIGMAS = 5.0
+
+
+def _constant(tensor: Any) -> bool:
+    """Every element equal (zeros, ones, a fill value): a deterministic initialisation."""
+    flat = tensor.detach().reshape(-1)
+    return flat.numel() > 0 and bool((flat == flat[0]).all())
+
+
+def init_signature(current: Mapping[str, Any], initial: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """How a checkpoint's TTT tensors relate to the initialisation, beyond bit-for-bit equality.
+
+    ``constant_init``: the tensors initialised deterministically (biases at 0, norm weights at 1,
+    lr biases at 0), whose initial value any seed reproduces; ``constant_init_unchanged``: those
+    still exactly there. ``fresh_draw_like``: randomly initialised tensors that differ from the
+    stated init but have its spread, std(current) / std(init) within ``FRESH_DRAW_SIGMAS`` sampling
+    standard errors of 1. Training moves every deterministic part (a bias at 0 takes the first
+    gradient step); a checkpoint saved from a fresh initialisation with another seed keeps all of
+    them and only its random tensors differ, each as a new draw of the same distribution."""
+    constant, unchanged, fresh, ratios = [], [], [], {}
+    for name in names:
+        cur, init = current[name], initial[name]
+        if not (torch.is_floating_point(cur) and torch.is_floating_point(init)) or cur.shape != init.shape:
+            continue
+        if _constant(init):
+            constant.append(name)
+            if at_initial_value(cur, init):
+                unchanged.append(name)
+            continue
+        init_std = float(init.double().std()) if init.numel() > 1 else 0.0
+        if init_std == 0.0 or at_initial_value(cur, init):
+            continue
+        ratio = float(cur.double().std()) / init_std
+        ratios[name] = ratio
+        if abs(ratio - 1.0) <= FRESH_DRAW_SIGMAS / math.sqrt(2.0 * cur.numel()):
+            fresh.append(name)
+    return {"constant_init": constant, "constant_init_unchanged": unchanged, "fresh_draw_like": fresh,
+            "std_ratio_to_init": ratios}
+
+
 def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used: Iterable[str] | None, th: Mapping[str, float]) -> Verdict:
     """Trainable TTT tensors still at their initial value were never trained; tensors zeroed
     everywhere (initialised non-zero) pass no signal. Both count as dead.
@@ -140,7 +190,8 @@ def dead_parameters(current: Mapping[str, Any], initial: Mapping[str, Any], used
                      f"{name_list(unused, 6)}")
     details: dict[str, Any] = {"unchanged": unchanged, "unused": unused, "zeroed": zeroed, "compared": compared,
                                "inner_initial_state": [n for n in initial if n in current and is_inner_initial_state(n)],
-                               "inner_initial_state_unchanged": [n for n in unchanged if is_inner_initial_state(n)]}
+                               "inner_initial_state_unchanged": [n for n in unchanged if is_inner_initial_state(n)],
+                               **init_signature(current, initial, [n for n in initial if n in current and n in used])}
     if ok and unused:
         details["severity"] = "warning"
     moved = f"all {judged} TTT tensors the forward uses moved from their initial values, none is zeroed"

@@ -48,6 +48,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("talk_max_repeat_rate", 0.5, "repeated 4-gram rate of a reply above this is a repetition collapse"),
         Threshold("talk_fail_above_learned", 0.0, "1: a collapse at a gate forced above the learned one fails; 0: it is reported as a warning (the TTT branch was never trained at that strength)"),
         Threshold("talk_collapsed_share", 0.5, "a gate has collapsed when at least this share of its replies collapse (silence, repetition, gibberish)"),
+        Threshold("record_max_loss_ratio", 3.0, "teacher-forced outer loss at the learned gate / the train loss the checkpoint's own training record states, above this: the weights were trained on another objective or other data (the diagnosis reads it; healthy zoo <= 1.24, a fine-tune on unshifted labels 12.5; about their geometric mean, 3.9, rounded down)"),
         Threshold("baseline_rel_tolerance", 0.1, "relative change of a metric vs the baseline that counts as a regression"),
         Threshold("step_overshoot_margin", 0.25, "inner step overshoot: with the best step multiplier <= 0.5, the share of its gain the full step (m = 1) may give away"),
         Threshold("step_timid_gain_fraction", 0.35, "inner step far too timid: with the best multiplier at the grid's top (4), the full step must buy at least this share of its gain (1/4 = no curvature)"),

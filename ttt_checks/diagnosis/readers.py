@@ -14,13 +14,13 @@ from ttt_checks.verdict import Status, finite_or_none, status_of
 
 # Config keys per adapter family (metrics["adapter"]); a family not listed gets the generic names.
 CONFIG_KEYS: dict[str, dict[str, str]] = {
-    "moshi": {"base_lr": "ttt.base_lr", "gate_init": "ttt.initial_gating_alpha", "persistent": "ttt.persistent_states",
+    "moshi": {"base_weights": "--moshi-weight (the base Moshi weights the run was fine-tuned from)", "base_lr": "ttt.base_lr", "gate_init": "ttt.initial_gating_alpha", "persistent": "ttt.persistent_states",
               "causal": "the TTT layer's mini-batch mask (make it causal: a lower-triangular eta)",
               "mini_batch": "ttt.mini_batch_size", "outer_lr": "optim.lr"},
-    "reference": {"base_lr": "decoder.ttt.base_lr", "gate_init": "decoder.alpha_init", "persistent": "decoder.ttt_reset_each_call",
+    "reference": {"base_weights": "base (config.json: the base checkpoint folder)", "base_lr": "decoder.ttt.base_lr", "gate_init": "decoder.alpha_init", "persistent": "decoder.ttt_reset_each_call",
                   "causal": "decoder.ttt.causal", "mini_batch": "decoder.ttt.mini_batch_size", "outer_lr": "recipe.lr"},
 }
-GENERIC_KEYS = {"base_lr": "ttt.base_lr", "gate_init": "the gate's initial alpha", "persistent": "the TTT state carry flag",
+GENERIC_KEYS = {"base_weights": "the base model weights", "base_lr": "ttt.base_lr", "gate_init": "the gate's initial alpha", "persistent": "the TTT state carry flag",
                 "causal": "the TTT mini-batch mask (causal)", "mini_batch": "ttt.mini_batch_size", "outer_lr": "the outer learning rate"}
 
 
@@ -106,20 +106,43 @@ def _sweep_rows(metrics: Metrics) -> list[Mapping[str, Any]]:
     return [r for r in metrics.get("sweep") or [] if isinstance(r, Mapping)]
 
 
-def _recommended_lr(metrics: Metrics, layers: Sequence[str], direction: str) -> tuple[float | None, str]:
-    """(value, why) for ttt base_lr: the step-size probe's recommendation when it measured one,
-    else None (the caller says what to try and that it is not measured)."""
+def _recommended_lr(metrics: Metrics, layers: Sequence[str], direction: str) -> tuple[float | None, str, str]:
+    """(value, why, bound) for ttt base_lr: the step-size probe's recommendation when it measured one
+    that goes the way the caller's advice goes ("down": below the current base_lr, "up": above,
+    "any"), else None (the caller says what to try and that it is not measured). Advice to lower
+    base_lr never carries a larger value. When the best multiplier is the grid's edge the optimum
+    is not bracketed: ``bound`` is "at most" or "at least" (else "") and ``why`` says how far the
+    measurement reaches."""
     probe = _step_probe(metrics)
     values = []
     for layer in layers or list(probe):
-        rec = finite_or_none((probe.get(layer) or {}).get("recommended_base_lr"))
-        if rec is not None:
-            values.append((layer, rec, finite_or_none((probe.get(layer) or {}).get("best_multiplier"))))
+        p = probe.get(layer) or {}
+        rec, mult = finite_or_none(p.get("recommended_base_lr")), finite_or_none(p.get("best_multiplier"))
+        if rec is None or mult is None:
+            continue
+        if (direction == "down" and not mult < 1.0) or (direction == "up" and not mult > 1.0):
+            continue
+        grid = [g for g in (finite_or_none(x) for x in p.get("multipliers") or []) if g is not None]
+        bracketed = p.get("bracketed")
+        if bracketed is None and grid:  # runs written before the probe said so
+            bracketed = min(grid) < mult < max(grid)
+        values.append((layer, rec, mult, bracketed is not False, grid))
     if not values:
-        return None, ""
-    layer, rec, mult = min(values, key=lambda x: x[1]) if direction == "down" else max(values, key=lambda x: x[1])
-    shown = f" (best multiplier {mult:g} of the current step)" if mult is not None else ""
-    return rec, f"the inner step-size probe measured the loss minimum along the step in {layer}{shown}"
+        return None, "", ""
+    layer, rec, mult, bracketed, grid = min(values, key=lambda x: x[1]) if direction == "down" else max(values, key=lambda x: x[1])
+    why = f"the inner step-size probe measured the loss minimum along the step in {layer} (best multiplier {mult:g} of the current step)"
+    if bracketed:
+        return rec, why, ""
+    smaller = mult <= min(grid, default=mult)
+    bound = "at most" if smaller else "at least"
+    why += (f"; not bracketed: {'smaller' if smaller else 'larger'} steps still help up to the grid's edge (x{mult:g}), "
+            f"so the best base_lr is {bound} {rec:.3g}, beyond what was measured")
+    return rec, why, bound
+
+
+def _to_value(rec: float | None, bound: str) -> str:
+    """' to 0.25' or ' to at most 0.25' for a fix text; '' without a value."""
+    return "" if rec is None else f" to {bound + ' ' if bound else ''}{rec:.3g}"
 
 
 def _base_lr(metrics: Metrics, layers: Sequence[str]) -> float | None:

@@ -10,6 +10,24 @@ from ttt_checks.diagnosis.readers import _cannot_measure, _dead, _details, _evid
 from ttt_checks.verdict import finite_or_none, fmt, name_list
 
 
+@rule("checkpoint_not_loaded", 0, "the checkpoint does not load: the loader refused its files, so nothing was measured",
+      "verdict checkpoint_load (details.stage == load, details.error_type, details.load_error: the loader's message)",
+      "checkpoint_load fails because the loader raised (not because the run was interrupted)",
+      reads=("checkpoint_load",))
+def rule_checkpoint_not_loaded(m: Metrics) -> Finding | None:
+    bad = [v for v in failing(m, "checkpoint_load") if _details(v).get("stage") == "load"]
+    if not bad:
+        return None
+    d = _details(bad[0])
+    reason = str(d.get("load_error") or bad[0].get("explanation", ""))
+    return Finding("Checkpoint does not load", f"{d.get('error_type', 'error')}: {reason}",
+                   f"the checkpoint does not load: {reason}",
+                   "fix what the loader names (the file, key or setting in its message), then rerun; no check could measure "
+                   "anything until the checkpoint loads",
+                   confidence=HIGH, confidence_why="the loader raised on these files; no measurement is involved",
+                   evidence=_evidence(m, ["checkpoint_load"]))
+
+
 @rule("nonfinite_weights", 1, "non-finite (NaN/Inf) weights in the checkpoint",
       "verdict checkpoint_finite (details.nonfinite: tensor names); figure5_finite per layer",
       "checkpoint_finite fails",
@@ -32,6 +50,19 @@ def rule_nonfinite_weights(m: Metrics) -> Finding | None:
     if f5_layers:
         symptom += f"; the inner-loop losses are non-finite from layer {f5_layers[0]} on ({', '.join(f5_layers)})"
     keys = _keys(m)
+    in_base = [str(t) for v in bad for t in _details(v).get("nonfinite_base") or []]
+    in_ttt = [str(t) for v in bad for t in _details(v).get("nonfinite_ttt") or []]
+    if in_base and not in_ttt:
+        return Finding("Non-finite weights in the base model", symptom + "; every TTT tensor is finite",
+                       "the base model's weights are broken, not the TTT fine-tune: the TTT recipe trains only the TTT "
+                       "tensors, so a frozen base cannot diverge in it; the base file was damaged, replaced or saved from a "
+                       "diverged run (if the base was trained too, its own training diverged)",
+                       f"restore the base weights the checkpoint was built on ({keys['base_weights']}) and rerun; "
+                       "nothing about the TTT recipe needs to change",
+                       config_key=keys["base_weights"], confidence=HIGH,
+                       confidence_why="NaN/Inf counted in the saved tensors, all of them base tensors (names against "
+                                      "the TTT keys the config implies)",
+                       evidence=_evidence(m, ["checkpoint_finite"]), layers=f5_layers)
     return Finding("Non-finite weights", symptom,
                    "the training diverged before this checkpoint was saved (typically an inner lr too high, an exploding "
                    "outer gradient, or a bf16 overflow); every later measurement of this checkpoint is meaningless",
@@ -145,9 +176,12 @@ def rule_noncausal_read_ahead(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["streaming_consistency", "talk_collapse"]))
 
 
-@rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its initial value)",
-      "verdict dead_parameters (details.unchanged + unused == compared, or compared - 1)",
-      "dead_parameters fails and at most one compared TTT tensor moved from its init",
+@rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its "
+      "initial value; or saved from a fresh initialisation with another seed)",
+      "verdict dead_parameters (details.unchanged + unused == compared, or compared - 1; details.constant_init, "
+      "constant_init_unchanged, fresh_draw_like: the init signature)",
+      "dead_parameters fails and at most one compared TTT tensor moved from its init, or every deterministically initialised "
+      "TTT tensor (at least two) is exactly at its init while every one that moved has the spread of a fresh draw of its init",
       overrides=("dead_code_path", "inner_state_untrained", "dead_parameters_partial", "gate_never_moved", "ttt_hurts", "ttt_does_nothing",
                  "context_not_used", "inner_lr_too_high", "inner_lr_too_low", "inner_step_size_off"),
       reads=("dead_parameters", "ttt_helps", "gate_stats", "figure5_adaptation", "figure5_ordering", "figure5_improvement"))
@@ -163,7 +197,14 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     # output projection or gate held out of the optimiser) blocks every path; the branch is as untrained.
     all_but_one = (not all_dead and compared is not None and compared >= 3
                    and len(unchanged) + len(unused) == compared - 1)
-    if not (all_dead or all_but_one):
+    d = _details(v)
+    constant = [str(x) for x in d.get("constant_init") or []]
+    constant_kept = set(map(str, d.get("constant_init_unchanged") or []))
+    fresh = set(map(str, d.get("fresh_draw_like") or []))
+    moved_random = [str(n) for n in (d.get("std_ratio_to_init") or {})]
+    fresh_init = (not all_dead and not all_but_one and len(constant) >= 2 and set(constant) <= constant_kept
+                  and bool(moved_random) and set(moved_random) <= fresh and not zeroed)
+    if not (all_dead or all_but_one or fresh_init):
         return None
     helps = verdicts_of(m, "ttt_helps")
     extra = ""
@@ -174,6 +215,21 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
     gate = [g for g in gate if g is not None]
     if gate:
         extra += f"; the gate lets {max(gate):.1%} of the random TTT output through"
+    if fresh_init:
+        ratios = [finite_or_none(r) for r in (d.get("std_ratio_to_init") or {}).values()]
+        spread = ", ".join(f"{r:.3f}" for r in sorted(r for r in ratios if r is not None)[:1] + sorted(r for r in ratios if r is not None)[-1:])
+        return Finding("TTT never trained (saved from a fresh initialisation)",
+                       f"all {len(constant)} deterministically initialised TTT tensors are exactly at their init "
+                       f"({name_list(constant, 4)}), and the {len(moved_random)} random ones that differ from the stated init "
+                       f"have its spread (std / init std {spread}) as a new draw would{extra}",
+                       "the TTT weights were never trained: training moves every bias and norm weight from its "
+                       "initial value, and these are all still there; the random tensors differ only because they were "
+                       "drawn with another seed (a fresh model saved instead of the trained one, or the wrong file)",
+                       "save the trained TTT weights (check the checkpoint is written after the optimiser steps, from the "
+                       "trained model), or point the gate at a trained checkpoint",
+                       confidence=HIGH, confidence_why="deterministic inits compared bit for bit; random ones by their spread "
+                                                       "against the sampling noise of a fresh draw",
+                       evidence=_evidence(m, ["dead_parameters", "ttt_helps"]))
     if all_but_one and zeroed:
         return Finding("TTT never trained (no gradient reached it)",
                        f"{compared - 1} of {compared} compared TTT tensors are exactly at their initial values, every one "
@@ -249,7 +305,7 @@ def rule_dead_code_path(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["dead_parameters"]))
 
 
-@rule("dead_parameters_partial", 24, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
+@rule("dead_parameters_partial", 25, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
       "verdict dead_parameters (details.unchanged, details.zeroed)", "dead_parameters fails with used tensors unchanged or zeroed",
       reads=("dead_parameters",))
 def rule_dead_parameters_partial(m: Metrics) -> Finding | None:

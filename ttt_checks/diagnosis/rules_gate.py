@@ -11,13 +11,14 @@ from ttt_checks.diagnosis.readers import (
     _gate_verdicts,
     _keys,
     _recommended_lr,
+    _to_value,
     _sweep_scenario,
     failing,
 )
 from ttt_checks.verdict import finite_or_none, fmt, name_list
 
 
-@rule("gate_collapsed", 12, "the gate fell from its initial value: the outer loop switched TTT off",
+@rule("gate_collapsed", 13, "the gate fell from its initial value: the outer loop switched TTT off",
       "verdict gate_stats (mean |tanh|, fraction_of_init, fraction_sign_flipped); figure5; ttt_helps; sweep",
       "gate_stats fails and the gate is not exactly at its init",
       overrides=("sweep_scenario_b", "ttt_does_nothing"),
@@ -75,11 +76,11 @@ def rule_gate_collapsed(m: Metrics) -> Finding | None:
     if sweep_b:
         reasons.append("the sweep shows scenario B (gate 0 and the top gate talk): the TTT features are useful, the gate ignores them")
     keys = _keys(m)
-    rec, _ = _recommended_lr(m, over, "down") if over else (None, "")
+    rec, _, bound = _recommended_lr(m, over, "down") if over else (None, "", "")
     fix = "use an earlier checkpoint, from before the gates fell (`ttt-checks trend` names it); regularise the gate (a floor or a "\
           "penalty on alpha falling, or a smaller alpha learning rate)"
     if over:
-        fix += f"; and fix what made TTT harmful: lower {keys['base_lr']}" + (f" to {rec:.3g}" if rec is not None else "")
+        fix += f"; and fix what made TTT harmful: lower {keys['base_lr']}" + _to_value(rec, bound)
     confidence = HIGH if known_init == len(bad) and (reasons or flipped) else MEDIUM if known_init == len(bad) or flipped else LOW
     why = ("fall measured against the initial alpha" if known_init == len(bad) else
            "the initial alpha is unknown: judged by the absolute floor only") + (
@@ -92,7 +93,7 @@ def rule_gate_collapsed(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["gate_stats", "ttt_helps", "figure5_ordering", "talk_learned"], over), layers=layers)
 
 
-@rule("gate_never_moved", 17, "the gate was never trained (exactly at its initial value)",
+@rule("gate_never_moved", 18, "the gate was never trained (exactly at its initial value)",
       "verdict gate_stats (details.untrained)", "gate_stats fails with the gate exactly at its init",
       reads=("gate_stats",))
 def rule_gate_never_moved(m: Metrics) -> Finding | None:

@@ -19,6 +19,7 @@ from ttt_checks.diagnosis.readers import (
     _keys,
     _layer_key,
     _recommended_lr,
+    _to_value,
     _step_probe,
     _th,
     failing,
@@ -38,12 +39,12 @@ def rule_inner_loss_nonfinite(m: Metrics) -> Finding | None:
     layers = sorted({str(v.get("layer")) for v in bad if v.get("layer")}, key=_layer_key)
     counts = {name: s.get("nonfinite") for name, s in _figure5(m).items() if name in layers}
     keys = _keys(m)
-    rec, why = _recommended_lr(m, layers, "down")
+    rec, why, bound = _recommended_lr(m, layers, "down")
     return Finding("Inner loop diverges (NaN/Inf inner losses)",
                    f"non-finite Figure-5 losses from layer {layers[0] if layers else '?'} on "
                    f"({', '.join(f'{k}: {fmt(c)} values' for k, c in counts.items()) or ', '.join(layers)}) while the weights are finite",
                    "the inner update overflows: the inner lr is far too high or the inner inputs are not normalised",
-                   f"lower {keys['base_lr']}" + (f" to {rec:.3g}" if rec is not None else " (a decade at a time)"),
+                   f"lower {keys['base_lr']}" + (_to_value(rec, bound) if rec is not None else " (a decade at a time)"),
                    config_key=keys["base_lr"], value=rec,
                    confidence=HIGH if rec is not None else MEDIUM,
                    confidence_why=(why if rec is not None else "NaN counted in the inner losses; no step-size probe to size the fix"),
@@ -62,14 +63,14 @@ def rule_inner_loss_exploding(m: Metrics) -> Finding | None:
         return None
     f5 = _figure5(m)
     keys = _keys(m)
-    rec, why = _recommended_lr(m, layers, "down")
+    rec, why, bound = _recommended_lr(m, layers, "down")
     base = _base_lr(m, layers)
     value = rec if rec is not None else (base / 10 if base else None)
     return Finding("Huge inner losses (numerical instability)",
                    ", ".join(f"{l}: smoothed loss reaches {fmt(f5[l].get('max_smoothed_loss'))}" for l in layers)
                    + f" > ceiling {ceiling:g}",
                    "the inner step is numerically unstable: the inner learning rate is too high",
-                   f"lower {keys['base_lr']}" + (f" from {base:g}" if base else "") + (f" to {value:.3g}" if value else ""),
+                   f"lower {keys['base_lr']}" + (f" from {base:g}" if base else "") + _to_value(value, bound if rec is not None else ""),
                    config_key=keys["base_lr"], value=value,
                    confidence=HIGH if rec is not None else MEDIUM,
                    confidence_why=why if rec is not None else
@@ -121,7 +122,7 @@ def rule_inner_loss_off_scale(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_bounded", *(["dead_parameters"] if zeroed else [])], layers), layers=layers)
 
 
-@rule("inner_lr_too_high", 13, "degenerate inner learning: one inner step makes the loss worse (inner lr far too high)",
+@rule("inner_lr_too_high", 14, "degenerate inner learning: one inner step makes the loss worse (inner lr far too high)",
       "figure5 per layer (mean lafter vs lprev, improvement_abs, frac_lprev_gt_lafter); inner_step_size (best_multiplier <= 0.5)",
       "lafter > lprev on average in a layer, or the step-size probe's best multiplier is <= 0.5",
       overrides=("inner_lr_too_low", "context_not_used", "inner_step_size_off", "ttt_hurts", "ttt_does_nothing"),
@@ -149,7 +150,7 @@ def rule_inner_lr_too_high(m: Metrics) -> Finding | None:
             text += f" step-size probe best multiplier {fmt(probe[l].get('best_multiplier'))}"
         parts.append(text)
     keys = _keys(m)
-    rec, why = _recommended_lr(m, layers, "down")
+    rec, why, bound = _recommended_lr(m, layers, "down")
     base = _base_lr(m, layers)
     value = rec if rec is not None else (base / 10 if base else None)
     both = bool(set(over) & set(probe_high))
@@ -161,7 +162,7 @@ def rule_inner_lr_too_high(m: Metrics) -> Finding | None:
     return Finding("Inner learning rate far too high (degenerate inner learning)", "; ".join(parts),
                    "one inner step overshoots the minimum along its own direction, so the inner model gets worse the more "
                    "it learns" + (f"; consequences: {', '.join(consequences)}" if consequences else ""),
-                   f"lower {keys['base_lr']}" + (f" from {base:g}" if base else "") + (f" to {value:.3g}" if value else ""),
+                   f"lower {keys['base_lr']}" + (f" from {base:g}" if base else "") + _to_value(value, bound if rec is not None else ""),
                    config_key=keys["base_lr"], value=value,
                    confidence=HIGH if both or rec is not None else MEDIUM,
                    confidence_why=(f"Figure 5 and the step-size probe agree; {why}" if both else why if rec is not None else
@@ -169,7 +170,7 @@ def rule_inner_lr_too_high(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_ordering", "figure5_improvement", "inner_step_size"], layers), layers=layers)
 
 
-@rule("inner_lr_too_low", 14, "no inner learning: gradients do not flow or the inner lr is ~0",
+@rule("inner_lr_too_low", 15, "no inner learning: gradients do not flow or the inner lr is ~0",
       "figure5 per layer (improvement_abs < improvement_min_abs, curves overlapping); inner_step_size (best_multiplier >= 4)",
       "one inner step improves the loss by less than improvement_min_abs (default 0.001) without making it worse",
       overrides=("context_not_used", "inner_step_size_off", "ttt_does_nothing"),
@@ -207,7 +208,7 @@ def rule_inner_lr_too_low(m: Metrics) -> Finding | None:
             text += f", step-size probe best multiplier {fmt(probe[l].get('best_multiplier'))}"
         parts.append(text)
     keys = _keys(m)
-    rec, why = _recommended_lr(m, layers, "up")
+    rec, why, bound = _recommended_lr(m, layers, "up")
     base = _base_lr(m, layers)
     near_zero = base is not None and base < 1e-3
     value = rec if rec is not None else None
@@ -216,9 +217,7 @@ def rule_inner_lr_too_low(m: Metrics) -> Finding | None:
                    "the inner learning rate is ~0" if near_zero else
                    "gradients do not reach the inner weights or the inner learning rate is ~0",
                    f"raise {keys['base_lr']}" + (f" from {base:g}" if base is not None else "")
-                   + ((f" to at least {value:.3g} (the probe's best is its largest multiplier: the optimum may lie further)"
-                       if any((finite_or_none((probe.get(l) or {}).get("best_multiplier")) or 0) >= 4 for l in layers) else f" to {value:.3g}")
-                      if value else "")
+                   + _to_value(value, bound)
                    + ("" if value or near_zero else "; check the inner gradient is computed (not detached)"),
                    config_key=keys["base_lr"], value=value,
                    confidence=HIGH if rec is not None or near_zero else MEDIUM,
@@ -232,7 +231,7 @@ def failing_layers(m: Metrics, check: str) -> set[str]:
     return {str(v.get("layer")) for v in failing(m, check) if v.get("layer")}
 
 
-@rule("context_not_used", 15, "TTT cannot use the context: architecture or feature mismatch",
+@rule("context_not_used", 16, "TTT cannot use the context: architecture or feature mismatch",
       "figure5 per layer (benefit_first_quarter / benefit_last_quarter / benefit_growth: mean log(l0/lprev); frac_l0_gt_lprev); "
       "verdicts figure5_adaptation, figure5_ordering",
       "in a layer failing figure5_adaptation or figure5_ordering: what the carried state buys, mean log(l0/lprev), does not grow "
@@ -279,7 +278,7 @@ def rule_context_not_used(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_adaptation", "figure5_ordering"], layers), layers=layers)
 
 
-@rule("inner_step_size_off", 16, "the inner step size is off the minimum along its own direction",
+@rule("inner_step_size_off", 17, "the inner step size is off the minimum along its own direction",
       "metrics.inner_step_size per layer (best_multiplier, base_lr, recommended_base_lr); verdict inner_step_size",
       "inner_step_size fails and no Figure-5 rule above explains it", reads=("inner_step_size",))
 def rule_inner_step_size_off(m: Metrics) -> Finding | None:
@@ -294,10 +293,10 @@ def rule_inner_step_size_off(m: Metrics) -> Finding | None:
         parts.append(f"{v.get('layer') or 'model'}: best multiplier {fmt(p.get('best_multiplier'))} of base_lr "
                      f"{fmt(p.get('base_lr'))}")
     keys = _keys(m)
-    rec, why = _recommended_lr(m, layers, "down")
+    rec, why, bound = _recommended_lr(m, layers, "any")
     return Finding("Inner step size off its optimum", "; ".join(parts),
                    "the loss along the applied inner step is lowest at another multiple of the step",
-                   f"set {keys['base_lr']}" + (f" to {rec:.3g}" if rec is not None else " to base_lr x best multiplier"),
+                   f"set {keys['base_lr']}" + (_to_value(rec, bound) if rec is not None else " to base_lr x best multiplier"),
                    config_key=keys["base_lr"], value=rec, confidence=MEDIUM,
                    confidence_why=why or "measured by the step-size probe; Figure 5 itself is within bounds",
                    evidence=_evidence(m, ["inner_step_size"], layers), layers=layers)

@@ -1,11 +1,11 @@
-"""Rules about the outer loss: TTT hurts the model, or does nothing for it."""
+"""Rules about the outer loss: trained on another objective, TTT hurts the model, or does nothing for it."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from ttt_checks.diagnosis.finding import HIGH, LOW, MEDIUM, Finding, Metrics, rule
-from ttt_checks.diagnosis.readers import _cannot_measure, _details, _evidence, _keys, failing, verdicts_of
+from ttt_checks.diagnosis.readers import _cannot_measure, _details, _evidence, _keys, _th, failing, verdicts_of
 from ttt_checks.verdict import finite_or_none, fmt
 
 
@@ -30,7 +30,7 @@ def _outer_symptom(m: Metrics, v: Mapping[str, Any]) -> str:
     return f"outer loss {a:.4f} at the learned gate vs {b:.4f} at gate 0 ({(a - b) / abs(b):+.2%})" if b else f"outer loss {a} vs {b}"
 
 
-@rule("ttt_hurts", 18, "TTT makes the outer loss worse than the model without it",
+@rule("ttt_hurts", 19, "TTT makes the outer loss worse than the model without it",
       "verdict ttt_helps (details.verdict == hurts; relative_decrease); outer_loss learned / gate0",
       "ttt_helps fails as 'hurts' (or fails with a loss increase, older runs)", reads=("ttt_helps",))
 def rule_ttt_hurts(m: Metrics) -> Finding | None:
@@ -72,7 +72,7 @@ def rule_ttt_hurts(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["ttt_helps"]))
 
 
-@rule("ttt_does_nothing", 19, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
+@rule("ttt_does_nothing", 20, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
       "verdict ttt_helps (details.verdict == does_nothing; constant_output_layers); outer_loss",
       "ttt_helps fails as 'does nothing' or 'ignores its input'",
       reads=("ttt_helps",))
@@ -96,4 +96,40 @@ def rule_ttt_does_nothing(m: Metrics) -> Finding | None:
                    "matter, or no benefit was learned",
                    "read the gate and Figure-5 findings; train longer or on data whose context matters",
                    confidence=LOW, confidence_why="the outer loss is measured; a cause is not",
+                   evidence=_evidence(m, ["ttt_helps"]))
+
+
+@rule("objective_mismatch", 12, "the weights were trained on another objective or other data than the one evaluated: the loss the "
+      "checkpoint's own training record states is far below the one measured",
+      "metrics.training_record (train_loss, source) vs outer_loss.learned; threshold record_max_loss_ratio; verdicts ttt_helps, "
+      "gate_stats, talk_*",
+      "a check of the outer loss, the gate or the sweep fails and the learned-gate outer loss exceeds the recorded train loss "
+      "by more than record_max_loss_ratio",
+      overrides=("gate_collapsed", "ttt_hurts", "ttt_does_nothing", "sweep_scenario_a", "sweep_scenario_b", "generation_collapse"),
+      reads=("ttt_helps", "gate_stats", "talk_learned", "talk_collapse"))
+def rule_objective_mismatch(m: Metrics) -> Finding | None:
+    record = m.get("training_record") or {}
+    recorded = finite_or_none(record.get("train_loss"))
+    measured_loss = finite_or_none((m.get("outer_loss") or {}).get("learned"))
+    if recorded is None or measured_loss is None or recorded <= 0:
+        return None
+    limit = _th(m, "record_max_loss_ratio", 3.0)
+    ratio = measured_loss / recorded
+    failing_checks = [c for c in ("ttt_helps", "gate_stats", "talk_learned", "talk_collapse") if failing(m, c)]
+    if ratio <= limit or not failing_checks:
+        return None
+    gate0 = finite_or_none((m.get("outer_loss") or {}).get("gate0"))
+    symptom = (f"teacher-forced outer loss {measured_loss:.4g} at the learned gate" + (f" ({gate0:.4g} at gate 0)" if gate0 else "")
+               + f" vs {recorded:.4g} in the checkpoint's training record ({record.get('source', 'training record')}): "
+               f"{ratio:.1f}x, above {limit:g}x; failing: {', '.join(failing_checks)}")
+    return Finding("Trained on another objective or other data", symptom,
+                   "the checkpoint learned what its training measured, and that is not what is evaluated here: a train loss "
+                   "this far below the evaluated one means another objective (e.g. labels not shifted, predicting the "
+                   "current token) or other data, so the gate and the outer loss are judged against a task the weights "
+                   "never learned",
+                   "check the training objective and data against the evaluation (label shift, input/target pairing, the "
+                   "dataset and its preprocessing), then retrain; do not tune the gate or the learning rates first",
+                   confidence=HIGH if ratio > 2 * limit else MEDIUM,
+                   confidence_why="two losses of the same model on the same kind of tokens, one recorded by its training, "
+                                  "one measured here",
                    evidence=_evidence(m, ["ttt_helps"]))

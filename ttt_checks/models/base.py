@@ -231,6 +231,13 @@ class Adapter(abc.ABC):
         ``dead_parameters`` does not count them as a training fault; empty by default."""
         return []
 
+    def training_record(self) -> dict[str, Any] | None:
+        """What the checkpoint says its training measured: ``{"train_loss": ..., "val_loss": ...
+        (or None), "source": where it was read}``, in the units of :meth:`teacher_forced`'s outer
+        loss, or None where the checkpoint keeps no such record. A measured outer loss far above the
+        recorded one means the weights were trained on another objective or other data."""
+        return None
+
     def model_checks(self, inputs: Any) -> list[Verdict]:
         """Verdicts only this model family can give (Moshi: gate 0 reproduces the vanilla model,
         state carried frame by frame, ...), reported under ``model_specific``; none by default."""

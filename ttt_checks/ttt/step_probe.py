@@ -162,6 +162,15 @@ class StepSizeRecord:
         return self.base_lr * self.best_multiplier
 
     @property
+    def bracketed(self) -> bool:
+        """The best multiplier lies inside the grid, so the loss rises on both sides of it and the
+        recommended base_lr is the optimum along the step. At the grid's smallest or largest
+        multiplier it is only a bound: the optimum may lie beyond, and a recommendation that
+        scales with the grid (4 x base_lr whenever larger steps still help) measures the grid,
+        not the layer."""
+        return min(self.multipliers) < self.best_multiplier < max(self.multipliers)
+
+    @property
     def lost_fraction(self) -> float:
         """(loss at m = 1 - best loss) / (loss at m = 0 - best loss): the share of the gain the best
         step on the grid achieves that the step actually taken gives away (0 when m = 1 is best;
@@ -220,7 +229,8 @@ class StepSizeRecord:
         """The metrics.json entry of one layer."""
         return {"multipliers": list(self.multipliers), "losses": list(self.losses), "loss_start": self.loss_start,
                 "best_multiplier": self.best_multiplier, "base_lr": self.base_lr,
-                "recommended_base_lr": self.recommended_base_lr, "lost_fraction": self.lost_fraction,
+                "recommended_base_lr": self.recommended_base_lr, "bracketed": self.bracketed,
+                "lost_fraction": self.lost_fraction,
                 "gain_ratio_1_to_best": self.gain_ratio_1_to_best, "count": self.count, "nonfinite": self.nonfinite}
 
 

@@ -179,6 +179,16 @@ class ReferenceAdapter(Adapter):
     def checkpoint_notes(self) -> list[str]:
         return list(self.loaded.notes)
 
+    def training_record(self) -> dict[str, Any] | None:
+        """config.json's ``training`` block (the zoo's fine-tune writes it: running train loss, held-out
+        val loss), in nats per token like the outer loss measured here."""
+        record = self.loaded.config.get("training")
+        if not isinstance(record, dict) or not isinstance(record.get("train_loss"), (int, float)):
+            return None
+        val = record.get("val_loss")
+        return {"train_loss": float(record["train_loss"]), "val_loss": float(val) if isinstance(val, (int, float)) else None,
+                "source": "config.json training"}
+
     def recipe_fields(self) -> list[RecipeField]:
         """config.json's decoder (what the loader builds) vs its ``recipe`` (what it was trained
         with: ``layers``, ``alpha_init`` and TTTConfig overrides of ``default_ttt_config``). Keys
