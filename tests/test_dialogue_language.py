@@ -115,3 +115,26 @@ def test_fact_sessions_stream_is_the_sessions_encoded_back_to_back(corpus):
     sessions = corpus.language("val").sessions(5, "val", 0)
     assert stream.tolist() == [i for s in sessions for i in tok.encode_dialogue(s.pairs)]
     assert corpus.tokens("val", tok, seed=0, data="fact-sessions")[: stream.numel()].tolist() == stream.tolist()
+
+
+def test_zoo_candidate_on_fact_sessions_builds_on_its_own_base_and_measures_on_validation_sessions(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from ttt_checks.models.reference import zoo
+    from ttt_checks.models.reference.adapter import ReferenceAdapter
+    from ttt_checks.models.reference.checkpoint import read_config
+
+    recipe, config = zoo.BASES[zoo.RECALL_BASE_NAME]
+    monkeypatch.setitem(zoo.BASES, zoo.RECALL_BASE_NAME, (replace(recipe, steps=2, batch=2), config))
+    monkeypatch.setattr(zoo, "HEALTHY_RECALL", replace(zoo.HEALTHY_RECALL, steps=2, batch=2))
+    zoo.build_zoo(tmp_path, log=None, measure_entries=False, threads=1, only=["healthy-recall"])
+    assert not (tmp_path / zoo.BASE_NAME).exists()  # the chatterbot base is not needed
+    cfg = read_config(tmp_path / "healthy-recall")
+    assert cfg["corpus_data"] == "fact-sessions" and cfg["base"] == f"../{zoo.RECALL_BASE_NAME}"
+    assert read_config(tmp_path / zoo.RECALL_BASE_NAME)["decoder"]["attention_window"] == zoo.RECALL_WINDOW
+    adapter = ReferenceAdapter(tmp_path / "healthy-recall")
+    rows = adapter.default_teacher_forced_inputs(length=64, rows=2)
+    expected = DialogueCorpus.load(seed=0).tokens("val", ByteTokenizer(), seed=0, data="fact-sessions")[:130]
+    assert rows.flatten()[:65].tolist() == expected[:65].tolist()
+    with pytest.raises(KeyError, match="candidates"):
+        zoo.build_zoo(tmp_path, log=None, only=["no-such-entry"])

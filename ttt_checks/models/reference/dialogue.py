@@ -4,17 +4,20 @@ A stream is a run of **sessions**, each a few ``<user> u <reply> r <eot>`` pairs
 English, drawn from a seeded ``random.Random``:
 
 1. an optional greeting;
-2. 2-4 **facts** the user states about themselves, each of its own kind (``FACT_KINDS``: a name,
+2. 3-6 **facts** the user states about themselves, each of its own kind (``FACT_KINDS``: a name,
    a best friend, a home town, a pet and what it is called, an age, a lucky number, a favourite
    colour, where they keep a thing, something they like), with the bot's acknowledgement (which
    may repeat the value);
-3. **small talk** until at least ``min_gap`` tokens separate the last mention of any fact from
-   what follows: pairs of the chatterbot-corpus split (natural sentences) and templated chat
-   over the vocabulary (a word said and repeated within the pair, so the base learns to copy
-   inside its attention window);
-4. **recall**: every fact recalled once, in a shuffled order: asked back ("what is my name?" ->
-   "your name is Tobera."), possibly with more small talk between, or (half the sessions that
-   state a name or a home town) used in the goodbye instead ("goodbye, Tobera!").
+3. **recall**: every fact recalled once, asked back ("what is my name?" -> "your name is
+   Tobera.") as soon as at least ``min_gap`` tokens have passed since it was stated (at most
+   ``OPEN_FACTS`` wait at a time), or, in half the sessions that state a name or a home town,
+   used in the goodbye instead ("goodbye, Tobera!");
+4. between them, **small talk**: pairs of the chatterbot-corpus split (natural sentences, 30%)
+   and templated chat over the vocabulary (a word said and repeated within the pair, so the base
+   learns to copy inside its attention window).
+
+Statements, questions and small talk interleave, so a recall comes soon after it is due and a
+256-token training window usually holds both ends of it.
 
 The values are random per session: names and towns are made of 2-3 random syllables (tens of
 thousands of each), liked things and hiding places are words of the vocabulary (the distinct
@@ -39,10 +42,13 @@ from typing import Callable, Iterable, Sequence
 
 Pair = tuple[str, str]
 
-SESSION_FACTS = (2, 4)  # facts per session, inclusive
+SESSION_FACTS = (3, 6)  # facts per session, inclusive
 DEFAULT_MIN_GAP = 64  # tokens between a fact's last mention and its recall (2 windows of 32)
-SMALL_TALK_MAX_BYTES = 90  # chatterbot pairs longer than this (user + reply) are not used as small talk
+SMALL_TALK_MAX_BYTES = 70  # chatterbot pairs longer than this (user + reply) are not used as small talk
 COMMON_WORDS_LEFT_OUT = 150  # the most frequent vocabulary words are never fact values ("the", "you", ...)
+OPEN_FACTS = 3  # facts stated and not yet recalled, at most
+CHATTERBOT_SHARE = 0.3  # of the small-talk pairs (the rest is templated chat): held-out chatterbot text is the
+# costliest to predict, and nothing in it can be recalled
 MIN_VOCABULARY = 1000  # a language over fewer words is too easy to memorise (measured: chatterbot gives ~2,600)
 
 _SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou") + ("an", "el", "or", "is", "um")
@@ -54,8 +60,8 @@ THINGS = ("keys", "books", "glasses", "gloves", "letters", "coins", "shoes", "pa
 
 
 def generated_name(rng: random.Random) -> str:
-    """A capitalised name of 2-3 random syllables ("Tobera", "Kisum")."""
-    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    """A capitalised name of 2-4 random syllables ("Tobera", "Kisumavo")."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))).capitalize()
 
 
 def generated_town(rng: random.Random) -> str:
@@ -114,7 +120,7 @@ FACT_KINDS: tuple[FactKind, ...] = (
              ack=("{v} is a good age.", "you are still young."),
              ask=("how old am i?", "do you remember my age?"),
              answer=("you are {v} years old.", "you turned {v} this year.")),
-    FactKind("number", lambda r, w: str(r.randint(10, 9999)),
+    FactKind("number", lambda r, w: str(r.randint(100, 999999)),
              intro=("my lucky number is {v}.", "my favourite number is {v}."),
              ack=("{v} is a fine number.", "i will remember that."),
              ask=("what is my lucky number?", "which number do i like?"),
@@ -231,7 +237,7 @@ class DialogueLanguage:
     def _small_talk(self, rng: random.Random, avoid: set[str]) -> Pair:
         """A chatterbot pair or a templated chat pair; never one that holds a fact value of the session."""
         while True:
-            if rng.random() < 0.5:
+            if rng.random() < CHATTERBOT_SHARE:
                 user, reply = rng.choice(self.small_talk)
             else:
                 user, reply = rng.choice(_CHAT)
@@ -257,30 +263,48 @@ class DialogueLanguage:
         avoid = set(used)
         if rng.random() < 0.5:
             pairs.append(rng.choice(GREETINGS))
-        for kind, value, detail, k in facts:
-            ack = rng.choice(kind.ack)
-            pairs.append((kind.intro[k].format(v=value, x=detail), ack.format(v=value, x=detail)))
-            mentions.append(Mention(kind.name, value, len(pairs) - 1, "intro"))
-            if "{v}" in ack:
-                mentions.append(Mention(kind.name, value, len(pairs) - 1, "ack"))
-        gap = 0
-        while gap < self.min_gap or rng.random() < 0.2:
-            pairs.append(self._small_talk(rng, avoid))
-            gap += pair_tokens(pairs[-1])
-        # Each fact is recalled once: asked back, or (one fact with a farewell phrase, sometimes) used
-        # in the goodbye instead, so no recall sits within reach of another mention of its value.
+        # Each fact is recalled once: asked back, or (one fact with a farewell phrase, half the time) used
+        # in the goodbye instead. Statements, questions and small talk interleave: a fact is asked once
+        # ``min_gap`` tokens have passed since it was stated, so recalls come soon after they become due
+        # and most of a session fits a training window.
         farewells = [f for f in facts if f[0].farewell]
         farewell = rng.choice(farewells) if farewells and rng.random() < 0.5 else None
-        order = [f for f in facts if f is not farewell]
-        rng.shuffle(order)
-        for i, (kind, value, detail, k) in enumerate(order):
-            if i and rng.random() < 0.15:
-                pairs.append(self._small_talk(rng, avoid))
-            pairs.append((rng.choice(kind.ask).format(x=detail), kind.answer[k].format(v=value, x=detail)))
-            mentions.append(Mention(kind.name, value, len(pairs) - 1, "recall"))
+        pending = list(facts)
+        stated: list[tuple[tuple[FactKind, str, str, int], int]] = []  # fact, token position after its pair
+        pos = sum(pair_tokens(p) for p in pairs)
+
+        def add(pair: Pair) -> None:
+            nonlocal pos
+            pairs.append(pair)
+            pos += pair_tokens(pair)
+
+        while pending or stated:
+            due = [e for e in stated if pos - e[1] >= self.min_gap]
+            if due and rng.random() < 0.8:
+                entry = due[0]  # the longest waiting
+                stated.remove(entry)
+                kind, value, detail, k = entry[0]
+                add((rng.choice(kind.ask).format(x=detail), kind.answer[k].format(v=value, x=detail)))
+                mentions.append(Mention(kind.name, value, len(pairs) - 1, "recall"))
+            elif pending and len(stated) < OPEN_FACTS and rng.random() < 0.7:
+                fact = pending.pop(0)
+                kind, value, detail, k = fact
+                ack = rng.choice(kind.ack)
+                add((kind.intro[k].format(v=value, x=detail), ack.format(v=value, x=detail)))
+                mentions.append(Mention(kind.name, value, len(pairs) - 1, "intro"))
+                if "{v}" in ack:
+                    mentions.append(Mention(kind.name, value, len(pairs) - 1, "ack"))
+                if fact is farewell:
+                    farewell_end = pos
+                else:
+                    stated.append((fact, pos))
+            else:
+                add(self._small_talk(rng, avoid))
         if farewell is not None:
+            while pos - farewell_end < self.min_gap:
+                add(self._small_talk(rng, avoid))
             kind, value = farewell[0], farewell[1]
-            pairs.append((rng.choice(GOODBYES), rng.choice(kind.farewell).format(v=value)))
+            add((rng.choice(GOODBYES), rng.choice(kind.farewell).format(v=value)))
             mentions.append(Mention(kind.name, value, len(pairs) - 1, "recall"))
         return Session(tuple(pairs), tuple(mentions))
 
