@@ -12,7 +12,7 @@ English, drawn from a seeded ``random.Random``:
    Tobera.") as soon as at least ``min_gap`` tokens have passed since it was stated (at most
    ``OPEN_FACTS`` wait at a time), or, in half the sessions that state a name or a home town,
    used in the goodbye instead ("goodbye, Tobera!");
-4. between them, **small talk**: pairs of the chatterbot-corpus split (natural sentences, 30%)
+4. between them, **small talk**: pairs of the chatterbot-corpus split (natural sentences, 10%)
    and templated chat over the vocabulary (a word said and repeated within the pair, so the base
    learns to copy inside its attention window).
 
@@ -47,7 +47,7 @@ DEFAULT_MIN_GAP = 64  # tokens between a fact's last mention and its recall (2 w
 SMALL_TALK_MAX_BYTES = 70  # chatterbot pairs longer than this (user + reply) are not used as small talk
 COMMON_WORDS_LEFT_OUT = 150  # the most frequent vocabulary words are never fact values ("the", "you", ...)
 OPEN_FACTS = 3  # facts stated and not yet recalled, at most
-CHATTERBOT_SHARE = 0.3  # of the small-talk pairs (the rest is templated chat): held-out chatterbot text is the
+CHATTERBOT_SHARE = 0.1  # of the small-talk pairs (the rest is templated chat): held-out chatterbot text is the
 # costliest to predict, and nothing in it can be recalled
 MIN_VOCABULARY = 1000  # a language over fewer words is too easy to memorise (measured: chatterbot gives ~2,600)
 
