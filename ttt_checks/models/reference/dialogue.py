@@ -8,10 +8,10 @@ English, drawn from a seeded ``random.Random``:
    a best friend, a home town, a pet and what it is called, an age, a lucky number, a favourite
    colour, where they keep a thing, something they like), with the bot's acknowledgement (which
    may repeat the value);
-3. **recall**: every fact recalled once, asked back ("what is my name?" -> "your name is
-   Tobera.") as soon as at least ``min_gap`` tokens have passed since it was stated (at most
-   ``OPEN_FACTS`` wait at a time), or, in half the sessions that state a name or a home town,
-   used in the goodbye instead ("goodbye, Tobera!");
+3. **recall**: every fact asked back ``RECALLS`` (2) times ("what is my name?" -> "your name is
+   Tobera."), each as soon as at least ``min_gap`` tokens have passed since the value was last
+   said (at most ``OPEN_FACTS`` wait at a time), or, in half the sessions that state a name or a
+   home town, that fact used once in the goodbye instead ("goodbye, Tobera!");
 4. between them, **small talk**: pairs of the chatterbot-corpus split (natural sentences, 10%)
    and templated chat over the vocabulary (a word said and repeated within the pair, so the base
    learns to copy inside its attention window).
@@ -46,7 +46,8 @@ SESSION_FACTS = (3, 6)  # facts per session, inclusive
 DEFAULT_MIN_GAP = 64  # tokens between a fact's last mention and its recall (2 windows of 32)
 SMALL_TALK_MAX_BYTES = 70  # chatterbot pairs longer than this (user + reply) are not used as small talk
 COMMON_WORDS_LEFT_OUT = 150  # the most frequent vocabulary words are never fact values ("the", "you", ...)
-OPEN_FACTS = 3  # facts stated and not yet recalled, at most
+OPEN_FACTS = 4  # facts stated and not yet recalled for the last time, at most
+RECALLS = 2  # times each fact is asked back (each at least min_gap after its previous mention)
 CHATTERBOT_SHARE = 0.1  # of the small-talk pairs (the rest is templated chat): held-out chatterbot text is the
 # costliest to predict, and nothing in it can be recalled
 MIN_VOCABULARY = 1000  # a language over fewer words is too easy to memorise (measured: chatterbot gives ~2,600)
@@ -217,7 +218,7 @@ class DialogueLanguage:
     """Sessions of the generated language over one split's small talk and a vocabulary."""
 
     def __init__(self, small_talk: Sequence[Pair], vocab: Sequence[str], min_gap: int = DEFAULT_MIN_GAP,
-                 session_facts: tuple[int, int] = SESSION_FACTS) -> None:
+                 session_facts: tuple[int, int] = SESSION_FACTS, recalls: int = RECALLS) -> None:
         if len(vocab) < MIN_VOCABULARY:
             raise ValueError(f"a vocabulary of {len(vocab)} words is too small for the dialogue language "
                              f"(at least {MIN_VOCABULARY}); is chatterbot-corpus 1.3.x installed?")
@@ -226,6 +227,9 @@ class DialogueLanguage:
             raise ValueError(f"session_facts must lie within 1..{len(FACT_KINDS)}, got {session_facts}")
         if min_gap < 0:
             raise ValueError(f"min_gap must be >= 0, got {min_gap}")
+        if recalls < 1:
+            raise ValueError(f"recalls must be >= 1, got {recalls}")
+        self.recalls = recalls
         self.small_talk = [p for p in small_talk if len(p[0]) + len(p[1]) <= SMALL_TALK_MAX_BYTES]
         if not self.small_talk:
             raise ValueError("no small-talk pair short enough for a session")
@@ -263,14 +267,15 @@ class DialogueLanguage:
         avoid = set(used)
         if rng.random() < 0.5:
             pairs.append(rng.choice(GREETINGS))
-        # Each fact is recalled once: asked back, or (one fact with a farewell phrase, half the time) used
-        # in the goodbye instead. Statements, questions and small talk interleave: a fact is asked once
+        # Each fact is asked back ``recalls`` times, or (one fact with a farewell phrase, half the time)
+        # used once in the goodbye instead. Statements, questions and small talk interleave: a fact is asked once
         # ``min_gap`` tokens have passed since it was stated, so recalls come soon after they become due
         # and most of a session fits a training window.
         farewells = [f for f in facts if f[0].farewell]
         farewell = rng.choice(farewells) if farewells and rng.random() < 0.5 else None
         pending = list(facts)
-        stated: list[tuple[tuple[FactKind, str, str, int], int]] = []  # fact, token position after its pair
+        stated: list[tuple[tuple[FactKind, str, str, int], int, int]] = []  # fact, position after its last
+        # mention, recalls left
         pos = sum(pair_tokens(p) for p in pairs)
 
         def add(pair: Pair) -> None:
@@ -286,6 +291,8 @@ class DialogueLanguage:
                 kind, value, detail, k = entry[0]
                 add((rng.choice(kind.ask).format(x=detail), kind.answer[k].format(v=value, x=detail)))
                 mentions.append(Mention(kind.name, value, len(pairs) - 1, "recall"))
+                if entry[2] > 1:  # asked again later, min_gap after this answer
+                    stated.append((entry[0], pos, entry[2] - 1))
             elif pending and len(stated) < OPEN_FACTS and rng.random() < 0.7:
                 fact = pending.pop(0)
                 kind, value, detail, k = fact
@@ -297,7 +304,7 @@ class DialogueLanguage:
                 if fact is farewell:
                     farewell_end = pos
                 else:
-                    stated.append((fact, pos))
+                    stated.append((fact, pos, self.recalls))
             else:
                 add(self._small_talk(rng, avoid))
         if farewell is not None:
