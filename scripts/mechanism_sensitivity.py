@@ -93,12 +93,30 @@ def helps(ckpt: Path) -> dict:
             "loss_no_inner_step": d.get("loss_no_inner_step")}
 
 
+def table(results: Path) -> str:
+    """The rows of ``results`` as the markdown table of docs/health-checks.md."""
+    lines = ["| edit | what it breaks | gain (learned vs gate 0) | from the updates | benefit kept | lost at least half |",
+             "|---|---|---|---|---|---|"]
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        upd = "-" if r["gain_from_updates"] is None else f"{100 * r['gain_from_updates']:+.2f}%"
+        lost = "-" if r["edit"] == "none" else ("yes" if r["kept"] <= 0.5 else "**no**")
+        lines.append(f"| {r['edit']} | {r['what']} | {100 * r['gain']:+.2f}% | {upd} | {100 * r['kept']:.0f}% | {lost} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("checkpoint", type=Path, nargs="?")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="print the rows of --out as a markdown table and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
+    if args.checkpoint is None:
+        ap.error("give a checkpoint to edit")
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.checkpoint)
     base_dir = (loaded.path / loaded.config["base"]).resolve()
