@@ -54,6 +54,8 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-zoo-ttt": (32, 600, {"steps": 400}),
     "w32-memory": (32, 600, {"steps": 400, **MEMORY}),
     "w32-memory-800": (32, 600, {"steps": 800, **MEMORY}),
+    "w32-memory-800-seed1": (32, 600, {"steps": 800, "seed": 1, "init_seed": 1001, **MEMORY}),
+    "w32-zoo-ttt-800": (32, 600, {"steps": 800}),
     "w32-memory-lr1e-2": (32, 600, {"steps": 400, "lr": 1e-2, "alpha_lr": 1e-2, **MEMORY}),
     "w32-memory-lr3": (32, 600, {"steps": 400, "ttt": {"shift_keys": True, "base_lr": 3.0},
                                  "init": MEMORY["init"]}),
