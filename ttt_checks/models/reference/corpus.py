@@ -29,6 +29,10 @@ Two token streams are built from a split (``DATA_FORMATS``):
   model predicts those replies well only from a memory of the session (its TTT layer), not
   from the language statistics every reply shares. Held-out text is the same construction on the
   validation split.
+- ``fact-sessions``: the generated dialogue language of ``dialogue.py``: sessions in which facts
+  stated early (names, towns, numbers, things, preferences) are asked back beyond a local
+  window, with the split's chatterbot pairs as small talk and the corpus's words as values
+  (``FACT_SESSIONS`` sessions per split; train and validation draw from different generators).
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ from typing import Sequence
 
 import torch
 
+from ttt_checks.models.reference.dialogue import DialogueLanguage, vocabulary
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
 
 Pair = tuple[str, str]
 
 
 EXCLUDED_FILES = ("coding.yml",)
-DATA_FORMATS = ("dialogue", "recall-sessions")
+DATA_FORMATS = ("dialogue", "recall-sessions", "fact-sessions")
+FACT_SESSIONS = {"train": 6000, "val": 300}  # sessions per split (~400 tokens each: 2.4M and 120k tokens)
 SESSION_PAIRS = (1, 2)  # pairs per recall session, inclusive range (measured: 28% of held-out tokens then
 # continue a 6-gram last seen 32+ tokens earlier, 10% with sessions of 2-4 pairs)
 
@@ -133,7 +139,24 @@ class DialogueCorpus:
             return self.stream(split, tokenizer, seed)
         if data == "recall-sessions":
             return self.recall_stream(split, tokenizer, seed)
+        if data == "fact-sessions":
+            return self.fact_stream(split, tokenizer, seed)
         raise CorpusError(f"unknown data format {data!r}; known: {list(DATA_FORMATS)}")
+
+    def language(self, split: str) -> DialogueLanguage:
+        """The generated dialogue language of ``split``: its pairs as small talk, the words of the whole
+        corpus (both splits) as fact values."""
+        texts = [t for convs in (self.train, self.val) for conv in convs for pair in conv for t in pair]
+        return DialogueLanguage([p for conv in (self.train if split == "train" else self.val) for p in conv],
+                                vocabulary(texts))
+
+    def fact_stream(self, split: str, tokenizer: ByteTokenizer, seed: int, sessions: int | None = None) -> torch.Tensor:
+        """Sessions of the generated dialogue language (``dialogue.py``), encoded back to back."""
+        count = FACT_SESSIONS["train" if split == "train" else "val"] if sessions is None else sessions
+        ids: list[int] = []
+        for session in self.language(split).sessions(count, split, seed):
+            ids.extend(tokenizer.encode_dialogue(session.pairs))
+        return torch.tensor(ids, dtype=torch.long)
 
     def recall_stream(self, split: str, tokenizer: ByteTokenizer, seed: int) -> torch.Tensor:
         """Recall sessions (see the module docstring): pairs, then the same pairs asked again, shuffled."""
