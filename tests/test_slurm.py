@@ -168,10 +168,10 @@ def _launch(tmp_path: Path, fake_pytest: str, **env: str) -> subprocess.Popen:
     fake = tmp_path / "fake"
     fake.mkdir(exist_ok=True)
     (fake / "pytest.py").write_text(textwrap.dedent(fake_pytest))
-    return subprocess.Popen([sys.executable, str(SLURM / "launch_pytest.py")],
+    # `trap '' INT` sets SIGINT to ignored, which exec keeps (as for a background job's child).
+    return subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, str(SLURM / "launch_pytest.py")],
                             env={**os.environ, "PYTHONPATH": str(fake), **env}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_file(path: Path, proc: subprocess.Popen) -> None:
