@@ -288,7 +288,7 @@ def _health_test_count(ckpt: Path) -> int:
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", str(REPO / "tests_gpu"),
                            "--ckpt", str(ckpt), "--device", "cpu", "-p", "no:cacheprovider", "--rootdir", str(REPO),
                            *FAST],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env=_job_env(REPO / "reports"))
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=_job_env(REPO / "reports"))
     count = sum("::" in line for line in proc.stdout.splitlines())
     assert proc.returncode == 0 and count > 0, proc.stdout + proc.stderr
     return count
@@ -379,7 +379,7 @@ def test_a_job_that_fails_before_pytest_still_leaves_junit(cluster, default_ckpt
     manifest.write_text(f"{default_ckpt}\n")
     env = _job_env(tmp_path, TTT_PYTHON=str(tmp_path / "no-such-python"))
     job = _sbatch(cluster, ["--array=0-0", str(SLURM / "array.sbatch"), str(manifest)], env, tmp_path)
-    (task,) = wait_for_jobs(cluster, job, timeout_s=120)
+    (task,) = wait_for_jobs(cluster, job, timeout_s=300)
     assert task["ExitCode"] == "4:0", task
     junit = tmp_path / f"{job}_0" / f"junit-{job}_0.xml"
     (suite,) = _junit(junit)
@@ -409,7 +409,7 @@ def test_a_hung_test_times_out_and_still_yields_junit(cluster, default_ckpt, tmp
     env = _job_env(tmp_path, TTT_TEST_TIMEOUT="3", SLEEPER_STARTED=str(tmp_path / "started"))
     job = _sbatch(cluster, ["--time=00:05:00", str(SLURM / "health.sbatch"), str(default_ckpt),
                             str(_sleeper(tmp_path)), "-k", "hangs"], env, tmp_path)
-    (record,) = wait_for_jobs(cluster, job, timeout_s=120)
+    (record,) = wait_for_jobs(cluster, job, timeout_s=300)
     assert record["ExitCode"] == "1:0", (tmp_path / f"ttt-health-{job}.out").read_text()
     junit = tmp_path / job / f"junit-{job}.xml"
     (suite,) = _junit(junit)
@@ -423,15 +423,15 @@ def test_usr1_stops_pytest_and_flushes_its_reports(cluster, default_ckpt, tmp_pa
     env = _job_env(tmp_path, SLEEPER_STARTED=str(started))
     job = _sbatch(cluster, ["--time=00:05:00", str(SLURM / "health.sbatch"), str(default_ckpt),
                             str(_sleeper(tmp_path)), "-k", "hangs or checkpoint_has_every_ttt_key"], env, tmp_path)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a hang guard: a loaded node starts Python slowly
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.3)
     assert started.exists(), "the hanging test never started"
     signalled = cluster.run(["scancel", "--batch", "--signal=USR1", job])
     assert signalled.returncode == 0, signalled.stderr
-    t0 = time.perf_counter()
-    (record,) = wait_for_jobs(cluster, job, timeout_s=120)
-    assert time.perf_counter() - t0 < 60, "pytest did not stop promptly on USR1"
+    # No wall-clock bound (a loaded node is slow): a pytest that ignored the SIGINT would be killed
+    # after TTT_FLUSH_GRACE_S and end with 137, not pytest's own 2, so the exit code is the proof.
+    (record,) = wait_for_jobs(cluster, job, timeout_s=300)
     log = (tmp_path / f"ttt-health-{job}.out").read_text()
     assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0"), log  # pytest's "interrupted"
     assert "USR1: the time limit is near" in log
