@@ -17,7 +17,7 @@ export NO_TORCH_COMPILE := 1
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv system-deps demo test lint test-gpu bench zoo clean-venv
+.PHONY: venv system-deps demo test lint test-stress test-gpu bench zoo clean-venv
 
 # Dependencies are installed once per DEPS_KEY; the project itself is (re)installed in
 # editable mode whenever the venv last pointed at another clone.
@@ -52,6 +52,13 @@ test: system-deps venv
 lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) scripts/check_import_cycles.py ttt_checks
+
+# The signal, interruption, watch and xdist tests STRESS_ROUNDS times (default 5) with a CPU hog on
+# every core, started and stopped by scripts/stress.sh; prints pass counts per test, fails unless
+# every round passed. STRESS_HOGS, STRESS_K, STRESS_TESTS: see the script.
+STRESS_ROUNDS ?= 5
+test-stress: system-deps venv
+	@PY=$(PY) STRESS_ROUNDS=$(STRESS_ROUNDS) bash scripts/stress.sh $(PYTEST_ARGS)
 
 # On a GPU node: the CUDA tests, the tiny-Moshi health suite on cuda, and a 7B-shaped Moshi
 # (random bf16 weights, TTT in blocks 29-31) timed and measured per phase; JSON summary printed and

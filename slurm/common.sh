@@ -10,8 +10,20 @@
 #   TTT_DEVICE        --device for the checks         (default: auto = cuda when visible)
 #   TTT_REQUIRE_GPU   1: no visible GPU is a usage error (exit 4) instead of a CPU run (default 0)
 #   TTT_TEST_TIMEOUT  pytest-timeout per test, seconds (default 1800): a hung test still yields JUnit
-#   TTT_FLUSH_GRACE_S after USR1, seconds pytest gets to write its reports before SIGTERM (default 90)
+#   TTT_FLUSH_GRACE_S after USR1, seconds pytest gets to write its reports before SIGKILL (default 90)
 #   TTT_PYTEST_ARGS   extra pytest arguments, split on whitespace (positional ones are added after)
+#
+# Signals. Each job script's first statement is a trap that only records USR1 (Slurm's time-limit
+# warning, `--signal=B:USR1@N`) or TERM (the time limit itself, scancel); ttt_guard_junit, the
+# first thing after `source common.sh`, installs the real handler and acts on a recorded signal.
+# So there is no moment without a handler, and what a signal does depends on the stage it lands in:
+#   set-up (before pytest runs)  exit 2 with an error JUnit: "time limit reached before the checks started"
+#   pytest running              SIGINT to pytest: it stops, writes its JUnit and reports, exits 2
+#   pytest writing its reports  noted; the run is complete and keeps its verdict
+#   after pytest                noted; the job exits with pytest's code
+# Test hook: TTT_TEST_SIGNAL_AT=STAGE[:SIGNAL] makes the job send itself SIGNAL (default USR1) at
+# STAGE: start (before common.sh is sourced), setup (in ttt_init), python, import, tests, reports
+# (slurm/launch_pytest.py), after (pytest has exited). tests/test_slurm.py proves every stage.
 
 set -euo pipefail
 
@@ -23,15 +35,33 @@ ttt_die() {  # ttt_die CODE MESSAGE: print to stderr and exit
 }
 
 # ttt_guard_junit JUNIT SUITE: from here on, a job that ends without JUNIT (a broken TTT_PYTHON on
-# the node, an unreadable manifest, ...) still leaves one, with an error test case saying why.
+# the node, an unreadable manifest, ...) still leaves one, with an error test case saying why; and
+# USR1/TERM get their real handler. A signal the job script's first trap recorded is acted on now.
 ttt_guard_junit() {
   _TTT_GUARD_JUNIT=$1
   _TTT_GUARD_SUITE=$2
+  _TTT_REPORT_DIR=${1%/*}
   trap '_ttt_on_exit $?' EXIT
+  trap '_ttt_on_signal USR1' USR1
+  trap '_ttt_on_signal TERM' TERM
+  if [[ -n ${_TTT_EARLY_SIGNAL:-} ]]; then
+    _ttt_on_signal "$_TTT_EARLY_SIGNAL"
+  fi
+}
+
+# ttt_test_signal_at STAGE: the test hook (see the top of this file); a no-op unless asked for.
+ttt_test_signal_at() {
+  local wanted=${TTT_TEST_SIGNAL_AT:-}
+  [[ -n $wanted && ${wanted%%:*} == "$1" ]] || return 0
+  local sig=USR1
+  [[ $wanted == *:* ]] && sig=${wanted#*:}
+  echo "ttt-checks[slurm]: test hook: $sig to this job shell at stage $1" >&2
+  kill -s "$sig" $$
 }
 
 _ttt_on_exit() {
   local code=$1
+  _TTT_STAGE=exiting  # a signal now must not start a second ending
   if [[ -n ${_TTT_GUARD_JUNIT:-} && ! -s $_TTT_GUARD_JUNIT ]]; then
     mkdir -p "$(dirname "$_TTT_GUARD_JUNIT")" 2>/dev/null || return 0
     ttt_write_error_junit "$_TTT_GUARD_JUNIT" "$_TTT_GUARD_SUITE" \
@@ -46,6 +76,7 @@ ttt_init() {
     # shellcheck disable=SC1090
     source "$TTT_SETUP"
   fi
+  ttt_test_signal_at setup
   : "${TTT_PYTHON:=python3}"
   : "${TTT_REPORT_ROOT:=$TTT_CHECKS_REPO/reports/slurm}"
   : "${TTT_DEVICE:=auto}"
@@ -82,36 +113,74 @@ XML
   mv -f "$file.tmp" "$file"
 }
 
-# pytest runs in the background so the batch shell can take USR1. A background job of a
-# non-interactive shell starts with SIGINT ignored; the launcher restores Python's handler, so
-# SIGINT makes pytest stop the session and still write JUnit and metrics.json (marked incomplete).
-# A SIGINT that lands while Python is still importing pytest (USR1 early in the job) is the same
-# interruption as one during a test: exit 2, pytest's "interrupted", not Python's 130.
-_TTT_LAUNCHER='import signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
-try:
-    import pytest
-    code = pytest.main(sys.argv[1:])
-except KeyboardInterrupt:
-    code = 2
-sys.exit(int(code))'
+# State of the signal handling. _TTT_STAGE: setup until pytest is launched, pytest while it runs,
+# done after; _TTT_TRAPPED tells the wait loop that a handler ran.
+_TTT_STAGE=setup
 _TTT_PID=
-_TTT_SIGNALLED=0
+_TTT_STOP_SIGNAL=
+_TTT_INTERRUPT_SENT=0
+_TTT_TRAPPED=0
 _TTT_REPORT_DIR=
 _TTT_ESCALATION_PID=
 
-_ttt_on_usr1() {
-  _TTT_SIGNALLED=1
-  echo "ttt-checks[slurm]: $(date -Is) USR1: the time limit is near; interrupting pytest so it writes its reports" >&2
-  date -Is > "$_TTT_REPORT_DIR/TIME_LIMIT_REACHED" || true
-  if [[ -n $_TTT_PID ]] && kill -0 "$_TTT_PID" 2>/dev/null; then
-    kill -INT "$_TTT_PID" 2>/dev/null || true
-    # If pytest is stuck in native code it may not see SIGINT: escalate after the grace period.
-    ( trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-      sleep "$TTT_FLUSH_GRACE_S" & sleeper=$!
-      wait "$sleeper" && kill -TERM "$_TTT_PID" 2>/dev/null ) &
-    _TTT_ESCALATION_PID=$!
-  fi
+_ttt_stop_file() {  # the file a stop leaves in the report folder; launch_pytest.py looks for both
+  if [[ $1 == USR1 ]]; then echo "$_TTT_REPORT_DIR/TIME_LIMIT_REACHED"; else echo "$_TTT_REPORT_DIR/TERMINATED"; fi
+}
+
+_ttt_on_signal() {
+  local sig=$1 why
+  _TTT_TRAPPED=1
+  if [[ $sig == USR1 ]]; then why="USR1: the time limit is near"; else why="TERM: the job is being ended (time limit or scancel)"; fi
+  case $_TTT_STAGE in
+    setup)
+      local what
+      if [[ $sig == USR1 ]]; then
+        what="time limit reached before the checks started (Slurm's USR1 came during the job's set-up): give the job a longer --time"
+      else
+        what="the job was terminated (SIGTERM: time limit or scancel) before the checks started"
+      fi
+      echo "ttt-checks[slurm]: $(date -Is) $why; $what" >&2
+      _TTT_LAST_ERROR=$what
+      _TTT_STAGE=exiting
+      if [[ -n $_TTT_REPORT_DIR ]]; then
+        mkdir -p "$_TTT_REPORT_DIR" 2>/dev/null || true
+        date -Is > "$(_ttt_stop_file "$sig")" 2>/dev/null || true
+        [[ -n ${_TTT_GUARD_JUNIT:-} ]] && { ttt_write_error_junit "$_TTT_GUARD_JUNIT" "$_TTT_GUARD_SUITE" "$what" 2>/dev/null || true; }
+      fi
+      exit 2 ;;
+    pytest)
+      if [[ -n $_TTT_STOP_SIGNAL ]]; then
+        echo "ttt-checks[slurm]: $(date -Is) $sig again: pytest is already stopping" >&2
+        return 0
+      fi
+      _TTT_STOP_SIGNAL=$sig
+      echo "ttt-checks[slurm]: $(date -Is) $why; interrupting pytest so it writes its reports" >&2
+      # Written before SIGINT goes out: launch_pytest.py reads it after installing its handlers, so
+      # a SIGINT that lands while Python starts (and is ignored) still stops the run.
+      date -Is > "$(_ttt_stop_file "$sig")" || true
+      [[ -n $_TTT_PID ]] && _ttt_interrupt_pytest
+      return 0 ;;
+    done)
+      echo "ttt-checks[slurm]: $(date -Is) $why, but pytest has ended: its verdict stands" >&2
+      date -Is > "$(_ttt_stop_file "$sig")" 2>/dev/null || true
+      return 0 ;;
+    *) return 0 ;;  # already exiting
+  esac
+}
+
+# Once per job: SIGINT to pytest, then SIGKILL after TTT_FLUSH_GRACE_S if it is stuck (in native
+# code a Python handler never runs, and launch_pytest.py ignores a second SIGINT or SIGTERM so
+# that its reports are not cut short: SIGKILL is what still ends it, leaving the shell time to
+# write the error JUnit before Slurm's own kill).
+_ttt_interrupt_pytest() {
+  (( _TTT_INTERRUPT_SENT == 0 )) || return 0
+  _TTT_INTERRUPT_SENT=1
+  kill -INT "$_TTT_PID" 2>/dev/null || true
+  echo "$(date -Is) SIGINT sent to pytest (pid $_TTT_PID)" >> "$(_ttt_stop_file "$_TTT_STOP_SIGNAL")" || true
+  ( trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    sleep "$TTT_FLUSH_GRACE_S" & sleeper=$!
+    wait "$sleeper" && kill -KILL "$_TTT_PID" 2>/dev/null ) &
+  _TTT_ESCALATION_PID=$!
 }
 
 # ttt_health CKPT REPORT_DIR JUNIT SUITE [pytest args...]
@@ -132,30 +201,40 @@ ttt_health() {
   args+=("${extra[@]}" "$@")
   echo "ttt-checks[slurm]: $(date -Is) job ${SLURM_JOB_ID:-none} on $(hostname -s): $ckpt -> $report_dir" \
        "(CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset})"
-  trap _ttt_on_usr1 USR1
-  "$TTT_PYTHON" -c "$_TTT_LAUNCHER" "${args[@]}" &
+  # pytest runs in the background so that the shell takes a signal at once (a trap waits for a
+  # foreground command to end). A USR1 between `&` and `$!` finds no pid: it is sent just below.
+  _TTT_STAGE=pytest
+  _TTT_SHELL_PID=$$ _TTT_STOP_FILES="$(_ttt_stop_file USR1):$(_ttt_stop_file TERM)" \
+    "$TTT_PYTHON" "$TTT_CHECKS_REPO/slurm/launch_pytest.py" "${args[@]}" &
   _TTT_PID=$!
-  local rc
+  [[ -n $_TTT_STOP_SIGNAL ]] && _ttt_interrupt_pytest
+  local rc=0 status waited=0
   while :; do
-    rc=0
-    wait "$_TTT_PID" || rc=$?
-    # A trapped USR1 interrupts `wait` (status > 128) while pytest still runs: wait again.
-    # (bash keeps the status of a finished background job, so a second wait returns it.)
-    if (( rc > 128 )) && (( _TTT_SIGNALLED == 1 )); then
-      _TTT_SIGNALLED=2
-      continue
-    fi
-    break
+    _TTT_TRAPPED=0
+    status=0
+    wait "$_TTT_PID" || status=$?
+    # A handler that ran interrupts `wait` (status 128+n) while pytest may still run: wait again.
+    # bash 5 keeps a finished background job's status for a second wait; an older bash answers
+    # 127 (no such child) once it has reported it, and then the status it reported stands.
+    (( status == 127 && waited )) || rc=$status
+    waited=1
+    (( _TTT_TRAPPED )) || break
   done
-  trap - USR1
-  _TTT_PID=
+  _TTT_STAGE=done
   if [[ -n $_TTT_ESCALATION_PID ]]; then
     kill "$_TTT_ESCALATION_PID" 2>/dev/null || true
+    wait "$_TTT_ESCALATION_PID" 2>/dev/null || true
     _TTT_ESCALATION_PID=
   fi
+  ttt_test_signal_at after
   if [[ ! -s $junit ]]; then
-    ttt_write_error_junit "$junit" "$suite" \
-      "pytest exited with code $rc before writing JUnit (checkpoint $ckpt; see the job's output for why)"
+    local why="pytest exited with code $rc before writing JUnit (checkpoint $ckpt; see the job's output for why)"
+    if [[ $_TTT_STOP_SIGNAL == USR1 ]]; then
+      why="time limit reached before the checks started (Slurm's USR1 came while pytest was starting; exit $rc): give the job a longer --time"
+    elif [[ -n $_TTT_STOP_SIGNAL ]]; then
+      why="the job was terminated (SIGTERM: time limit or scancel) before the checks started (pytest exit $rc)"
+    fi
+    ttt_write_error_junit "$junit" "$suite" "$why"
   fi
   echo "$rc" > "$report_dir/exit_code"
   echo "ttt-checks[slurm]: $(date -Is) pytest exited with $rc ($(ttt_describe_exit "$rc")); junit: $junit"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -228,6 +230,57 @@ def test_once_gates_each_new_checkpoint_and_fails_on_a_broken_one(tmp_path):
     assert third.returncode == 0 and "0 checkpoint(s) gated now" in third.stdout, third.stdout + third.stderr
 
 
+WATCHING = "watch: watching"  # printed inside the loop that turns Ctrl-C into "watch: stopped"
+# Printed after a pass that gated something has been counted (the state file is written earlier,
+# while the gate is not yet counted: a Ctrl-C in between loses it from "N checkpoint(s) gated now").
+TREND = ("watch: trend:", "watch: could not refresh the trend")
+
+
+class _Output:
+    """A child's output read on a thread, so that a test waits for a line (an event) with a hang
+    guard, instead of sleeping a fixed time: that is a bet on how fast Python starts, which a
+    loaded machine loses (a SIGINT that lands before the watch loop runs is a traceback)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, *needles: str, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s  # a hang guard, not a speed bound
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"watch exited ({self.proc.wait()}) before printing {needles}:\n{self.text()[-3000:]}")
+            self.lines.append(line)
+            if any(n in line for n in needles):
+                return
+        raise AssertionError(f"none of {needles} within {timeout_s:.0f} s:\n{self.text()[-3000:]}")
+
+    def finish(self, timeout_s: float = 300) -> str:
+        """Everything the child printed, once it has exited."""
+        self.proc.wait(timeout=timeout_s)
+        self._thread.join(timeout=timeout_s)
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line is not None:
+                self.lines.append(line)
+        return self.text()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
 def test_watching_gates_a_checkpoint_that_appears_later(tmp_path):
     from ttt_checks.models.registry import default_checkpoint
 
@@ -236,21 +289,19 @@ def test_watching_gates_a_checkpoint_that_appears_later(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ttt_checks.cli", "watch", str(run), "--interval", "0.5",
                              "--out", str(out), *FAST], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    output = _Output(proc)
     try:
-        time.sleep(2)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        output.wait_for(WATCHING)
         assert not (out / "watch-state.json").exists()  # nothing to gate yet
         (run / "checkpoint_000500").symlink_to(default_checkpoint())
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (out / "watch-state.json").exists():
-            time.sleep(0.5)
-        assert (out / "watch-state.json").exists(), "the new checkpoint was not gated within 300 s"
+        output.wait_for(*TREND)
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=300)  # a hang guard, not a speed bound: a loaded machine is slow
-    assert proc.returncode == 0, output
+        text = output.finish()
+    assert proc.returncode == 0, text
+    assert (out / "watch-state.json").exists()
     assert (out / "checkpoint_000500" / "metrics.json").is_file()
-    assert "1 checkpoint(s) gated now" in output
+    assert "1 checkpoint(s) gated now" in text
 
 
 def test_watch_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path):
@@ -261,13 +312,11 @@ def test_watch_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ttt_checks.cli", "watch", str(run), "--interval", "0.5",
                              "--out", str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    out = _Output(proc)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (tmp_path / "out").exists():
-            time.sleep(0.2)
-        time.sleep(1.0)
+        out.wait_for(WATCHING)
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)  # a hang guard, not a speed bound
+        output = out.finish(timeout_s=120)
     finally:
         if proc.poll() is None:
             proc.kill()
