@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ttt_checks.paths import REPORTS
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -29,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 def run_command(args: argparse.Namespace) -> int:
     from ttt_checks.runs.discovery import find_checkpoints
     from ttt_checks.runs.trend import TREND_HTML, TREND_JSON, default_roots, find_reports, write_trend
-    from ttt_checks.runs.watch import Watcher, subprocess_gate
+    from ttt_checks.runs.watch import Watcher, default_report_dir, subprocess_gate
 
     run_dir: Path = args.run_dir
     try:
@@ -40,7 +39,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not checkpoints:
         print(f"ttt-checks trend: {run_dir} holds no checkpoint", file=sys.stderr)
         return 5
-    out = args.out or REPORTS / f"watch-{run_dir.resolve().name}"
+    out = args.out or default_report_dir(run_dir)
     roots = [*(args.reports or default_roots(run_dir)), out]
     if args.run:
         have = find_reports(run_dir, roots)

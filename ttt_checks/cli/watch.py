@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from ttt_checks.paths import REPORTS
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -42,7 +41,7 @@ could not judge one, 4 usage error, 5 no checkpoint in RUN_DIR."""
 
 def run_command(args: argparse.Namespace) -> int:
     from ttt_checks.runs.discovery import find_checkpoints
-    from ttt_checks.runs.watch import GateRecord, Watcher, _refresh_trend, describe, exit_code, subprocess_gate
+    from ttt_checks.runs.watch import GateRecord, Watcher, _refresh_trend, default_report_dir, describe, exit_code, subprocess_gate
 
     run_dir: Path = args.run_dir
     try:
@@ -60,7 +59,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.baseline is not None and not args.baseline.is_file():
         print(f"ttt-checks watch: --baseline {args.baseline}: no such file", file=sys.stderr)
         return 4
-    out = args.out or REPORTS / f"watch-{run_dir.resolve().name}"
+    out = args.out or default_report_dir(run_dir)
     try:
         watcher = Watcher(run_dir, out, subprocess_gate(args), settle_s=args.settle,
                           baseline_chain=args.baseline_chain, baseline=args.baseline)

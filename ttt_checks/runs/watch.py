@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ttt_checks.paths import REPO_ROOT
+from ttt_checks.paths import REPO_ROOT, REPORTS
 from ttt_checks.runs.discovery import STATE_FILE, checkpoint_name, find_checkpoints, is_settled
 from ttt_checks.runs.suite import pytest_args, summary
 from ttt_checks.runs.trend import TREND_HTML, write_trend
@@ -162,6 +162,11 @@ class Watcher:
             self._save_state()
             done.append(record)
         return done
+
+
+def default_report_dir(run_dir: Path) -> Path:
+    """Where ``watch`` (and ``trend``, reading what watch gated) keep a run's reports by default."""
+    return REPORTS / f"watch-{run_dir.resolve().name}"
 
 
 def exit_code(records: Sequence[GateRecord]) -> int:
