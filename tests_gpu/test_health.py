@@ -25,6 +25,15 @@ def test_config_agrees_with_what_it_was_trained_with(ttt_check):
     ttt_check("config_consistency")
 
 
+def test_base_model_matches_its_reference(ttt_run, ttt_check):
+    """At gate 0 the model is its base: its loss there must match the base's own reference loss on
+    the same input (stored with the base, or --base-reference). Skipped, with the reason, when
+    there is no reference to compare with: the base was then not checked."""
+    if not ttt_run.judge("base_model"):
+        pytest.skip(f"base model not checked: {ttt_run.base_model_not_checked()['why']}")
+    ttt_check("base_model")
+
+
 def test_figure5_data_collected_for_every_ttt_layer(ttt_check):
     ttt_check("figure5_collected")
 

@@ -49,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--max-positions", type=int, default=None, help="cut the teacher-forced input to this many positions")
     group.addoption("--baseline", default=None, help="metrics.json of an earlier run to compare against")
     group.addoption("--update-baseline", action="store_true", help="write this run's metrics to --baseline")
+    group.addoption("--base-reference", default=None,
+                    help="metrics.json of a known-good checkpoint on the same base and input: its gate-0 loss is the base "
+                         "model's reference (check base_model)")
     group.addoption("--ttt-layers", default=None, help="comma-separated TTT layer names or block indices to check")
     group.addoption("--threshold", action="append", default=[], metavar="NAME=VALUE",
                     help="override one threshold (repeatable); names: see [tool.ttt_checks] in pyproject.toml")
@@ -160,6 +163,7 @@ def _options(config: pytest.Config):
         asr=config.getoption("--asr"),
         baseline=Path(config.getoption("--baseline")) if config.getoption("--baseline") else None,
         update_baseline=config.getoption("--update-baseline"),
+        base_reference=Path(config.getoption("--base-reference")) if config.getoption("--base-reference") else None,
         pyproject=config.rootpath / "pyproject.toml",
     )
     if options.update_baseline and options.baseline is None:
@@ -196,6 +200,13 @@ def _check_cheap_inputs(config: pytest.Config, options) -> None:
     if options.baseline is not None and not options.update_baseline and not options.baseline.is_file():
         raise pytest.UsageError(f"--baseline {options.baseline}: no such file; create it from a good run with "
                                 "--update-baseline, or leave --baseline out")
+    if options.base_reference is not None:
+        from ttt_checks.checks.base_model import BaseReferenceError, reference_from_metrics
+
+        try:
+            reference_from_metrics(options.base_reference)
+        except BaseReferenceError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if options.asr != "default":
         from ttt_checks.asr import AsrSpec, parse_asr_spec
         from ttt_checks.asr.transcript import AsrError

@@ -26,6 +26,7 @@ from ttt_checks.asr import get_transcriber
 from ttt_checks.audio import write_wav
 from ttt_checks.audio.wav import AudioError
 from ttt_checks.checks import baseline
+from ttt_checks.checks.base_model import base_not_checked, reference_from_metrics, reference_in_metrics
 from ttt_checks.checks.catalogue import CHECKS, FIGURE5_CHECKS, TALK_CHECKS
 from ttt_checks.checks.thresholds import read_pyproject_table
 from ttt_checks.metrics.branch_output import BranchOutputProbe
@@ -35,7 +36,7 @@ from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, I
 from ttt_checks.report.files import write_text_atomic
 from ttt_checks.report.plots import plot_figure5, plot_outer_loss, plot_words_vs_gate
 from ttt_checks.ttt.figure5 import Figure5Error, Figure5Probe, Figure5Record
-from ttt_checks.ttt.gate import mean_effective_gate
+from ttt_checks.ttt.gate import effective_gate, mean_effective_gate
 from ttt_checks.ttt.step_probe import DEFAULT_MULTIPLIERS, StepSizeRecord
 from ttt_checks.verdict import Verdict, jsonable
 
@@ -88,6 +89,7 @@ class RunOptions:
     asr: str = "default"
     baseline: Path | None = None
     update_baseline: bool = False
+    base_reference: Path | None = None  # metrics.json whose gate-0 loss is the base's reference (checks/base_model.py)
     device: str = "cpu"
     pyproject: Path | None = None  # where [tool.ttt_checks] was read (per-metric baseline tolerances)
 
@@ -378,6 +380,21 @@ class HealthRun:
         self.teacher_forced  # noqa: B018  (the pass that fills the probe)
         return {name: s.relative for name, s in self._branch_output_probe.spreads().items() if math.isfinite(s.relative)}
 
+    @cached_property
+    def branch_strength(self) -> dict[str, dict[str, float]]:
+        """Per TTT layer, how strong its gated branch is against the residual stream it is added to
+        in the learned-gate pass (``BranchSpread.strength``), with the two sizes it compares."""
+        self.teacher_forced  # noqa: B018  (the pass that fills the probe)
+        spreads = self._branch_output_probe.spreads()
+        out = {}
+        for info in self.layers:
+            s = spreads.get(info.name)
+            if s is None or s.positions == 0:
+                continue
+            out[info.name] = {"strength": s.strength(effective_gate(np.asarray(info.gate_alpha, dtype=np.float64))), "branch_rms": s.rms,
+                              "residual_rms": s.input_rms, "gate_mean_tanh": mean_effective_gate(info.gate_alpha)}
+        return out
+
     def _check_ttt_helps(self):
         learned, _, _ = self.teacher_forced
         static = self.outer_no_inner_step
@@ -386,6 +403,51 @@ class HealthRun:
                                      no_inner_step_unavailable=static, output_spread=self.output_spread)]
         return [checks.ttt_helps(learned.outer_loss, self.outer_gate0.outer_loss, self.th, self.nonfinite_ttt_tensors,
                                  loss_no_inner_step=static.outer_loss, output_spread=self.output_spread)]
+
+    @cached_property
+    def input_fingerprint(self) -> str | None:
+        """The teacher-forced input's hash, so a reference loss is only compared on the same tokens."""
+        return checks.input_fingerprint(self.inputs.teacher_forced)
+
+    @cached_property
+    def base_reference(self) -> tuple[checks.BaseReference | None, str]:
+        """The base's reference loss, and where it came from or why there is none: --base-reference,
+        else the checkpoint's own (reference format), else a --baseline run on the same input."""
+        if self.options.base_reference is not None:
+            return reference_from_metrics(self.options.base_reference), ""
+        stored = self.adapter.base_reference()
+        if stored is not None:
+            return checks.BaseReference(float(stored["loss"]), stored.get("fingerprint"), str(stored.get("source", "")),
+                                        str(stored.get("input", ""))), ""
+        if self.options.baseline is not None and Path(self.options.baseline).is_file():
+            try:
+                reference = reference_in_metrics(baseline.load_baseline(self.options.baseline),
+                                                                   f"--baseline {self.options.baseline}")
+            except baseline.BaselineError:
+                reference = None
+            if reference is not None and reference.fingerprint == self.input_fingerprint:
+                return reference, ""
+        return None, ("no reference loss of the base: the checkpoint stores none (the reference format writes one when the "
+                      "base is built) and neither --base-reference nor a --baseline on the same input was given")
+
+    def base_model_not_checked(self) -> dict[str, Any] | None:
+        """Why the base model could not be compared with a reference (None when it was)."""
+        try:
+            reference, why = self.base_reference
+        except checks.BaseReferenceError as exc:
+            return {"checked": False, "why": str(exc)}
+        return base_not_checked(reference, self.input_fingerprint, why)
+
+    def _check_base_model(self):
+        """The base at gate 0 vs its reference loss on the same input; no verdict (and a note in
+        metrics.json, ``base_model_not_checked``) where there is nothing to compare with."""
+        try:
+            reference, _ = self.base_reference
+        except checks.BaseReferenceError as exc:
+            return [checks.cannot_measure("base_model", str(exc))]
+        if self.base_model_not_checked() is not None:
+            return []
+        return [checks.base_model(self.outer_gate0.outer_loss, reference, self.input_fingerprint, self.th)]
 
     def _check_config_consistency(self):
         """Settings stated twice (config vs training record, config vs weights) must agree; what
@@ -489,6 +551,12 @@ class HealthRun:
         record = self.adapter.training_record()
         if record is not None:
             data["training_record"] = dict(record)
+        if "input_fingerprint" in self.__dict__:
+            data.setdefault("inputs", {})["fingerprint"] = self.input_fingerprint
+        if "base_reference" in self.__dict__:
+            skipped = self.base_model_not_checked()
+            if skipped is not None:
+                data["base_model_not_checked"] = skipped
         if "figure5" in self.__dict__:
             data["figure5"] = {k: s.to_dict() for k, s in self.figure5.items()}
         if "step_size" in self.__dict__:
@@ -499,6 +567,8 @@ class HealthRun:
                 data["outer_loss"]["gate0"] = float(np.mean(self.outer_gate0.outer_loss))
             if isinstance(self.__dict__.get("outer_no_inner_step"), ForwardResult):
                 data["outer_loss"]["no_inner_step"] = float(np.mean(self.outer_no_inner_step.outer_loss))
+        if "teacher_forced" in self.__dict__ and "layers" in self.__dict__:
+            data["branch_output"] = self.branch_strength
         if "sweep" in self.__dict__:
             data["sweep"] = self.sweep
         if "layers" in self.__dict__:

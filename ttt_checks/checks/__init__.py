@@ -3,13 +3,14 @@
 One module per concern: ``figure5`` (is the inner loop learning?), ``outer`` (does TTT help the
 model?), ``talk`` (does it still talk?), ``checkpoint`` and ``gate`` (is the checkpoint sane?),
 ``streaming`` (state carried, no reading ahead), ``step_size`` (is the inner step near its best),
-``baseline`` (regression against an earlier run). ``thresholds`` holds every threshold and
+``baseline`` (regression against an earlier run), ``base_model`` (the base against its own reference loss). ``thresholds`` holds every threshold and
 ``catalogue`` the list of checks. Each check returns :class:`~ttt_checks.verdict.Verdict`
 objects; one that cannot measure fails with the reason, it never passes.
 
 Checks never import a model package: what they judge comes from an adapter through ``run.py``.
 """
 
+from ttt_checks.checks.base_model import BaseReference, BaseReferenceError, base_model, input_fingerprint
 from ttt_checks.checks.catalogue import CHECKS, EXPECTED_CHECKS, FIGURE5_CHECKS, TALK_CHECKS
 from ttt_checks.checks.checkpoint import (INIT_MATCH_ABS_ULPS, INIT_MATCH_ULPS, at_initial_value, checkpoint_finite,
                                           checkpoint_keys, config_consistency, dead_parameters, zeroed_tensor)
@@ -25,6 +26,7 @@ from ttt_checks.checks.thresholds import (THRESHOLDS, Threshold, ThresholdError,
 from ttt_checks.verdict import Verdict, cannot_measure
 
 __all__ = [
+    "BaseReference", "BaseReferenceError", "base_model", "input_fingerprint",
     "CHECKS", "EXPECTED_CHECKS", "FIGURE5_CHECKS", "TALK_CHECKS",
     "INIT_MATCH_ABS_ULPS", "INIT_MATCH_ULPS", "at_initial_value", "checkpoint_finite", "checkpoint_keys",
     "config_consistency", "dead_parameters", "zeroed_tensor",

@@ -16,7 +16,7 @@ class Check:
     ``expected``: a full run measures it on every adapter, so the diagnosis lists it as "not
     measured" (and lowers the confidence of findings that read it) when a run lacks it, e.g. a
     ``-k`` selection. ``model_specific`` is not expected (an adapter may offer none), nor are
-    ``config_consistency`` and ``inner_step_size``: reported when present, never flagged absent."""
+    ``config_consistency``, ``base_model`` (only with a reference loss of the base) and ``inner_step_size``: reported when present, never flagged absent."""
 
     name: str
     concern: str  # the module of ttt_checks.checks (or run.py for the sweep) that judges it
@@ -27,6 +27,7 @@ CATALOGUE: tuple[Check, ...] = (
     Check("checkpoint_keys", "checkpoint"),
     Check("checkpoint_finite", "checkpoint"),
     Check("config_consistency", "checkpoint", expected=False),
+    Check("base_model", "base_model", expected=False),
     Check("figure5_collected", "figure5"),
     Check("figure5_finite", "figure5"),
     Check("figure5_bounded", "figure5"),

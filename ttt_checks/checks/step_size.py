@@ -7,6 +7,11 @@ from typing import Mapping
 from ttt_checks.ttt.step_probe import StepSizeRecord
 from ttt_checks.verdict import Verdict, cannot_measure
 
+# A line on which even the grid's largest step buys less than this share of what one inner step
+# must buy (figure5_improvement's improvement_min_rel) is flat: reaching that floor would take a
+# step 100x larger than any measured, so the grid says nothing about where the optimum lies.
+FLAT_SHARE_OF_IMPROVEMENT_FLOOR = 0.01
+
 
 def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, float]) -> list[Verdict]:
     """Is the inner step the layer takes near the best step along its own direction?
@@ -55,6 +60,18 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
         details["first_basin_multiplier"] = basin_m
         overshoot = uphill or basin is not None or (best <= 0.5 and r.lost_fraction > margin)
         timid = not overshoot and best >= 4.0 and r.gain_ratio_1_to_best < fraction
+        flat_below = FLAT_SHARE_OF_IMPROVEMENT_FLOOR * th["improvement_min_rel"]
+        flat = not overshoot and r.best_gain_rel < flat_below
+        details["flat"] = flat
+        if flat:
+            why = (f"FLAT: the inner loss does not see the step: the best step on the grid (m = {best:g}, up to {max(r.multipliers):g}x "
+                   f"the step taken) lowers it by {r.best_gain_rel:.2e} of its value ({l_start:.7g} -> {l_best:.7g}), below "
+                   f"{flat_below:.0e} (1/100 of the {th['improvement_min_rel']:.0%} one inner step must buy). Either the step is "
+                   f"orders of magnitude too small for the weights (base_lr {r.base_lr:g}), or the loss is invariant to the inner "
+                   "weights' scale (an inner LayerNorm normalises the prediction, so W_0 far off scale shrinks the gradient and the "
+                   "step relative to W together); no base_lr is recommended: the grid brackets no optimum")
+            out.append(Verdict("inner_step_size", False, best, threshold, f"{why}. Loss per m: {losses}", layer, details))
+            continue
         if basin is not None:
             k, j = basin
             m_next = sorted(m for m in r.multipliers if m > basin_m)[0]

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         parser.add_argument("ckpt", help="checkpoint directory to gate")
         parser.add_argument("--baseline", help="metrics.json of an earlier checkpoint to compare against")
         parser.add_argument("--update-baseline", action="store_true", help="write this run's metrics to --baseline")
+        parser.add_argument("--base-reference", help="metrics.json of a known-good checkpoint on the same base and input "
+                                                     "(its gate-0 loss is the base model's reference)")
     parser.add_argument("--out", help="report directory (default reports/<run-id>)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--trust-pickle", action="store_true",

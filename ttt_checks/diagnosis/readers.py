@@ -118,7 +118,7 @@ def _recommended_lr(metrics: Metrics, layers: Sequence[str], direction: str) -> 
     for layer in layers or list(probe):
         p = probe.get(layer) or {}
         rec, mult = finite_or_none(p.get("recommended_base_lr")), finite_or_none(p.get("best_multiplier"))
-        if rec is None or mult is None:
+        if rec is None or mult is None or p.get("flat"):  # a flat line measures no optimum
             continue
         if (direction == "down" and not mult < 1.0) or (direction == "up" and not mult > 1.0):
             continue

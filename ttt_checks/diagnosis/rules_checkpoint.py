@@ -3,10 +3,12 @@ not carried across calls, read-ahead, and TTT tensors that never trained."""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 from ttt_checks.diagnosis.finding import FIGURE5_RULES, HIGH, MEDIUM, SWEEP_RULES, Finding, Metrics, rule
-from ttt_checks.diagnosis.readers import _cannot_measure, _dead, _details, _evidence, _keys, _layer_key, failing, verdicts_of
+from ttt_checks.diagnosis.readers import (_cannot_measure, _dead, _details, _evidence, _keys, _layer_key, _step_probe, _th, failing,
+                                         verdicts_of)
 from ttt_checks.verdict import finite_or_none, fmt, name_list
 
 
@@ -73,7 +75,7 @@ def rule_nonfinite_weights(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["checkpoint_finite", "figure5_finite"]), layers=f5_layers)
 
 
-@rule("config_inconsistent", 2, "the checkpoint's config contradicts itself or its training record",
+@rule("config_inconsistent", 3, "the checkpoint's config contradicts itself or its training record",
       "verdict config_consistency (details.contradictions)", "config_consistency fails",
       reads=("config_consistency",))
 def rule_config_inconsistent(m: Metrics) -> Finding | None:
@@ -96,7 +98,7 @@ def rule_config_inconsistent(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["config_consistency"]))
 
 
-@rule("missing_keys", 3, "TTT tensors missing from (or unexpected in) the checkpoint: a save/load naming bug",
+@rule("missing_keys", 4, "TTT tensors missing from (or unexpected in) the checkpoint: a save/load naming bug",
       "verdict checkpoint_keys (details.missing, details.unexpected)", "checkpoint_keys fails",
       overrides=(*FIGURE5_RULES, "ttt_hurts", "ttt_does_nothing", "dead_code_path", "ttt_untrained", "inner_state_untrained",
                  "dead_parameters_partial"),
@@ -121,7 +123,7 @@ def rule_missing_keys(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["checkpoint_keys"]))
 
 
-@rule("state_not_carried", 4, "the TTT state is not carried across streaming calls (a code bug, not training)",
+@rule("state_not_carried", 5, "the TTT state is not carried across streaming calls (a code bug, not training)",
       "verdict state_persistence (measured: share of streamed positions where lprev departs from l0)",
       "state_persistence fails with a measured share", reads=("state_persistence",))
 def rule_state_not_carried(m: Metrics) -> Finding | None:
@@ -147,7 +149,7 @@ def rule_state_not_carried(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["state_persistence"], layers), layers=layers)
 
 
-@rule("noncausal_read_ahead", 5, "the TTT layer reads future tokens of its mini-batch (non-causal), which inference cannot",
+@rule("noncausal_read_ahead", 6, "the TTT layer reads future tokens of its mini-batch (non-causal), which inference cannot",
       "verdict streaming_consistency (outer loss one token per call vs teacher-forced)",
       "streaming_consistency fails with a measured gap",
       overrides=("generation_collapse", "ttt_hurts", "ttt_does_nothing", "sweep_scenario_a", "sweep_scenario_b"),
@@ -176,7 +178,7 @@ def rule_noncausal_read_ahead(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["streaming_consistency", "talk_collapse"]))
 
 
-@rule("ttt_untrained", 6, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its "
+@rule("ttt_untrained", 7, "the TTT layers were never trained (every TTT tensor, or all but one that blocks the gradient, still at its "
       "initial value; or saved from a fresh initialisation with another seed)",
       "verdict dead_parameters (details.unchanged + unused == compared, or compared - 1; details.constant_init, "
       "constant_init_unchanged, fresh_draw_like: the init signature)",
@@ -260,7 +262,7 @@ def rule_ttt_untrained(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["dead_parameters", "ttt_helps"]))
 
 
-@rule("inner_state_untrained", 7, "the inner model's initial weights W_0 were never trained (left out of the optimiser) while the rest of the TTT layer was",
+@rule("inner_state_untrained", 8, "the inner model's initial weights W_0 were never trained (left out of the optimiser) while the rest of the TTT layer was",
       "verdict dead_parameters (details.inner_initial_state, details.inner_initial_state_unchanged: weights.i / biases.i, W1 / b1 ...)",
       "dead_parameters fails with every inner-model initial weight (biases included) still at init while at least two other TTT tensors moved",
       overrides=("dead_parameters_partial", "context_not_used", "inner_step_size_off"),
@@ -288,7 +290,7 @@ def rule_inner_state_untrained(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["dead_parameters"]))
 
 
-@rule("dead_code_path", 8, "a code path is never applied: TTT parameters the forward never uses",
+@rule("dead_code_path", 9, "a code path is never applied: TTT parameters the forward never uses",
       "verdict dead_parameters (details.unused)", "dead_parameters fails with tensors never used by the forward",
       reads=("dead_parameters",))
 def rule_dead_code_path(m: Metrics) -> Finding | None:
@@ -305,7 +307,7 @@ def rule_dead_code_path(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["dead_parameters"]))
 
 
-@rule("dead_parameters_partial", 25, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
+@rule("dead_parameters_partial", 27, "some trainable TTT tensors never moved from their init (not in the optimiser, or too small an update), or are zeroed",
       "verdict dead_parameters (details.unchanged, details.zeroed)", "dead_parameters fails with used tensors unchanged or zeroed",
       reads=("dead_parameters",))
 def rule_dead_parameters_partial(m: Metrics) -> Finding | None:
@@ -331,3 +333,92 @@ def rule_dead_parameters_partial(m: Metrics) -> Finding | None:
                    config_key=_keys(m)["outer_lr"], confidence=MEDIUM,
                    confidence_why="tensors compared bit for bit with the initialisation; which cause applies is not measured",
                    evidence=_evidence(m, ["dead_parameters"]))
+
+
+_TTT_OUTCOME_CHECKS = ("figure5_bounded", "figure5_ordering", "figure5_improvement", "figure5_adaptation", "inner_step_size",
+                       "gate_stats", "ttt_helps", "state_persistence", "streaming_consistency", "talk_base", "talk_learned",
+                       "talk_collapse")
+
+
+@rule("base_model", 2, "the base model is not the one its reference loss was measured on (damaged, blocks loaded in another "
+      "order, another base file): every TTT verdict is judged against a broken base",
+      "verdict base_model (loss_gate0 vs reference.loss, relative_excess; reference.source)",
+      "base_model fails: the loss at gate 0 exceeds the base's reference loss on the same input by more than base_max_loss_excess",
+      overrides=(*FIGURE5_RULES, "inner_loss_off_scale", "objective_mismatch", "gate_collapsed", "ttt_hurts", "ttt_does_nothing",
+                 *SWEEP_RULES, "ttt_tensor_off_scale"),
+      reads=("base_model", *_TTT_OUTCOME_CHECKS))
+def rule_base_model(m: Metrics) -> Finding | None:
+    bad = [v for v in failing(m, "base_model") if not _cannot_measure(v)]
+    if not bad:
+        return None
+    d = _details(bad[0])
+    reference = d.get("reference") if isinstance(d.get("reference"), Mapping) else {}
+    loss, ref, excess = finite_or_none(d.get("loss_gate0")), finite_or_none(reference.get("loss")), finite_or_none(d.get("relative_excess"))
+    symptom = (f"loss at gate 0 (the base alone) {fmt(loss)} vs {fmt(ref)} measured on the same input when the base was known to be "
+               f"good ({reference.get('source', 'reference')})" + (f": {excess:+.1%}" if excess is not None else ""))
+    others = [c for c in _TTT_OUTCOME_CHECKS if failing(m, c)]
+    if others:
+        symptom += f"; also failing, judged against this base: {', '.join(others)}"
+    keys = _keys(m)
+    return Finding("The base model is broken", symptom,
+                   "the base weights are not the ones the TTT layers were trained on: damaged, loaded in another block order, "
+                   "or another (half-trained, re-trained) base file; at gate 0 nothing of TTT is applied, so the difference is "
+                   "the base's alone, and the TTT verdicts that compare with gate 0 are judged against a broken model",
+                   f"restore the base weights the checkpoint was built on ({keys['base_weights']}) and check how they are "
+                   "loaded (key names, block order); judge the TTT findings again after that",
+                   config_key=keys["base_weights"], confidence=HIGH,
+                   confidence_why="the same tokens through the same base give the reference loss to float precision (2e-8 "
+                                  "measured); this base does not",
+                   evidence=_evidence(m, ["base_model", "ttt_helps"]))
+
+
+@rule("ttt_tensor_off_scale", 10, "a TTT tensor is far off the scale training gives it (scaled after training: a conversion, "
+      "save/load or unit bug, or an edit); inner weights W_0 off scale freeze the inner loop (the inner LayerNorm makes the "
+      "loss blind to their scale), an output projection off scale swamps the residual stream",
+      "verdict dead_parameters (details.std_ratio_to_init, inner_initial_state); metrics.branch_output (strength); "
+      "metrics.inner_step_size (best_gain_rel, flat); threshold tensor_max_std_ratio",
+      "a TTT tensor's std is more than tensor_max_std_ratio times (or less than 1/that) its initial std while a check of the inner "
+      "loop, the outer loss or the sweep fails",
+      overrides=(*FIGURE5_RULES, "inner_loss_off_scale", "objective_mismatch", "gate_collapsed", "ttt_hurts", "ttt_does_nothing",
+                 *SWEEP_RULES, "dead_parameters_partial"),
+      reads=("dead_parameters", *_TTT_OUTCOME_CHECKS))
+def rule_ttt_tensor_off_scale(m: Metrics) -> Finding | None:
+    limit = _th(m, "tensor_max_std_ratio", 10.0)
+    dead = verdicts_of(m, "dead_parameters")
+    d = _details(dead[0]) if dead else {}
+    ratios = {str(k): r for k, r in ((k, finite_or_none(v)) for k, v in (d.get("std_ratio_to_init") or {}).items())
+              if r is not None and r > 0 and (r > limit or r < 1.0 / limit)}
+    others = [c for c in _TTT_OUTCOME_CHECKS if failing(m, c)]
+    if not ratios or not others:
+        return None
+    inner_state = set(map(str, d.get("inner_initial_state") or []))
+    names = sorted(ratios, key=lambda k: -abs(math.log(ratios[k])))
+    parts = [f"{k}: std {ratios[k]:.3g}x its initial std" for k in names]
+    consequences = []
+    if inner_state & set(names):
+        flat = {layer: p for layer, p in _step_probe(m).items() if finite_or_none(p.get("best_gain_rel")) is not None}
+        shown = "; ".join(f"{layer}: the best step on the step-size grid lowers the inner loss by {finite_or_none(p['best_gain_rel']):.1e}"
+                          for layer, p in flat.items())
+        consequences.append("the inner weights W_0 are off scale: the inner LayerNorm normalises the prediction, so the loss is "
+                            "blind to W's scale, the gradient shrinks as W grows and the step relative to W shrinks with its "
+                            "square; the inner loop stands still and no base_lr within reach moves it"
+                            + (f" ({shown})" if shown else ""))
+    strength = {str(k): finite_or_none((v or {}).get("strength")) for k, v in (m.get("branch_output") or {}).items()
+                if isinstance(v, Mapping)}
+    strong = {k: s for k, s in strength.items() if s is not None and s > 1.0}
+    if strong:
+        consequences.append("the gated branch outweighs the residual stream it is added to ("
+                            + ", ".join(f"{k}: {s:.3g}x its rms" for k, s in strong.items()) + "), swamping the base's features")
+    elif set(names) - inner_state and strength:
+        consequences.append("branch rms over residual rms: " + ", ".join(f"{k} {fmt(s)}" for k, s in strength.items()))
+    symptom = "; ".join(parts) + f" (training moves a std by at most a few x; limit {limit:g}x); failing: {', '.join(others)}"
+    return Finding("TTT tensor off scale", symptom,
+                   f"{names[0]} is {ratios[names[0]]:.3g}x the scale it was initialised at, far beyond what training moves a tensor: "
+                   "it was scaled after training (a checkpoint conversion, a save/load or unit bug, an edit)"
+                   + ("; " + "; ".join(consequences) if consequences else ""),
+                   f"restore {name_list(names, 3)} to the scale training left (compare with the training run's last good "
+                   "checkpoint and find where it was scaled); do not tune base_lr, the gate or the outer lr for this",
+                   config_key=names[0], confidence=HIGH,
+                   confidence_why="the tensor's std against its initial std is measured on the saved weights; training moved "
+                                  "every trained reference tensor by at most 2.3x",
+                   evidence=_evidence(m, ["dead_parameters", *others[:2]]))

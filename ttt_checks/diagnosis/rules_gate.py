@@ -18,7 +18,7 @@ from ttt_checks.diagnosis.readers import (
 from ttt_checks.verdict import finite_or_none, fmt, name_list
 
 
-@rule("gate_collapsed", 13, "the gate fell from its initial value: the outer loop switched TTT off",
+@rule("gate_collapsed", 15, "the gate fell from its initial value: the outer loop switched TTT off",
       "verdict gate_stats (mean |tanh|, fraction_of_init, fraction_sign_flipped); figure5; ttt_helps; sweep",
       "gate_stats fails and the gate is not exactly at its init",
       overrides=("sweep_scenario_b", "ttt_does_nothing"),
@@ -93,7 +93,7 @@ def rule_gate_collapsed(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["gate_stats", "ttt_helps", "figure5_ordering", "talk_learned"], over), layers=layers)
 
 
-@rule("gate_never_moved", 18, "the gate was never trained (exactly at its initial value)",
+@rule("gate_never_moved", 20, "the gate was never trained (exactly at its initial value)",
       "verdict gate_stats (details.untrained)", "gate_stats fails with the gate exactly at its init",
       reads=("gate_stats",))
 def rule_gate_never_moved(m: Metrics) -> Finding | None:

@@ -28,7 +28,7 @@ from ttt_checks.diagnosis.readers import (
 from ttt_checks.verdict import finite_or_none, fmt, name_list
 
 
-@rule("inner_loss_nonfinite", 9, "the inner loop diverges numerically (weights finite, inner losses NaN/Inf)",
+@rule("inner_loss_nonfinite", 11, "the inner loop diverges numerically (weights finite, inner losses NaN/Inf)",
       "figure5 per layer (nonfinite); verdict figure5_finite", "figure5_finite fails while checkpoint_finite passes",
       overrides=FIGURE5_RULES[1:], reads=("figure5_finite", "figure5_bounded", "figure5_ordering", "figure5_improvement",
                                            "figure5_adaptation"))
@@ -51,7 +51,7 @@ def rule_inner_loss_nonfinite(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_finite"], layers), layers=layers)
 
 
-@rule("inner_loss_exploding", 10, "numerical instability of the inner loop: the inner lr is too high",
+@rule("inner_loss_exploding", 12, "numerical instability of the inner loop: the inner lr is too high",
       "figure5 per layer (max_smoothed_loss vs loss_ceiling); verdict figure5_bounded; inner_step_size",
       "a smoothed Figure-5 loss exceeds loss_ceiling (default 10)",
       overrides=("inner_lr_too_low", "context_not_used", "inner_lr_too_high"),
@@ -78,7 +78,7 @@ def rule_inner_loss_exploding(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_bounded", "inner_step_size"], layers), layers=layers)
 
 
-@rule("inner_loss_off_scale", 11, "the inner loss at W_0 is outside the range a working layer shows: W_0 or the projections are off scale (above), or there is nothing to reconstruct (near 0)",
+@rule("inner_loss_off_scale", 13, "the inner loss at W_0 is outside the range a working layer shows: W_0 or the projections are off scale (above), or there is nothing to reconstruct (near 0)",
       "figure5 per layer (mean_l0 vs loss_mean_min / loss_mean_max); verdict figure5_bounded",
       "figure5_bounded fails on the mean l0 while no smoothed loss exceeds loss_ceiling",
       reads=("figure5_bounded",))
@@ -122,7 +122,7 @@ def rule_inner_loss_off_scale(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_bounded", *(["dead_parameters"] if zeroed else [])], layers), layers=layers)
 
 
-@rule("inner_lr_too_high", 14, "degenerate inner learning: one inner step makes the loss worse (inner lr far too high)",
+@rule("inner_lr_too_high", 16, "degenerate inner learning: one inner step makes the loss worse (inner lr far too high)",
       "figure5 per layer (mean lafter vs lprev, improvement_abs, frac_lprev_gt_lafter); inner_step_size (best_multiplier <= 0.5)",
       "lafter > lprev on average in a layer, or the step-size probe's best multiplier is <= 0.5",
       overrides=("inner_lr_too_low", "context_not_used", "inner_step_size_off", "ttt_hurts", "ttt_does_nothing"),
@@ -170,7 +170,7 @@ def rule_inner_lr_too_high(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_ordering", "figure5_improvement", "inner_step_size"], layers), layers=layers)
 
 
-@rule("inner_lr_too_low", 15, "no inner learning: gradients do not flow or the inner lr is ~0",
+@rule("inner_lr_too_low", 17, "no inner learning: gradients do not flow or the inner lr is ~0",
       "figure5 per layer (improvement_abs < improvement_min_abs, curves overlapping); inner_step_size (best_multiplier >= 4)",
       "one inner step improves the loss by less than improvement_min_abs (default 0.001) without making it worse",
       overrides=("context_not_used", "inner_step_size_off", "ttt_does_nothing"),
@@ -231,7 +231,7 @@ def failing_layers(m: Metrics, check: str) -> set[str]:
     return {str(v.get("layer")) for v in failing(m, check) if v.get("layer")}
 
 
-@rule("context_not_used", 16, "TTT cannot use the context: architecture or feature mismatch",
+@rule("context_not_used", 18, "TTT cannot use the context: architecture or feature mismatch",
       "figure5 per layer (benefit_first_quarter / benefit_last_quarter / benefit_growth: mean log(l0/lprev); frac_l0_gt_lprev); "
       "verdicts figure5_adaptation, figure5_ordering",
       "in a layer failing figure5_adaptation or figure5_ordering: what the carried state buys, mean log(l0/lprev), does not grow "
@@ -278,7 +278,7 @@ def rule_context_not_used(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_adaptation", "figure5_ordering"], layers), layers=layers)
 
 
-@rule("inner_step_size_off", 17, "the inner step size is off the minimum along its own direction",
+@rule("inner_step_size_off", 19, "the inner step size is off the minimum along its own direction",
       "metrics.inner_step_size per layer (best_multiplier, base_lr, recommended_base_lr); verdict inner_step_size",
       "inner_step_size fails and no Figure-5 rule above explains it", reads=("inner_step_size",))
 def rule_inner_step_size_off(m: Metrics) -> Finding | None:

@@ -30,7 +30,7 @@ def _outer_symptom(m: Metrics, v: Mapping[str, Any]) -> str:
     return f"outer loss {a:.4f} at the learned gate vs {b:.4f} at gate 0 ({(a - b) / abs(b):+.2%})" if b else f"outer loss {a} vs {b}"
 
 
-@rule("ttt_hurts", 19, "TTT makes the outer loss worse than the model without it",
+@rule("ttt_hurts", 21, "TTT makes the outer loss worse than the model without it",
       "verdict ttt_helps (details.verdict == hurts; relative_decrease); outer_loss learned / gate0",
       "ttt_helps fails as 'hurts' (or fails with a loss increase, older runs)", reads=("ttt_helps",))
 def rule_ttt_hurts(m: Metrics) -> Finding | None:
@@ -72,7 +72,7 @@ def rule_ttt_hurts(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["ttt_helps"]))
 
 
-@rule("ttt_does_nothing", 20, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
+@rule("ttt_does_nothing", 22, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",
       "verdict ttt_helps (details.verdict == does_nothing; constant_output_layers); outer_loss",
       "ttt_helps fails as 'does nothing' or 'ignores its input'",
       reads=("ttt_helps",))
@@ -99,7 +99,7 @@ def rule_ttt_does_nothing(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["ttt_helps"]))
 
 
-@rule("objective_mismatch", 12, "the weights were trained on another objective or other data than the one evaluated: the loss the "
+@rule("objective_mismatch", 14, "the weights were trained on another objective or other data than the one evaluated: the loss the "
       "checkpoint's own training record states is far below the one measured",
       "metrics.training_record (train_loss, source) vs outer_loss.learned; threshold record_max_loss_ratio; verdicts ttt_helps, "
       "gate_stats, talk_*",

@@ -17,7 +17,7 @@ def _sweep_evidence(m: Metrics) -> list[str]:
     return wavs + [p for p in _evidence(m, ["talk_learned"]) if p.endswith(".png") and p not in wavs]
 
 
-@rule("sweep_scenario_c", 21, "scenario C: every gate is quiet, so the problem is elsewhere (base model, input, sampling)",
+@rule("sweep_scenario_c", 23, "scenario C: every gate is quiet, so the problem is elsewhere (base model, input, sampling)",
       "sweep rows (words per gate, collapse); verdict talk_base", "no gate of the sweep talks, gate 0 included",
       overrides=("sweep_scenario_a", "sweep_scenario_b", "generation_collapse"),
       reads=("talk_base", "talk_learned", "talk_collapse"))
@@ -32,7 +32,7 @@ def rule_sweep_scenario_c(m: Metrics) -> Finding | None:
                    evidence=_sweep_evidence(m))
 
 
-@rule("sweep_scenario_a", 22, "scenario A: the TTT weights learned quiet behaviour (data / objective)",
+@rule("sweep_scenario_a", 24, "scenario A: the TTT weights learned quiet behaviour (data / objective)",
       "sweep rows: gate 0 talks, the learned gate and the highest gate are quiet", "gate 0 talks, learned and top gate quiet",
       reads=("talk_learned", "talk_collapse"))
 def rule_sweep_scenario_a(m: Metrics) -> Finding | None:
@@ -46,7 +46,7 @@ def rule_sweep_scenario_a(m: Metrics) -> Finding | None:
                    evidence=_sweep_evidence(m))
 
 
-@rule("sweep_scenario_b", 23, "scenario B: TTT learned useful features but the gate ignores them (gating collapsed)",
+@rule("sweep_scenario_b", 25, "scenario B: TTT learned useful features but the gate ignores them (gating collapsed)",
       "sweep rows: gate 0 and the highest gate talk, the learned gate is quiet", "gate 0 and top gate talk, learned quiet and below the top gate",
       reads=("talk_learned",))
 def rule_sweep_scenario_b(m: Metrics) -> Finding | None:
@@ -60,7 +60,7 @@ def rule_sweep_scenario_b(m: Metrics) -> Finding | None:
                    evidence=_sweep_evidence(m))
 
 
-@rule("generation_collapse", 24, "generation collapses (silence, repetition) at a gate the model runs at",
+@rule("generation_collapse", 26, "generation collapses (silence, repetition) at a gate the model runs at",
       "verdict talk_collapse per gate (details.kinds)", "talk_collapse fails", reads=("talk_collapse",))
 def rule_generation_collapse(m: Metrics) -> Finding | None:
     bad = [v for v in failing(m, "talk_collapse") if not _cannot_measure(v)]

@@ -238,6 +238,14 @@ class Adapter(abc.ABC):
         recorded one means the weights were trained on another objective or other data."""
         return None
 
+    def base_reference(self) -> dict[str, Any] | None:
+        """The base model's own loss on the default input, measured when the base was known to be
+        good: ``{"loss": ..., "fingerprint": the input's hash (checks.base_model.input_fingerprint),
+        "source": where it was read, "input": what the input was}``, or None where the checkpoint
+        stores none (then only ``--base-reference`` can check the base). The check compares it with
+        the loss at gate 0 on the same tokens."""
+        return None
+
     def model_checks(self, inputs: Any) -> list[Verdict]:
         """Verdicts only this model family can give (Moshi: gate 0 reproduces the vanilla model,
         state carried frame by frame, ...), reported under ``model_specific``; none by default."""

@@ -23,6 +23,8 @@ def pytest_args(ckpt: str | None, out: Path, args: argparse.Namespace) -> list[s
         argv += ["--baseline", args.baseline]
     if getattr(args, "update_baseline", False):
         argv.append("--update-baseline")
+    if getattr(args, "base_reference", None):
+        argv += ["--base-reference", args.base_reference]
     if getattr(args, "trust_pickle", False):
         argv.append("--trust-pickle")
     if args.gates:

@@ -171,6 +171,12 @@ class StepSizeRecord:
         return min(self.multipliers) < self.best_multiplier < max(self.multipliers)
 
     @property
+    def best_gain_rel(self) -> float:
+        """(loss at m = 0 - best loss) / loss at m = 0: what the best step on the grid buys, relative.
+        Near 0 the loss does not see the step at all (``inner_step_size`` calls the line flat)."""
+        return (self.loss_start - self.best_loss) / abs(self.loss_start) if self.loss_start else float("nan")
+
+    @property
     def lost_fraction(self) -> float:
         """(loss at m = 1 - best loss) / (loss at m = 0 - best loss): the share of the gain the best
         step on the grid achieves that the step actually taken gives away (0 when m = 1 is best;
@@ -230,7 +236,7 @@ class StepSizeRecord:
         return {"multipliers": list(self.multipliers), "losses": list(self.losses), "loss_start": self.loss_start,
                 "best_multiplier": self.best_multiplier, "base_lr": self.base_lr,
                 "recommended_base_lr": self.recommended_base_lr, "bracketed": self.bracketed,
-                "lost_fraction": self.lost_fraction,
+                "lost_fraction": self.lost_fraction, "best_gain_rel": self.best_gain_rel,
                 "gain_ratio_1_to_best": self.gain_ratio_1_to_best, "count": self.count, "nonfinite": self.nonfinite}
 
 

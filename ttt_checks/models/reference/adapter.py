@@ -35,7 +35,8 @@ from ttt_checks.models.base import (
     disputed_number,
     fixed_gate,
 )
-from ttt_checks.models.reference.checkpoint import STORE_DTYPE, LoadedCheckpoint, is_ttt_key, load_checkpoint, ttt_init_of
+from ttt_checks.models.reference.checkpoint import (STORE_DTYPE, CheckpointError, LoadedCheckpoint, is_ttt_key, load_checkpoint,
+                                                    read_config, ttt_init_of)
 from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
@@ -188,6 +189,23 @@ class ReferenceAdapter(Adapter):
         val = record.get("val_loss")
         return {"train_loss": float(record["train_loss"]), "val_loss": float(val) if isinstance(val, (int, float)) else None,
                 "source": "config.json training"}
+
+    def base_reference(self) -> dict[str, Any] | None:
+        """The base's ``reference_loss`` in its config.json (written by the zoo when the base is
+        built: its loss on the default held-out input of a checkpoint on that base)."""
+        if self.loaded.config.get("kind") == "base":
+            config, where = self.loaded.config, self.loaded.path / "config.json"
+        else:
+            where = self.loaded.path / str(self.loaded.config.get("base", "")) / "config.json"
+            try:
+                config = read_config(where.parent)
+            except CheckpointError:
+                return None
+        stored = config.get("reference_loss")
+        if not isinstance(stored, dict) or not isinstance(stored.get("loss"), (int, float)):
+            return None
+        return {"loss": float(stored["loss"]), "fingerprint": stored.get("fingerprint"),
+                "source": f"{where} reference_loss", "input": str(stored.get("input", ""))}
 
     def recipe_fields(self) -> list[RecipeField]:
         """config.json's decoder (what the loader builds) vs its ``recipe`` (what it was trained

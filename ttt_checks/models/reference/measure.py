@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ttt_checks.checks.base_model import input_fingerprint
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.ttt import Figure5Probe, effective_gate
@@ -82,3 +83,14 @@ def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows:
     return {"summary": summary, "figure5": figure5, "gates": gates, "replies": replies,
             "inputs": {"rows": rows, "length": length,
                        "source": f"validation split of the dialogue corpus ({adapter.corpus_data()})"}}
+
+
+def base_reference_loss(base_dir: str | Path, rows: int = 8, length: int = 256) -> dict[str, Any]:
+    """The base's loss on the default held-out input of every TTT checkpoint built on it (the same
+    tokens, fingerprinted), stored in the base's config.json as ``reference_loss``: the health
+    check ``base_model`` compares a checkpoint's gate-0 loss with it."""
+    adapter = ReferenceAdapter(base_dir)
+    inputs = adapter.default_teacher_forced_inputs(length=length, rows=rows)
+    loss = float(np.mean(adapter.teacher_forced(inputs).outer_loss))
+    return {"loss": loss, "fingerprint": input_fingerprint(inputs),
+            "input": f"default held-out input: validation split ({adapter.corpus_data()}), {rows} rows x {length} tokens"}

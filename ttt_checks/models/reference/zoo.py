@@ -33,7 +33,7 @@ from ttt_checks.models.reference.checkpoint import (
     ttt_tensors,
 )
 from ttt_checks.models.reference.corpus import DialogueCorpus
-from ttt_checks.models.reference.measure import measure_checkpoint
+from ttt_checks.models.reference.measure import base_reference_loss, measure_checkpoint
 from ttt_checks.models.reference.model import Decoder, DecoderConfig
 from ttt_checks.models.reference.train import (
     FinetuneRecipe,
@@ -457,6 +457,8 @@ def _build_base(out: Path, name: str, corpus: DialogueCorpus, reuse: bool, say: 
     base_dir = out / name
     if reuse and (base_dir / CONFIG_NAME).is_file() and _same_pretrain(read_config(base_dir).get("recipe"), recipe):
         say(f"{name}: reusing the existing base checkpoint")
+        if "reference_loss" not in read_config(base_dir):  # bases built before the check existed
+            _update_config(base_dir, {"reference_loss": base_reference_loss(base_dir)})
         return load_checkpoint(base_dir).model
     base, base_info = pretrain_base(corpus, recipe, config, log=say)
     round_to_bf16_(base)
@@ -465,6 +467,7 @@ def _build_base(out: Path, name: str, corpus: DialogueCorpus, reuse: bool, say: 
     if recipe.data != "dialogue":
         extra["corpus_data"] = recipe.data
     save_base(base, base_dir, extra=extra)
+    _update_config(base_dir, {"reference_loss": base_reference_loss(base_dir)})
     say(f"{name}: val loss {base_info['val_loss_bf16']:.4f}")
     return base
 
