@@ -17,7 +17,6 @@ then says the base was not checked, and why, instead of passing or failing on a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ttt_checks.metrics.fingerprint import input_fingerprint
 from ttt_checks.verdict import Verdict
+
+__all__ = ["BaseReference", "BaseReferenceError", "base_model", "base_not_checked", "input_fingerprint",
+           "reference_from_metrics", "reference_in_metrics"]
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,6 @@ class BaseReference:
 
 class BaseReferenceError(ValueError):
     """A --base-reference file that cannot be used; the message says what to give instead."""
-
-
-def input_fingerprint(inputs: Any) -> str | None:
-    """A short hash of a teacher-forced input (tokens, codes or PCM): the same array gives the same
-    string, any change of a value, the dtype or the shape another. None when the input is not an
-    array (then no reference can be matched to it)."""
-    if hasattr(inputs, "detach"):
-        inputs = inputs.detach().cpu().numpy()
-    if not isinstance(inputs, np.ndarray):
-        return None
-    arr = np.ascontiguousarray(inputs)
-    digest = hashlib.sha256(f"{arr.dtype.str}:{arr.shape}:".encode())
-    digest.update(arr.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def reference_from_metrics(path: Path) -> BaseReference:

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ttt_checks.checks.base_model import input_fingerprint
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats
+from ttt_checks.metrics.fingerprint import input_fingerprint
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.ttt import Figure5Probe, effective_gate
 
