@@ -223,3 +223,39 @@ def test_a_tensor_off_scale_with_every_check_passing_is_no_finding():
     m = healthy_metrics()
     m["verdicts"]["dead_parameters"][0]["details"]["std_ratio_to_init"] = {"layers.3.ttt.ttt.wo.weight": 50.0}
     assert dx.diagnosis_dict(m)["healthy"]
+
+
+# -- through a health run --------------------------------------------------------------------------
+
+
+def _gate0_run(tmp_path, ckpt, **options):
+    from ttt_checks.models.reference.adapter import ReferenceAdapter
+    from ttt_checks.paths import ZOO_DIR
+    from ttt_checks.run import HealthRun, RunOptions
+
+    run = HealthRun(ReferenceAdapter(ZOO_DIR / ckpt), RunOptions(report_dir=tmp_path / "report", **options))
+    return run, run.judge("base_model")
+
+
+def test_the_zoo_base_matches_the_reference_stored_when_it_was_built(tmp_path):
+    """healthy-seed0 at gate 0 runs the base through a model with a TTT block whose output is
+    multiplied by 0, fed 16 tokens per call instead of the whole row: float rounding only."""
+    run, [v] = _gate0_run(tmp_path, "healthy-seed0")
+    assert v.ok and abs(v.measured) < 1e-6, v.explanation
+    metrics = run.metrics()
+    assert metrics["inputs"]["fingerprint"] == v.details["reference"]["fingerprint"]
+    assert "base_model_not_checked" not in metrics
+
+
+def test_a_base_reference_file_replaces_the_stored_one_and_another_input_is_not_checked(tmp_path):
+    reference = tmp_path / "good.json"
+    run, _ = _gate0_run(tmp_path, "healthy-seed0")
+    fingerprint = run.input_fingerprint
+    reference.write_text(json.dumps({"outer_loss": {"gate0": 1.5}, "inputs": {"fingerprint": fingerprint}}))
+    _, [v] = _gate0_run(tmp_path, "healthy-seed0", base_reference=reference)
+    assert not v.ok and v.measured == pytest.approx(1.7264 / 1.5 - 1, abs=1e-3) and "--base-reference" not in v.explanation
+    assert str(reference) in v.details["reference"]["source"]
+    reference.write_text(json.dumps({"outer_loss": {"gate0": 1.5}, "inputs": {"fingerprint": "another"}}))
+    run, verdicts = _gate0_run(tmp_path, "healthy-seed0", base_reference=reference)
+    assert verdicts == [] and "another input" in run.base_model_not_checked()["why"]
+    assert run.metrics()["base_model_not_checked"]["checked"] is False

@@ -42,6 +42,7 @@ def test_options_are_listed_in_their_own_group(pytester):
         (("--device", "tpu"), "*expected auto, cpu, cuda or cuda:N*"),
         (("--update-baseline",), "*--update-baseline needs --baseline PATH*"),
         (("--baseline", "no-such-metrics.json"), "*--baseline no-such-metrics.json: no such file*--update-baseline*"),
+        (("--base-reference", "no-such-metrics.json"), "*--base-reference no-such-metrics.json: no such file*known-good*"),
     ],
 )
 def test_invalid_options_are_usage_errors_not_green_runs(pytester, args, message):
