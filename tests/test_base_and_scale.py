@@ -4,9 +4,7 @@ is flat, and the diagnosis rules that read them (base_model, ttt_tensor_off_scal
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 
 import numpy as np
 import pytest

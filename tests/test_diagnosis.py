@@ -658,13 +658,17 @@ def test_an_interrupted_load_is_not_called_a_load_failure():
 _GRID = [0.0, 0.001, 0.25, 0.5, 1.0, 2.0, 4.0]
 
 
-def _advice_agrees(f: dx.Finding) -> None:
+def advice_goes_its_own_way(fix: str, rule: str) -> None:
     """A fix that says lower names a smaller value than the one it starts from, raise a larger one."""
     for verb, sign in (("lower", -1), ("raise", +1)):
-        match = re.search(rf"{verb} \S+ from ([0-9.e+-]+) to (?:at (?:most|least) )?([0-9.e+-]+)", f.fix)
+        match = re.search(rf"{verb} \S+ from ([0-9.e+-]+) to (?:at (?:most|least) )?([0-9.e+-]+)", fix)
         if match:
             start, target = float(match.group(1)), float(match.group(2))
-            assert (target - start) * sign > 0, f"{f.rule}: '{f.fix}' goes the wrong way"
+            assert (target - start) * sign > 0, f"{rule}: '{fix}' goes the wrong way"
+
+
+def _advice_agrees(f: dx.Finding) -> None:
+    advice_goes_its_own_way(f.fix, f.rule)
 
 
 def test_a_probe_whose_best_is_the_grids_largest_step_never_sizes_advice_to_lower_the_lr():

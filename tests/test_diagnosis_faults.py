@@ -11,7 +11,6 @@ tensors redrawn). The gating sweep (Whisper) is left out: no rule below reads it
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from test_diagnosis import advice_goes_its_own_way
 from ttt_checks.checks.catalogue import CHECKS, TALK_CHECKS
 from ttt_checks.diagnosis import diagnosis_dict
 from ttt_checks.models.reference.adapter import ReferenceAdapter
@@ -180,16 +180,8 @@ def test_a_fault_of_our_own_gets_the_right_top_finding_and_fix(fault_dir, name):
     said = f"{top.get('config_key')} {top['fix']}"
     assert names in said, f"{name}: the fix does not name {names!r}: {said}"
     for finding in diagnosis["findings"]:  # no advice contradicts its own numbers
-        _advice_goes_its_own_way(finding)
+        advice_goes_its_own_way(finding["fix"], finding["rule"])
 
-
-def _advice_goes_its_own_way(finding: dict) -> None:
-    """'lower X from a to b' names b < a, 'raise X from a to b' names b > a."""
-    for verb, sign in (("lower", -1), ("raise", +1)):
-        match = re.search(rf"{verb} \S+ from ([0-9.e+-]+) to (?:at (?:most|least) )?([0-9.e+-]+)", finding["fix"])
-        if match:
-            start, target = float(match.group(1)), float(match.group(2))
-            assert (target - start) * sign > 0, f"{finding['rule']}: '{finding['fix']}' goes the wrong way"
 
 
 def test_half_of_the_faults_are_trained():
