@@ -14,9 +14,26 @@ the metrics.json of every checkpoint of a run that was already gated:
 folder, same state file). Per step it shows the mean tanh(alpha) per layer against its initial
 value, the Figure-5 means and gaps per layer, the outer-loss change learned vs gate 0, words at
 gate 0 and at the learned gate, the number of failing checks; it marks the first step each check
-turned red and names the last healthy checkpoint. Output: trend.html (plots embedded), the PNGs,
-trend.json. Exit code: 0 when the newest gated checkpoint is healthy, 1 when not, 4 usage error,
-5 when no checkpoint of the run has a report.
+turned red and names the checkpoint to keep. Output: trend.html (plots embedded), the PNGs,
+trend.json.
+
+The run is told apart from the training. A check that fails in every gated checkpoint (a base
+that never talks, a tensor the save drops: failing from the first checkpoint on) is a fault of
+the setup, not of this training: it is set aside and named once ("constant over the run"), and
+it still needs fixing separately. The checkpoint to keep is the newest one in which no failure
+has *appeared*, i.e. no check fails that passed in an earlier checkpoint (so a run whose every
+checkpoint fails the talk checks still names one). At the step a failure appeared the trend
+compares that checkpoint with the one before it: which gate fell, which TTT tensors' norms grew
+and by how much (metrics.json ``ttt_tensor_norms``), whether the inner step size ``base_lr``
+changed, how the inner losses and the outer loss moved; from that it names the cause of the run
+(the gates fell; the TTT weights were changed by the outer update under an unchanged base_lr;
+base_lr itself changed) and a fix whose direction agrees with its numbers. That run-level cause
+supersedes the fix a single checkpoint's diagnosis proposes (it cannot see the history).
+
+Exit code: 0 when the newest gated checkpoint is healthy, 1 when not (constant failures included:
+the newest checkpoint still fails them, and a model that fails a check is not healthy whatever
+caused it; ``summary.training_broke`` in trend.json says whether a failure appeared during the
+run), 4 usage error, 5 when no checkpoint of the run has a report.
 """
 
 from __future__ import annotations
@@ -24,13 +41,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ttt_checks.checks.thresholds import THRESHOLDS
-from ttt_checks.diagnosis import diagnosis_dict
+from ttt_checks.diagnosis import CONFIG_KEYS, GENERIC_KEYS, diagnosis_dict
+from ttt_checks.metrics.tensor_norms import norm_ratios
 from ttt_checks.paths import REPORTS
 from ttt_checks.report.files import write_json_atomic, write_text_atomic
 from ttt_checks.report.plots import _pyplot, _save
@@ -42,6 +61,17 @@ TREND_JSON = "trend.json"
 
 
 TREND_HTML = "trend.html"
+
+# A TTT tensor whose norm grew by this factor between two saves was moved by more than a training
+# step of a working recipe does (measured on the reference trajectories of tests/test_trend_causes.py:
+# healthy saves 10 steps apart change every norm by less than 1%; the outer lr x10000 multiplied the
+# inner weights' norms by 80 in one interval).
+NORM_GROWTH = 2.0
+# The outer loss at the learned gate "moved" when it changed by more than this fraction between two saves.
+OUTER_MOVED_REL = 0.01
+# The inner losses "exploded" when their largest smoothed value exceeds loss_ceiling, or "rose" when it
+# grew by this factor between two saves.
+INNER_ROSE = 1.5
 
 
 @dataclass
@@ -63,6 +93,11 @@ class Point:
     words_learned: float | None = None
     diagnosis: str = ""
     top_rule: str | None = None
+    adapter: str | None = None
+    base_lr: dict[str, float | None] = field(default_factory=dict)  # per layer, the inner step size
+    outer_learned: float | None = None  # mean outer loss at the learned gate
+    ttt_norms: dict[str, float | None] = field(default_factory=dict)  # metrics.json ttt_tensor_norms
+    appeared_failing: list[str] = field(default_factory=list)  # failing checks that passed in an earlier checkpoint
 
 
 def step_of(name: str, index: int) -> int:
@@ -92,21 +127,27 @@ def point_from_metrics(metrics: Mapping[str, Any], step: int, name: str, report_
     f5 = {}
     for lname, s in (metrics.get("figure5") or {}).items():
         l0, lprev, lafter = (finite_or_none(s.get(k)) for k in ("mean_l0", "mean_lprev", "mean_lafter"))
-        f5[lname] = {"l0": l0, "lprev": lprev, "lafter": lafter,
+        f5[lname] = {"l0": l0, "lprev": lprev, "lafter": lafter, "max_smoothed": finite_or_none(s.get("max_smoothed_loss")),
                      "gap_context": l0 - lprev if l0 is not None and lprev is not None else None,
                      "gap_step": lprev - lafter if lprev is not None and lafter is not None else None}
     outer = metrics.get("outer_loss") or {}
     a, b = finite_or_none(outer.get("learned")), finite_or_none(outer.get("gate0"))
     rows = {str(r.get("label")): r for r in metrics.get("sweep") or [] if isinstance(r, Mapping)}
-    diagnosis = metrics.get("diagnosis") or diagnosis_dict(metrics)
+    # Diagnosed again with today's rules: a report written by an older version may carry advice
+    # those rules no longer give (a "lower" that named a larger value).
+    diagnosis = diagnosis_dict(metrics)
     findings = diagnosis.get("findings") or []
+    base_lr = {str(l.get("name")): finite_or_none(l.get("base_lr")) for l in metrics.get("layers") or [] if isinstance(l, Mapping)}
+    norms = {str(k): finite_or_none(v) for k, v in (metrics.get("ttt_tensor_norms") or {}).items()}
     return Point(step=step, name=name, checkpoint=str(metrics.get("checkpoint")), report_dir=str(report_dir),
                  healthy=not failing and bool(verdicts) and metrics.get("complete", True) is not False,
                  complete=metrics.get("complete", True) is not False, failing_checks=failing,
                  gate_tanh=gate, gate_init_tanh=init, figure5=f5,
                  outer_change=(a - b) / abs(b) if a is not None and b else None,
                  words_gate0=finite_or_none((rows.get("0") or {}).get("words")), words_learned=finite_or_none((rows.get("learned") or {}).get("words")),
-                 diagnosis=str(diagnosis.get("summary", "")), top_rule=findings[0]["rule"] if findings else None)
+                 diagnosis=str(diagnosis.get("summary", "")), top_rule=findings[0]["rule"] if findings else None,
+                 adapter=str(metrics.get("adapter")) if metrics.get("adapter") else None, base_lr=base_lr,
+                 outer_learned=a, ttt_norms=norms)
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -210,17 +251,23 @@ def collect(run_dir: Path, roots: Sequence[Path]) -> tuple[list[Point], list[str
     return points, missing
 
 
-def _lost_fraction(points: Sequence[Point]) -> float:
-    """``gate_min_fraction_of_init`` of the newest report (the threshold the gates were judged by)."""
+def _threshold(points: Sequence[Point], name: str, fallback: float) -> float:
+    """Threshold ``name`` of the newest report that states it (what its checks were judged by),
+    else the package default."""
     for p in reversed(points):
         try:
-            value = json.loads((Path(p.report_dir) / "metrics.json").read_text()).get("thresholds", {}).get("gate_min_fraction_of_init")
+            value = json.loads((Path(p.report_dir) / "metrics.json").read_text()).get("thresholds", {}).get(name)
         except (OSError, ValueError):
             continue
         if finite_or_none(value) is not None:
             return float(value)
-    default = THRESHOLDS.get("gate_min_fraction_of_init")
-    return default.default if default is not None else 0.5
+    default = THRESHOLDS.get(name)
+    return default.default if default is not None else fallback
+
+
+def _lost_fraction(points: Sequence[Point]) -> float:
+    """``gate_min_fraction_of_init`` of the newest report (the threshold the gates were judged by)."""
+    return _threshold(points, "gate_min_fraction_of_init", 0.5)
 
 
 def first_red(points: Sequence[Point]) -> dict[str, dict[str, Any]]:
@@ -258,34 +305,215 @@ def gates_began_falling(points: Sequence[Point], lost_fraction: float = 0.5) -> 
     return out
 
 
-def summarise(points: Sequence[Point], missing: Sequence[str], lost_fraction: float = 0.5) -> dict[str, Any]:
-    """The verdict of the run: last healthy checkpoint and what broke when, in one sentence too."""
+def split_failures(points: Sequence[Point]) -> dict[str, Any]:
+    """Which failures belong to the setup and which appeared during the training.
+
+    ``constant``: checks failing in every gated checkpoint (with two or more checkpoints; one
+    checkpoint cannot tell the setup from the training). ``at_start``: checks failing in the first
+    checkpoint that pass in a later one ({check: first step it passed}). ``appeared``: {check:
+    the first step it failed after having passed in an earlier checkpoint}. Sets each point's
+    ``appeared_failing``: its failing checks that passed before it.
+    """
+    checks = sorted({c for p in points for c in p.failing_checks})
+    constant = [c for c in checks if len(points) >= 2 and all(c in p.failing_checks for p in points)]
+    at_start, appeared = {}, {}
+    for check in checks:
+        if check in constant:
+            continue
+        passed_before = False
+        for p in points:
+            failing = check in p.failing_checks
+            if not failing and points and check in points[0].failing_checks and check not in at_start:
+                at_start[check] = p.step
+            if failing and passed_before and check not in appeared:
+                appeared[check] = p.step
+            passed_before = passed_before or not failing
+    for p in points:
+        passed_before = set()
+        for q in points:
+            if q.step >= p.step:
+                break
+            passed_before |= {c for c in checks if c not in q.failing_checks}
+        p.appeared_failing = [c for c in p.failing_checks if c in passed_before]
+    return {"constant": constant, "at_start": at_start, "appeared": appeared}
+
+
+def _is_gate(name: str) -> bool:
+    return name.endswith("alpha") or ".alpha" in name.rsplit("ttt.", 1)[-1]
+
+
+def explain_change(prev: Point, at: Point, lost_fraction: float = 0.5, loss_ceiling: float = 10.0,
+                   keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What changed between two consecutive checkpoints, where a failure appeared at ``at``.
+
+    Reads only numbers both reports carry: the gate per layer, the per-tensor norms of the TTT
+    weights (``ttt_tensor_norms``), the inner step size ``base_lr``, the Figure-5 losses and the
+    outer loss. Returns the numbers, a ``kind`` (``base_lr_changed``, ``outer_update``,
+    ``gate_fell`` or None when none of them explains it), a ``cause`` sentence and a ``fix`` whose
+    direction agrees with its numbers (a fix that lowers names a smaller value).
+    """
+    keys = keys or GENERIC_KEYS
+    span = f"between {prev.step} and {at.step}"
+    out: dict[str, Any] = {"from_step": prev.step, "step": at.step, "kind": None, "cause": "", "fix": ""}
+
+    gates = {}
+    for layer in sorted(set(prev.gate_tanh) & set(at.gate_tanh)):
+        a, b = prev.gate_tanh[layer], at.gate_tanh[layer]
+        if a is not None and b is not None:
+            gates[layer] = {"before": a, "after": b, "init": at.gate_init_tanh.get(layer),
+                            "fell": abs(b) < lost_fraction * abs(a)}
+    fell = [l for l, g in gates.items() if g["fell"]]
+    out["gates"] = gates
+
+    ratios = {n: r for n, r in norm_ratios(prev.ttt_norms, at.ttt_norms).items() if not _is_gate(n)}
+    # The norm of all TTT weights together decides: a bias near 0 may double in a healthy step, the
+    # whole set does not. The tensors named are those that grew most in absolute terms.
+    total_before = math.sqrt(sum(prev.ttt_norms[n] ** 2 for n in ratios))
+    total_after = math.sqrt(sum(at.ttt_norms[n] ** 2 for n in ratios))
+    total_ratio = total_after / total_before if total_before > 0 else None
+    grown = dict(sorted(((n, r) for n, r in ratios.items() if r >= NORM_GROWTH),
+                        key=lambda kv: -(at.ttt_norms[kv[0]] - prev.ttt_norms[kv[0]])))
+    out["norms"] = {"compared": len(ratios), "total_before": total_before if ratios else None,
+                    "total_after": total_after if ratios else None, "total_ratio": total_ratio,
+                    "max_ratio": max(ratios.values()) if ratios else None, "grown": grown,
+                    "before": {n: prev.ttt_norms.get(n) for n in grown}, "after": {n: at.ttt_norms.get(n) for n in grown}}
+
+    lrs_before = {l: v for l, v in prev.base_lr.items() if v is not None}
+    lrs_after = {l: v for l, v in at.base_lr.items() if v is not None}
+    changed_lr = {l: (lrs_before[l], lrs_after[l]) for l in sorted(set(lrs_before) & set(lrs_after)) if lrs_before[l] != lrs_after[l]}
+    out["base_lr"] = {"before": lrs_before, "after": lrs_after, "changed": {l: list(v) for l, v in changed_lr.items()}}
+
+    inner = {}
+    for layer in sorted(set(prev.figure5) & set(at.figure5)):
+        a, b = prev.figure5[layer].get("max_smoothed"), at.figure5[layer].get("max_smoothed")
+        l0a, l0b = prev.figure5[layer].get("l0"), at.figure5[layer].get("l0")
+        if a is None or b is None:
+            continue
+        state = "exploded" if b > loss_ceiling >= a else "rose" if a > 0 and b >= INNER_ROSE * a else "steady"
+        inner[layer] = {"max_smoothed_before": a, "max_smoothed_after": b, "l0_before": l0a, "l0_after": l0b, "state": state}
+    out["inner_losses"] = inner
+    moved_inner = {l: v for l, v in inner.items() if v["state"] != "steady"}
+
+    outer = None
+    if prev.outer_learned is not None and at.outer_learned is not None and prev.outer_learned:
+        rel = (at.outer_learned - prev.outer_learned) / abs(prev.outer_learned)
+        outer = {"before": prev.outer_learned, "after": at.outer_learned, "rel": rel, "moved": abs(rel) > OUTER_MOVED_REL}
+    out["outer_loss"] = outer
+    outer_text = "" if outer is None else (
+        f"the outer loss at the learned gate {'moved' if outer['moved'] else 'stayed flat'} "
+        f"({outer['before']:.4g} -> {outer['after']:.4g}, {outer['rel']:+.1%})")
+
+    def inner_text() -> str:
+        parts = []
+        for layer, v in moved_inner.items():
+            parts.append(f"{layer}: largest smoothed inner loss {v['max_smoothed_before']:.3g} -> {v['max_smoothed_after']:.3g}"
+                         + (f", mean l0 {v['l0_before']:.3g} -> {v['l0_after']:.3g}" if v["l0_before"] is not None and v["l0_after"] is not None else ""))
+        return "; ".join(parts)
+
+    def grown_text() -> str:
+        top = list(grown.items())[:3]
+        return ", ".join(f"{n} {prev.ttt_norms[n]:.3g} -> {at.ttt_norms[n]:.3g} (x{r:.3g})" for n, r in top) + (
+            f" and {len(grown) - 3} more" if len(grown) > 3 else "")
+
+    if changed_lr:
+        layer, (a, b) = next(iter(changed_lr.items()))
+        verb = "lower" if b > a else "raise"
+        out.update(kind="base_lr_changed",
+                   cause=f"the inner step size changed at step {at.step}: {keys['base_lr']} {a:g} -> {b:g} ({layer})"
+                         + (f"; the inner losses {next(iter(moved_inner.values()))['state']} ({inner_text()})" if moved_inner else ""),
+                   fix=f"keep {prev.name}; {verb} {keys['base_lr']} from {b:g} back to {a:g}, the value before step {at.step}")
+    elif total_ratio is not None and total_ratio >= NORM_GROWTH:
+        what = "exploded" if any(v["state"] == "exploded" for v in moved_inner.values()) else "rose"
+        lr_now = ", ".join(sorted({f"{v:g}" for v in lrs_after.values()})) or "unrecorded"
+        head = (f"the inner losses {what} from step {at.step} ({inner_text()}) while the inner step size ({keys['base_lr']} "
+                f"{lr_now}) did not change: " if moved_inner else f"with the inner step size ({keys['base_lr']} {lr_now}) unchanged, ")
+        out.update(kind="outer_update",
+                   cause=head + f"the TTT weights' norm grew by {total_ratio:.3g}x {span} ({total_before:.4g} -> "
+                                f"{total_after:.4g}, {len(ratios)} tensors together; most: {grown_text()}), i.e. the outer "
+                                f"update (outer lr) changed them" + (f"; {outer_text}" if outer_text else "")
+                                + (f"; the gates fell too ({', '.join(fell)})" if fell else ""),
+                   fix=f"keep {prev.name}; lower the outer learning rate of the TTT parameters ({keys['outer_lr']}) "
+                       f"back to what it was before step {at.step}; leave {keys['base_lr']} as it is (it did not change)")
+    elif moved_inner and not changed_lr and lrs_after:
+        what = "exploded" if any(v["state"] == "exploded" for v in moved_inner.values()) else "rose"
+        lr_now = ", ".join(sorted({f"{v:g}" for v in lrs_after.values()}))
+        unmeasured = "these reports carry no per-tensor norms (ttt_tensor_norms) to say which TTT tensors moved" if not ratios else (
+            f"the TTT weights' norm changed by x{total_ratio:.3g} only, so the outer update did not blow them up")
+        out.update(kind="inner_losses_lr_unchanged",
+                   cause=f"the inner losses {what} from step {at.step} ({inner_text()}) while the inner step size "
+                         f"({keys['base_lr']} {lr_now}) did not change, so the inner step size is not what changed; {unmeasured}"
+                         + (f"; {outer_text}" if outer_text else ""),
+                   fix=f"keep {prev.name}; find what changed in the training at step {at.step} (the outer learning rate "
+                       f"{keys['outer_lr']}, the data); do not change {keys['base_lr']} for it")
+    elif fell:
+        parts = [f"{l}: mean tanh(alpha) {gates[l]['before']:.3g} -> {gates[l]['after']:.3g}"
+                 + (f" (init {gates[l]['init']:.3g})" if gates[l]["init"] is not None else "") for l in fell]
+        steady = (f"; the TTT weights' norm changed by x{total_ratio:.3g} only" if total_ratio is not None else "")
+        out.update(kind="gate_fell",
+                   cause=f"the gates fell from step {at.step} ({'; '.join(parts)}){steady}"
+                         + (f"; {outer_text}" if outer_text else ""),
+                   fix=f"keep {prev.name}; find what pushes the gates down from step {at.step} (a penalty or weight "
+                       f"decay on alpha, a larger alpha learning rate) and remove it; the TTT weights themselves did not jump")
+    return out
+
+
+def summarise(points: Sequence[Point], missing: Sequence[str], lost_fraction: float = 0.5,
+              loss_ceiling: float = 10.0) -> dict[str, Any]:
+    """The verdict of the run: the checkpoint to keep and why, what broke when and from what cause,
+    and the failures constant over the run; in one sentence too."""
     if not points:
         return {"newest_healthy": False, "last_healthy": None, "sentence": "no checkpoint of the run has been gated yet",
-                "first_red": {}, "gates_began_falling": {}}
+                "first_red": {}, "gates_began_falling": {}, "constant_failures": [], "appeared": {}, "keep": None}
     reds = first_red(points)
     falling = gates_began_falling(points, lost_fraction)
+    split = split_failures(points)
+    constant, appeared = split["constant"], split["appeared"]
     newest = points[-1]
     first_bad = next((p for p in points if not p.healthy), None)
-    # The checkpoint to keep: the newest healthy one (before the current unhealthy streak, if any).
-    keep = next((p for p in reversed(points) if p.healthy), None)
-    parts = []
-    if keep is not None:
-        parts.append(f"keep {keep.name}" + (" (the newest)" if keep is newest else ""))
+    if len(points) >= 2:
+        # The newest checkpoint in which no failure has appeared: constant failures and those
+        # present from the start do not count against it.
+        keep = next((p for p in reversed(points) if not p.appeared_failing and p.complete), None)
     else:
-        parts.append("no gated checkpoint is healthy")
+        keep = newest if newest.healthy else None
+    appeared_at = min(appeared.values()) if appeared else None
+    cause: dict[str, Any] | None = None
+    if appeared_at is not None:
+        index = next(i for i, p in enumerate(points) if p.step == appeared_at)
+        keys = CONFIG_KEYS.get(str(newest.adapter), GENERIC_KEYS)
+        cause = explain_change(points[index - 1], points[index], lost_fraction, loss_ceiling, keys)
+    if keep is None:
+        why = "no gated checkpoint is healthy"
+    elif appeared_at is None:
+        why = "no failure appeared during the run" if (constant or split["at_start"]) else "every gated checkpoint is healthy"
+    elif keep.step < appeared_at:
+        why = f"the last checkpoint before a failure appeared at {appeared_at}"
+    else:
+        why = "the newest checkpoint in which no failure that passed before has appeared"
+    newest_note = "the newest; " if keep is newest and appeared_at is None else "the newest, " if keep is newest else ""
+    parts = [f"keep {keep.name} ({newest_note}{why})" if keep is not None else why]
     if falling:
         step = min(falling.values())
         parts.append(f"gates began falling at {step} ({', '.join(sorted(l for l, s in falling.items() if s == step))})")
     for check, info in sorted(reds.items(), key=lambda kv: (kv[1]["red_from"] if kv[1]["red_from"] is not None else 1 << 60, kv[0])):
-        if info["red_now"]:
+        if info["red_now"] and check not in constant:
             parts.append(f"{check} failed from {info['red_from']}")
-    if newest.top_rule and not newest.healthy:
+    if cause and cause["kind"]:
+        parts += [f"cause: {cause['cause']}", f"fix: {cause['fix']}"]
+    elif newest.top_rule and not newest.healthy:
         parts.append(f"newest: {newest.diagnosis}")
+    if constant:
+        parts.append(f"constant over the run: {', '.join(constant)} (failing in every gated checkpoint, so not caused by this "
+                     f"training; they still need fixing separately)")
+    if split["at_start"]:
+        parts.append("failing at the start only: " + ", ".join(f"{c} (passes from {s})" for c, s in split["at_start"].items()))
     if missing:
         parts.append(f"{len(missing)} checkpoint(s) not gated ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; --run gates them)")
     return {"newest_healthy": newest.healthy, "newest": newest.name, "last_healthy": keep.name if keep else None,
             "last_healthy_step": keep.step if keep else None, "first_unhealthy_step": first_bad.step if first_bad else None,
+            "keep": {"name": keep.name, "step": keep.step, "why": why} if keep else None,
+            "training_broke": appeared_at is not None, "failure_appeared_at": appeared_at, "appeared": appeared,
+            "constant_failures": constant, "failing_at_start": split["at_start"], "cause": cause,
             "first_red": reds, "gates_began_falling": falling, "sentence": "; ".join(parts)}
 
 
@@ -406,7 +634,7 @@ def write_trend(run_dir: Path, out: Path, roots: Sequence[Path]) -> dict[str, An
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     points, missing = collect(run_dir, roots)
-    summary = summarise(points, missing, _lost_fraction(points))
+    summary = summarise(points, missing, _lost_fraction(points), _threshold(points, "loss_ceiling", 10.0))
     pngs = _plots(points, summary, out) if points else []
     data = {"run_dir": str(Path(run_dir).resolve()), "summary": summary, "not_gated": list(missing),
             "points": [vars(p) for p in points], "plots": [str(p) for p in pngs]}
