@@ -188,7 +188,9 @@ def test_first_red_and_red_from_distinguish_a_flicker_from_a_lasting_failure():
     assert trend.gates_began_falling(points[:4]) == {}  # 0.21 -> 0.18: below the peak, not yet half of it
     summary = trend.summarise(points, [])
     assert summary["last_healthy"] == "checkpoint_003000"
-    assert summary["sentence"].startswith("keep checkpoint_003000; gates began falling at 4000")
+    assert summary["sentence"].startswith("keep checkpoint_003000 (the last checkpoint before a failure appeared at 4000; "
+                                          "one that appeared at 2000 passed again later); gates began falling at 4000")
+    assert summary["appeared"] == {"ttt_helps": 2000, "gate_stats": 5000} and summary["broke_at"] == 4000
 
 
 def test_watch_state_reports_are_found(tmp_path):

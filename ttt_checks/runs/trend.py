@@ -477,19 +477,25 @@ def summarise(points: Sequence[Point], missing: Sequence[str], lost_fraction: fl
     else:
         keep = newest if newest.healthy else None
     appeared_at = min(appeared.values()) if appeared else None
+    # Where the failures that last broke in: the checkpoint after the one kept (a failure that
+    # appeared earlier and passed again is named, not explained).
+    after_keep = next((p for p in points if keep is not None and p.step > keep.step), None)
+    broke_at = after_keep.step if after_keep is not None else None
+    explain_at = broke_at if broke_at is not None else appeared_at
     cause: dict[str, Any] | None = None
-    if appeared_at is not None:
-        index = next(i for i, p in enumerate(points) if p.step == appeared_at)
+    if explain_at is not None:
+        index = next(i for i, p in enumerate(points) if p.step == explain_at)
         keys = CONFIG_KEYS.get(str(newest.adapter), GENERIC_KEYS)
         cause = explain_change(points[index - 1], points[index], lost_fraction, loss_ceiling, keys)
     if keep is None:
         why = "no gated checkpoint is healthy"
     elif appeared_at is None:
         why = "no failure appeared during the run" if (constant or split["at_start"]) else "every gated checkpoint is healthy"
-    elif keep.step < appeared_at:
-        why = f"the last checkpoint before a failure appeared at {appeared_at}"
+    elif broke_at is not None:
+        why = f"the last checkpoint before a failure appeared at {broke_at}" + (
+            f"; one that appeared at {appeared_at} passed again later" if appeared_at < broke_at else "")
     else:
-        why = "the newest checkpoint in which no failure that passed before has appeared"
+        why = f"failures that appeared at {appeared_at} pass again in it"
     newest_note = "the newest; " if keep is newest and appeared_at is None else "the newest, " if keep is newest else ""
     parts = [f"keep {keep.name} ({newest_note}{why})" if keep is not None else why]
     if falling:
@@ -512,7 +518,8 @@ def summarise(points: Sequence[Point], missing: Sequence[str], lost_fraction: fl
     return {"newest_healthy": newest.healthy, "newest": newest.name, "last_healthy": keep.name if keep else None,
             "last_healthy_step": keep.step if keep else None, "first_unhealthy_step": first_bad.step if first_bad else None,
             "keep": {"name": keep.name, "step": keep.step, "why": why} if keep else None,
-            "training_broke": appeared_at is not None, "failure_appeared_at": appeared_at, "appeared": appeared,
+            "training_broke": appeared_at is not None, "failure_appeared_at": appeared_at, "broke_at": broke_at,
+            "appeared": appeared,
             "constant_failures": constant, "failing_at_start": split["at_start"], "cause": cause,
             "first_red": reds, "gates_began_falling": falling, "sentence": "; ".join(parts)}
 
@@ -531,10 +538,10 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if mark is not None:
-            ax.axvline(mark, color="#137333", linestyle=":", linewidth=1.2, label="last healthy")
-        for p in points:
+            ax.axvline(mark, color="#137333", linestyle=":", linewidth=1.2, label="keep")
+        for p in points:  # red: a failure appeared; grey: only failures present from the start
             if not p.healthy:
-                ax.axvspan(p.step - half, p.step + half, color="#c5221f", alpha=0.08)
+                ax.axvspan(p.step - half, p.step + half, color="#c5221f" if p.appeared_failing else "#777777", alpha=0.08)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right")
 
@@ -566,6 +573,25 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
         files.append(_save(fig, out / "trend_figure5.png"))
         plt.close(fig)
 
+    named = sorted({n for p in points for n, v in p.ttt_norms.items() if v is not None and not _is_gate(n)})
+    if named:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        first = next(p for p in points if p.ttt_norms)
+        for name in named:
+            ref = first.ttt_norms.get(name)
+            if ref:
+                ax.plot(steps, [None if p.ttt_norms.get(name) is None else p.ttt_norms[name] / ref for p in points],
+                        color="#9aa0a6", linewidth=0.8, alpha=0.7)
+        totals = [math.sqrt(sum(v ** 2 for n, v in p.ttt_norms.items() if v is not None and not _is_gate(n))) if p.ttt_norms else None
+                  for p in points]
+        ref_total = next((t for t in totals if t), None)
+        ax.plot(steps, [None if t is None or not ref_total else t / ref_total for t in totals], marker="o", color="black",
+                label="all TTT weights together")
+        ax.set_yscale("log")
+        decorate(ax, "TTT weights' norms relative to the first checkpoint (grey: each tensor)", "norm / norm at first")
+        files.append(_save(fig, out / "trend_norms.png"))
+        plt.close(fig)
+
     fig, (top, mid, bottom) = plt.subplots(3, 1, figsize=(8, 8.5), sharex=True)
     top.plot(steps, [None if p.outer_change is None else 100 * p.outer_change for p in points], marker="o", color="#d62728",
              label="learned vs gate 0")
@@ -577,8 +603,8 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
         mid.text(0.5, 0.5, "no gating sweep in these reports (gated without the talk checks)", transform=mid.transAxes,
                  ha="center", va="center", color="#666")
     decorate(mid, "Words heard in the gating sweep", "words")
-    bottom.bar(steps, [len(p.failing_checks) for p in points], color=["#137333" if p.healthy else "#c5221f" for p in points],
-               width=1.6 * half)
+    bottom.bar(steps, [len(p.failing_checks) for p in points],
+               color=["#137333" if p.healthy else "#c5221f" if p.appeared_failing else "#777777" for p in points], width=1.6 * half)
     reds = sorted(summary.get("first_red", {}).items(), key=lambda kv: kv[1]["first_red"])
     for i, (check, info) in enumerate(reds):
         at = info["red_from"] if info["red_from"] is not None else info["first_red"]
@@ -586,7 +612,7 @@ def _plots(points: Sequence[Point], summary: Mapping[str, Any], out: Path) -> li
         bottom.text(0.01, 0.95 - 0.09 * i, f"{check}: first red {info['first_red']}, red from {info['red_from']}",
                     transform=bottom.transAxes, fontsize=7, color="#c5221f", va="top")
     bottom.set_ylim(0, max([len(p.failing_checks) for p in points] + [1]) + 0.3 * (len(reds) + 1))
-    decorate(bottom, "Failing checks per checkpoint (red: unhealthy)", "checks")
+    decorate(bottom, "Failing checks per checkpoint (red: a failure appeared; grey: only constant ones)", "checks")
     fig.tight_layout()
     files.append(_save(fig, out / "trend_outer_words_checks.png"))
     plt.close(fig)
@@ -602,17 +628,28 @@ def _html(points: Sequence[Point], summary: Mapping[str, Any], pngs: Sequence[Pa
              ".ok{color:#137333;font-weight:600}.bad{color:#c5221f;font-weight:600} img{max-width:100%}</style></head><body>",
              f"<h1>Training run trend</h1><p><code>{e(str(run_dir))}</code></p>",
              f"<p class='{'ok' if ok else 'bad'}'>{e(str(summary.get('sentence', '')))}</p>",
+             _verdict_html(summary),
              "<h2>Checkpoints</h2><table><tr><th>step</th><th>checkpoint</th><th>healthy</th><th>failing checks</th>"
-             "<th>gate mean tanh</th><th>outer loss learned vs gate 0</th><th>words gate 0 / learned</th><th>diagnosis</th></tr>"]
+             "<th>appeared during the run</th><th>gate mean tanh</th><th>TTT weights' norm (x previous)</th>"
+             "<th>largest smoothed inner loss</th><th>base_lr</th>"
+             "<th>outer loss learned vs gate 0</th><th>words gate 0 / learned</th><th>diagnosis of this checkpoint alone</th></tr>"]
+    previous: Point | None = None
     for p in points:
         gates = ", ".join(f"{l}: {v:.3g}" for l, v in p.gate_tanh.items() if v is not None)
         outer = "" if p.outer_change is None else f"{p.outer_change:+.2%}"
         words = f"{_w(p.words_gate0)} / {_w(p.words_learned)}"
         link = Path(p.report_dir) / "index.html"
+        norm = _total_norm(p)
+        before = _total_norm(previous) if previous is not None else None
+        norm_text = "-" if norm is None else f"{norm:.4g}" + (f" (x{norm / before:.3g})" if before else "")
+        smoothed = ", ".join(f"{l}: {v['max_smoothed']:.3g}" for l, v in p.figure5.items() if v.get("max_smoothed") is not None)
+        lrs = ", ".join(sorted({f"{v:g}" for v in p.base_lr.values() if v is not None}))
         parts.append(f"<tr><td>{p.step}</td><td><a href='{e(link.as_uri() if link.is_absolute() else str(link))}'>{e(p.name)}</a></td>"
                      f"<td class='{'ok' if p.healthy else 'bad'}'>{'yes' if p.healthy else 'NO'}</td>"
-                     f"<td>{e(', '.join(p.failing_checks))}</td><td>{e(gates)}</td><td>{outer}</td><td>{words}</td>"
-                     f"<td>{e(p.diagnosis)}</td></tr>")
+                     f"<td>{e(', '.join(p.failing_checks))}</td><td class='bad'>{e(', '.join(p.appeared_failing))}</td>"
+                     f"<td>{e(gates)}</td><td>{e(norm_text)}</td><td>{e(smoothed)}</td><td>{e(lrs)}</td>"
+                     f"<td>{outer}</td><td>{words}</td><td>{e(p.diagnosis)}</td></tr>")
+        previous = p
     parts.append("</table><h2>First step each check turned red</h2><table><tr><th>check</th><th>first red</th>"
                  "<th>red from (up to the newest)</th></tr>")
     for check, info in summary.get("first_red", {}).items():
@@ -623,6 +660,36 @@ def _html(points: Sequence[Point], summary: Mapping[str, Any], pngs: Sequence[Pa
         parts.append(f"<figure><img alt='{e(png.name)}' src='data:image/png;base64,{data}'><figcaption>{e(png.name)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _total_norm(p: Point) -> float | None:
+    """The norm of all the checkpoint's TTT weights together (the gate alphas left out)."""
+    values = [v for n, v in p.ttt_norms.items() if v is not None and not _is_gate(n)]
+    return math.sqrt(sum(v * v for v in values)) if values else None
+
+
+def _verdict_html(summary: Mapping[str, Any]) -> str:
+    """The run's verdict as a short list: what to keep and why, the cause, the fix, and the
+    failures of the setup that the kept checkpoint still has."""
+    e = html.escape
+    keep = summary.get("keep") or {}
+    rows = [("Checkpoint to keep", f"{keep.get('name')} (step {keep.get('step')})" if keep else "none"),
+            ("Why", keep.get("why") or "")]
+    cause = summary.get("cause") or {}
+    if cause.get("kind"):
+        rows += [(f"Cause (found at step {cause.get('step')}, compared with {cause.get('from_step')})", cause.get("cause", "")),
+                 ("Fix", cause.get("fix", ""))]
+    elif summary.get("failure_appeared_at") is not None:
+        rows.append(("Cause", f"a failure appeared at {summary['failure_appeared_at']}; no change between the two checkpoints "
+                              "(gate, TTT weights' norms, base_lr, inner losses) explains it: see each checkpoint's diagnosis"))
+    if summary.get("constant_failures"):
+        rows.append(("Constant over the run (still to fix, separately)",
+                     ", ".join(summary["constant_failures"]) + ": failing in every gated checkpoint, the kept one included, so "
+                     "not caused by this training; keeping an earlier checkpoint does not fix them"))
+    if summary.get("failing_at_start"):
+        rows.append(("Failing at the start only", ", ".join(f"{c} (passes from {s})" for c, s in summary["failing_at_start"].items())))
+    body = "".join(f"<tr><th style='text-align:left;width:22%'>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows)
+    return f"<h2>Verdict of the run</h2><table>{body}</table>"
 
 
 def _w(value: float | None) -> str:
