@@ -142,9 +142,9 @@ def test_trend_names_the_last_healthy_checkpoint_and_where_it_broke(trajectory, 
     assert newest["top_rule"] == "gate_collapsed"
     assert all(newest["gate_tanh"][l] < newest["gate_init_tanh"][l] for l in newest["gate_tanh"])
     pngs = sorted(p.name for p in (tmp_path / "trend").glob("*.png"))
-    assert pngs == ["trend_figure5.png", "trend_gates.png", "trend_outer_words_checks.png"]
+    assert pngs == ["trend_figure5.png", "trend_gates.png", "trend_norms.png", "trend_outer_words_checks.png"]
     page = (tmp_path / "trend" / "trend.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and f"keep checkpoint_{PENALTY_FROM:06d}" in page
+    assert page.count("data:image/png;base64,") == 4 and f"keep checkpoint_{PENALTY_FROM:06d}" in page
     assert "keep checkpoint" in out
 
 

@@ -253,3 +253,89 @@ def test_trend_json_records_norms_per_tensor(runs):
     assert all(v is None or v >= 0 for v in norms.values())
     after = json.loads((reports / f"checkpoint_{LR_AT + EVERY:06d}" / "metrics.json").read_text())["ttt_tensor_norms"]
     assert after["layers.3.ttt.ttt.weights.0"] > 10 * norms["layers.3.ttt.ttt.weights.0"]
+
+
+# -- pieces, on small point lists and a three-step fine-tune ----------------------------------------
+
+
+def _point(step: int, failing: list[str], gate: float = 0.1, base_lr: float = 1.0, norm: float = 5.0,
+           smoothed: float = 1.2) -> trend.Point:
+    return trend.Point(step=step, name=f"checkpoint_{step:06d}", checkpoint="", report_dir="", healthy=not failing,
+                       complete=True, failing_checks=failing, gate_tanh={"l0": gate}, gate_init_tanh={"l0": 0.1},
+                       figure5={"l0": {"l0": smoothed - 0.1, "max_smoothed": smoothed}}, outer_learned=1.85,
+                       base_lr={"l0": base_lr}, ttt_norms={"l0.weights.0": norm, "l0.wq.weight": norm, "l0.alpha": gate})
+
+
+def test_held_out_a_talk_failing_everywhere_is_set_aside_and_the_gate_fall_still_keeps_a_checkpoint():
+    """Held-out failure (a): the base never talks, so talk_base and talk_learned fail in every
+    checkpoint; the gates are pushed down from 400. Before, no checkpoint was healthy and none was kept."""
+    talk = ["talk_base", "talk_learned"]
+    points = [_point(100, [*talk, "ttt_helps"]), _point(200, list(talk)), _point(300, list(talk)),
+              _point(400, [*talk, "gate_stats"], gate=0.01), _point(500, [*talk, "gate_stats", "ttt_helps"], gate=0.005)]
+    summary = trend.summarise(points, [])
+    assert summary["constant_failures"] == talk
+    assert summary["failing_at_start"] == {"ttt_helps": 200}  # not yet helping at 100: not a failure that appeared
+    assert summary["appeared"] == {"gate_stats": 400, "ttt_helps": 500}
+    assert summary["keep"] == {"name": "checkpoint_000300", "step": 300, "why": "the last checkpoint before a failure appeared at 400"}
+    assert summary["cause"]["kind"] == "gate_fell" and "the gates fell from step 400" in summary["cause"]["cause"]
+    assert summary["sentence"].count("talk_base") == 1 and "constant over the run: talk_base, talk_learned" in summary["sentence"]
+    assert summary["newest_healthy"] is False and summary["training_broke"] is True
+
+
+def test_a_changed_base_lr_is_named_and_its_fix_goes_back_the_right_way():
+    up = trend.explain_change(_point(10, []), _point(20, ["figure5_bounded"], base_lr=10.0, smoothed=30.0))
+    assert up["kind"] == "base_lr_changed" and "ttt.base_lr 1 -> 10" in up["cause"]
+    assert up["fix"].startswith("keep checkpoint_000010; lower ttt.base_lr from 10 back to 1")
+    down = trend.explain_change(_point(10, [], base_lr=1.0), _point(20, ["figure5_improvement"], base_lr=1e-4))
+    assert down["kind"] == "base_lr_changed" and "raise ttt.base_lr from 0.0001 back to 1" in down["fix"]
+
+
+def test_weights_that_grew_under_an_unchanged_base_lr_are_the_outer_update_and_steady_ones_are_not():
+    grown = trend.explain_change(_point(10, []), _point(20, ["figure5_bounded"], norm=200.0, smoothed=40.0))
+    assert grown["kind"] == "outer_update" and grown["norms"]["total_ratio"] == pytest.approx(40.0)
+    assert "l0.alpha" not in grown["norms"]["grown"]  # the gate is judged as a gate, not as a weight
+    steady = trend.explain_change(_point(10, []), _point(20, ["figure5_bounded"], norm=5.1, smoothed=40.0))
+    assert steady["kind"] == "inner_losses_lr_unchanged" and "do not change ttt.base_lr" in steady["fix"]
+    nothing = trend.explain_change(_point(10, []), _point(20, ["ttt_helps"]))
+    assert nothing["kind"] is None and nothing["fix"] == ""
+
+
+def test_one_checkpoint_alone_keeps_nothing_it_cannot_vouch_for():
+    assert trend.summarise([_point(10, ["talk_base"])], [])["keep"] is None
+    assert trend.summarise([_point(10, [])], [])["keep"]["name"] == "checkpoint_000010"
+
+
+def test_recipe_changes_apply_from_their_step_and_read_back_from_config_json():
+    import torch
+
+    from ttt_checks.models.reference.checkpoint import load_checkpoint
+    from ttt_checks.models.reference.corpus import DialogueCorpus
+    from ttt_checks.models.reference.train import FinetuneRecipe, RecipeChange, active_change, finetune_ttt
+    from ttt_checks.paths import ZOO_DIR
+
+    changes = (RecipeChange(5, lr_factor=2.0), RecipeChange(2, alpha_l2=1.0))
+    recipe = FinetuneRecipe(changes=changes)
+    assert [c.step for c in recipe.changes] == [2, 5]
+    assert FinetuneRecipe(**json.loads(json.dumps(asdict(recipe)))).changes == recipe.changes  # as config.json stores it
+    assert active_change(recipe.changes, 1) is None and active_change(recipe.changes, 4).alpha_l2 == 1.0
+    assert active_change(recipe.changes, 9).lr_factor == 2.0 and active_change(recipe.changes, 9).alpha_l2 is None
+    with pytest.raises(ValueError):
+        RecipeChange(-1)
+
+    torch.set_num_threads(1)
+
+    def steps_moved(changes: tuple) -> list[float]:
+        """How far the TTT weights moved in each of three steps."""
+        model = load_checkpoint(ZOO_DIR / "healthy-seed0").model
+        weights = [p for n, p in model.named_parameters() if ".ttt." in n and not n.endswith(".ttt.alpha")]
+        seen = [torch.cat([p.detach().flatten().clone() for p in weights])]
+
+        def record(done: int, _model) -> None:
+            seen.append(torch.cat([p.detach().flatten().clone() for p in weights]))
+        finetune_ttt(model, DialogueCorpus.load(seed=0), FinetuneRecipe(steps=3, batch=2, seq_len=32, warmup=1, lr=3e-4,
+                                                                        changes=changes), on_step=record)
+        return [float((b - a).norm()) for a, b in zip(seen, seen[1:])]
+
+    plain, jumped = steps_moved(()), steps_moved((RecipeChange(2, lr_factor=100.0),))
+    assert jumped[:2] == pytest.approx(plain[:2], rel=1e-3)  # the change is not in force before its step
+    assert jumped[2] > 20 * plain[2], (plain, jumped)  # Adam's step scales with the lr

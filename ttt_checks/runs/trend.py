@@ -62,10 +62,10 @@ TREND_JSON = "trend.json"
 
 TREND_HTML = "trend.html"
 
-# A TTT tensor whose norm grew by this factor between two saves was moved by more than a training
-# step of a working recipe does (measured on the reference trajectories of tests/test_trend_causes.py:
-# healthy saves 10 steps apart change every norm by less than 1%; the outer lr x10000 multiplied the
-# inner weights' norms by 80 in one interval).
+# The TTT weights (all together) whose norm grew by this factor between two saves were moved by more
+# than the training steps of a working recipe move them (measured on the reference trajectories of
+# tests/test_trend_causes.py: saves 10 steps apart change it by a factor within 1 +- 6e-5; the outer lr
+# x10000 multiplied it by 33-37 in one interval). Tensors that grew this much are named.
 NORM_GROWTH = 2.0
 # The outer loss at the learned gate "moved" when it changed by more than this fraction between two saves.
 OUTER_MOVED_REL = 0.01
@@ -438,7 +438,7 @@ def explain_change(prev: Point, at: Point, lost_fraction: float = 0.5, loss_ceil
         what = "exploded" if any(v["state"] == "exploded" for v in moved_inner.values()) else "rose"
         lr_now = ", ".join(sorted({f"{v:g}" for v in lrs_after.values()}))
         unmeasured = "these reports carry no per-tensor norms (ttt_tensor_norms) to say which TTT tensors moved" if not ratios else (
-            f"the TTT weights' norm changed by x{total_ratio:.3g} only, so the outer update did not blow them up")
+            f"the TTT weights' norm changed by x{total_ratio:.3f} only, so the outer update did not blow them up")
         out.update(kind="inner_losses_lr_unchanged",
                    cause=f"the inner losses {what} from step {at.step} ({inner_text()}) while the inner step size "
                          f"({keys['base_lr']} {lr_now}) did not change, so the inner step size is not what changed; {unmeasured}"
@@ -448,7 +448,7 @@ def explain_change(prev: Point, at: Point, lost_fraction: float = 0.5, loss_ceil
     elif fell:
         parts = [f"{l}: mean tanh(alpha) {gates[l]['before']:.3g} -> {gates[l]['after']:.3g}"
                  + (f" (init {gates[l]['init']:.3g})" if gates[l]["init"] is not None else "") for l in fell]
-        steady = (f"; the TTT weights' norm changed by x{total_ratio:.3g} only" if total_ratio is not None else "")
+        steady = (f"; the TTT weights' norm changed by x{total_ratio:.3f} only" if total_ratio is not None else "")
         out.update(kind="gate_fell",
                    cause=f"the gates fell from step {at.step} ({'; '.join(parts)}){steady}"
                          + (f"; {outer_text}" if outer_text else ""),
@@ -641,7 +641,7 @@ def _html(points: Sequence[Point], summary: Mapping[str, Any], pngs: Sequence[Pa
         link = Path(p.report_dir) / "index.html"
         norm = _total_norm(p)
         before = _total_norm(previous) if previous is not None else None
-        norm_text = "-" if norm is None else f"{norm:.4g}" + (f" (x{norm / before:.3g})" if before else "")
+        norm_text = "-" if norm is None else f"{norm:.4g}" + (f" (x{norm / before:.3f})" if before else "")
         smoothed = ", ".join(f"{l}: {v['max_smoothed']:.3g}" for l, v in p.figure5.items() if v.get("max_smoothed") is not None)
         lrs = ", ".join(sorted({f"{v:g}" for v in p.base_lr.values() if v is not None}))
         parts.append(f"<tr><td>{p.step}</td><td><a href='{e(link.as_uri() if link.is_absolute() else str(link))}'>{e(p.name)}</a></td>"
