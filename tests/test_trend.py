@@ -138,6 +138,11 @@ def test_trend_names_the_last_healthy_checkpoint_and_where_it_broke(trajectory, 
     assert set(summary["gates_began_falling"].values()) == {broke}, summary
     assert f"keep checkpoint_{PENALTY_FROM:06d}" in summary["sentence"] and f"gate_stats failed from {broke}" in summary["sentence"]
     assert f"gates began falling at {broke}" in summary["sentence"]
+    # the cause over the run: the gates fell while the TTT weights' norm did not jump (metrics.json ttt_tensor_norms)
+    cause = summary["cause"]
+    assert cause["kind"] == "gate_fell" and (cause["from_step"], cause["step"]) == (PENALTY_FROM, broke), cause
+    assert f"the gates fell from step {broke}" in summary["sentence"] and cause["norms"]["total_ratio"] < trend.NORM_GROWTH
+    assert summary["constant_failures"] == [] and summary["keep"]["why"] == f"the last checkpoint before a failure appeared at {broke}"
     newest = data["points"][-1]
     assert newest["top_rule"] == "gate_collapsed"
     assert all(newest["gate_tanh"][l] < newest["gate_init_tanh"][l] for l in newest["gate_tanh"])

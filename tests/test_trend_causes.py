@@ -339,3 +339,37 @@ def test_recipe_changes_apply_from_their_step_and_read_back_from_config_json():
     plain, jumped = steps_moved(()), steps_moved((RecipeChange(2, lr_factor=100.0),))
     assert jumped[:2] == pytest.approx(plain[:2], rel=1e-3)  # the change is not in force before its step
     assert jumped[2] > 20 * plain[2], (plain, jumped)  # Adam's step scales with the lr
+
+
+def test_a_check_a_report_did_not_judge_neither_passed_nor_failed_there():
+    """A -k selection that left gate_stats out of checkpoint 200 must not make its failure at 300
+    one that "appeared" after passing, nor a constant one lose that status."""
+    points = [_point(100, ["gate_stats", "talk_base"]), _point(200, ["talk_base"]), _point(300, ["gate_stats", "talk_base"])]
+    points[1].passing_checks = ["ttt_helps"]  # gate_stats not judged at 200
+    summary = trend.summarise(points, [])
+    assert summary["constant_failures"] == ["gate_stats", "talk_base"] and summary["appeared"] == {}
+    assert summary["keep"]["name"] == "checkpoint_000300" and summary["training_broke"] is False
+    points[1].passing_checks = ["gate_stats", "ttt_helps"]  # judged and passed at 200: it recovered, then failed again
+    summary = trend.summarise(points, [])
+    assert summary["constant_failures"] == ["talk_base"] and summary["appeared"] == {"gate_stats": 300}
+    assert summary["failing_at_start"] == {"gate_stats": 200} and summary["keep"]["name"] == "checkpoint_000200"
+
+
+def test_a_stale_diagnosis_stored_in_a_report_is_not_repeated(runs, tmp_path, capsys):
+    """A report written by an older version stored the held-out advice ("lower ttt.base_lr from 1
+    to 4", from a probe at the grid's edge); the trend diagnoses each checkpoint again."""
+    import shutil
+
+    trajectory = runs["outer_lr"]
+    reports = tmp_path / "reports"
+    shutil.copytree(trajectory.reports, reports)
+    newest = reports / f"checkpoint_{trajectory.steps:06d}" / "metrics.json"
+    metrics = json.loads(newest.read_text())
+    stale = "Inner learning rate far too high -> lower ttt.base_lr from 1 to 4"
+    metrics["diagnosis"] = {"healthy": False, "summary": stale,
+                            "findings": [{"rule": "inner_lr_too_high", "fix": "lower ttt.base_lr from 1 to 4"}]}
+    newest.write_text(json.dumps(metrics))
+    copy = Trajectory(trajectory.run_dir, reports, trajectory.steps)
+    _, data, out, page = _trend(copy, tmp_path / "t", capsys)
+    assert "from 1 to 4" not in out and "from 1 to 4" not in page and "from 1 to 4" not in json.dumps(data)
+    assert data["points"][-1]["top_rule"] == "inner_loss_exploding"

@@ -98,6 +98,12 @@ class Point:
     outer_learned: float | None = None  # mean outer loss at the learned gate
     ttt_norms: dict[str, float | None] = field(default_factory=dict)  # metrics.json ttt_tensor_norms
     appeared_failing: list[str] = field(default_factory=list)  # failing checks that passed in an earlier checkpoint
+    # Checks judged and passed; None: unknown, every check not failing counts as passed. A check a
+    # report did not judge (a -k selection) neither passed nor failed there.
+    passing_checks: list[str] | None = None
+
+    def passed(self, check: str) -> bool:
+        return check in self.passing_checks if self.passing_checks is not None else check not in self.failing_checks
 
 
 def step_of(name: str, index: int) -> int:
@@ -110,6 +116,7 @@ def point_from_metrics(metrics: Mapping[str, Any], step: int, name: str, report_
     """The trend's numbers of one checkpoint, read defensively (a missing key is a gap in a curve)."""
     verdicts = metrics.get("verdicts") or {}
     failing = sorted(c for c, vs in verdicts.items() if isinstance(vs, list) and any(not v.get("ok", False) for v in vs))
+    passing = sorted(c for c, vs in verdicts.items() if isinstance(vs, list) and vs and c not in failing)
     gate, init = {}, {}
     for layer in metrics.get("layers") or []:
         lname = str(layer.get("name"))
@@ -147,7 +154,7 @@ def point_from_metrics(metrics: Mapping[str, Any], step: int, name: str, report_
                  words_gate0=finite_or_none((rows.get("0") or {}).get("words")), words_learned=finite_or_none((rows.get("learned") or {}).get("words")),
                  diagnosis=str(diagnosis.get("summary", "")), top_rule=findings[0]["rule"] if findings else None,
                  adapter=str(metrics.get("adapter")) if metrics.get("adapter") else None, base_lr=base_lr,
-                 outer_learned=a, ttt_norms=norms)
+                 outer_learned=a, ttt_norms=norms, passing_checks=passing)
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -308,33 +315,26 @@ def gates_began_falling(points: Sequence[Point], lost_fraction: float = 0.5) -> 
 def split_failures(points: Sequence[Point]) -> dict[str, Any]:
     """Which failures belong to the setup and which appeared during the training.
 
-    ``constant``: checks failing in every gated checkpoint (with two or more checkpoints; one
-    checkpoint cannot tell the setup from the training). ``at_start``: checks failing in the first
-    checkpoint that pass in a later one ({check: first step it passed}). ``appeared``: {check:
-    the first step it failed after having passed in an earlier checkpoint}. Sets each point's
-    ``appeared_failing``: its failing checks that passed before it.
+    ``constant``: checks failing in the first gated checkpoint and passing in none (with two or
+    more checkpoints; one checkpoint cannot tell the setup from the training). ``at_start``:
+    checks failing in the first checkpoint that pass in a later one ({check: first step it
+    passed}). ``appeared``: {check: the first step it failed after having passed in an earlier
+    checkpoint}. Sets each point's ``appeared_failing``: its failing checks that passed before it.
     """
     checks = sorted({c for p in points for c in p.failing_checks})
-    constant = [c for c in checks if len(points) >= 2 and all(c in p.failing_checks for p in points)]
-    at_start, appeared = {}, {}
+    first = points[0] if points else None
+    constant = [c for c in checks if len(points) >= 2 and c in first.failing_checks and not any(p.passed(c) for p in points)]
+    at_start: dict[str, int] = {}
+    appeared: dict[str, int] = {}
     for check in checks:
-        if check in constant:
-            continue
-        passed_before = False
-        for p in points:
-            failing = check in p.failing_checks
-            if not failing and points and check in points[0].failing_checks and check not in at_start:
-                at_start[check] = p.step
-            if failing and passed_before and check not in appeared:
-                appeared[check] = p.step
-            passed_before = passed_before or not failing
-    for p in points:
-        passed_before = set()
-        for q in points:
-            if q.step >= p.step:
-                break
-            passed_before |= {c for c in checks if c not in q.failing_checks}
-        p.appeared_failing = [c for c in p.failing_checks if c in passed_before]
+        if first is not None and check in first.failing_checks:
+            recovered = next((p.step for p in points if p.passed(check)), None)
+            if recovered is not None:
+                at_start[check] = recovered
+    for index, p in enumerate(points):
+        p.appeared_failing = [c for c in p.failing_checks if any(q.passed(c) for q in points[:index])]
+        for check in p.appeared_failing:
+            appeared.setdefault(check, p.step)
     return {"constant": constant, "at_start": at_start, "appeared": appeared}
 
 
