@@ -321,13 +321,15 @@ def split_failures(points: Sequence[Point]) -> dict[str, Any]:
     passed}). ``appeared``: {check: the first step it failed after having passed in an earlier
     checkpoint}. Sets each point's ``appeared_failing``: its failing checks that passed before it.
     """
-    checks = sorted({c for p in points for c in p.failing_checks})
-    first = points[0] if points else None
-    constant = [c for c in checks if len(points) >= 2 and c in first.failing_checks and not any(p.passed(c) for p in points)]
     at_start: dict[str, int] = {}
     appeared: dict[str, int] = {}
+    if not points:
+        return {"constant": [], "at_start": at_start, "appeared": appeared}
+    checks = sorted({c for p in points for c in p.failing_checks})
+    first = points[0]
+    constant = [c for c in checks if len(points) >= 2 and c in first.failing_checks and not any(p.passed(c) for p in points)]
     for check in checks:
-        if first is not None and check in first.failing_checks:
+        if check in first.failing_checks:
             recovered = next((p.step for p in points if p.passed(check)), None)
             if recovered is not None:
                 at_start[check] = recovered
@@ -339,7 +341,9 @@ def split_failures(points: Sequence[Point]) -> dict[str, Any]:
 
 
 def _is_gate(name: str) -> bool:
-    return name.endswith("alpha") or ".alpha" in name.rsplit("ttt.", 1)[-1]
+    """A gate's raw alpha (reference ``layers.3.ttt.alpha``, Moshi ``...gating.gating_alpha``): the
+    trend judges gates by their tanh, so their norms stay out of the TTT weights' norm."""
+    return name.rsplit(".", 1)[-1].endswith("alpha")
 
 
 def explain_change(prev: Point, at: Point, lost_fraction: float = 0.5, loss_ceiling: float = 10.0,
@@ -348,8 +352,9 @@ def explain_change(prev: Point, at: Point, lost_fraction: float = 0.5, loss_ceil
 
     Reads only numbers both reports carry: the gate per layer, the per-tensor norms of the TTT
     weights (``ttt_tensor_norms``), the inner step size ``base_lr``, the Figure-5 losses and the
-    outer loss. Returns the numbers, a ``kind`` (``base_lr_changed``, ``outer_update``,
-    ``gate_fell`` or None when none of them explains it), a ``cause`` sentence and a ``fix`` whose
+    outer loss. Returns the numbers, a ``kind`` (first match: ``base_lr_changed``, ``outer_update``
+    (the TTT weights' norm grew ``NORM_GROWTH``-fold or more), ``inner_losses_lr_unchanged``,
+    ``gate_fell``; None when none of them explains it), a ``cause`` sentence and a ``fix`` whose
     direction agrees with its numbers (a fix that lowers names a smaller value).
     """
     keys = keys or GENERIC_KEYS
