@@ -113,7 +113,7 @@ def test_dual_form_matches_per_token_oracle_in_every_mode(config, T, batch, seed
     torch.testing.assert_close(out, expected, **TIGHT)
     np.testing.assert_array_equal(rec.positions, np.arange(T))
     np.testing.assert_array_equal(rec.counts, np.full(T, batch * config.num_heads))
-    for name in ("l0", "lprev", "lafter"):
+    for name in ("l0", "lprev", "lafter", "lmean"):
         np.testing.assert_allclose(getattr(rec, name), getattr(ref, name).mean(dim=(0, 1)).numpy(), **TIGHT)
 
 
@@ -197,7 +197,7 @@ def test_causal_layer_ignores_the_future(config, T, data):
     perturbed[:, t + 1 :] = torch.randn_like(perturbed[:, t + 1 :])
     _, a = run(layer, x)
     _, b = run(layer, perturbed)
-    for name in ("l0", "lprev", "lafter"):
+    for name in ("l0", "lprev", "lafter", "lmean"):
         np.testing.assert_array_equal(getattr(a, name)[: t + 1], getattr(b, name)[: t + 1])
 
 
@@ -280,7 +280,7 @@ def test_streaming_in_chunks_equals_one_pass(config, data, seed):
     rec = probe.record("ttt")
     np.testing.assert_array_equal(rec.positions, rec_one.positions)
     np.testing.assert_array_equal(rec.counts, rec_one.counts)
-    for name in ("l0", "lprev", "lafter"):
+    for name in ("l0", "lprev", "lafter", "lmean"):
         np.testing.assert_allclose(getattr(rec, name), getattr(rec_one, name), **TIGHT)
 
 

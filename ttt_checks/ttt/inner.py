@@ -34,6 +34,12 @@ weights (W' for row 0) and W_t row i's. Non-causal: x_t enters every row at once
 W_{t-1} = W' and W_t = the end-of-mini-batch state. Both come from the same dual form
 evaluated at k_t with the eta rows shifted (lprev) or not (lafter), in the same pass.
 
+The fourth curve is a baseline that learns nothing but the target's mean: lmean =
+mean_d (ybar_{t-1} - y_t)^2 with ybar_{t-1} = (1/t) sum_{s<t} y_s the running mean of the
+targets *before* t (the zero vector at t = 0, an empty mean). It is causal, so it is known
+when x_t arrives, in one pass and in streaming alike (ttt-lm-jax uses the whole sequence's
+mean instead, known only once the sequence has ended; docs/ttt-math.md).
+
 All functions work on tensors shaped [B, H, n, d] (batch, head, rows, features) in fp32 or
 fp64, and never loop over tokens.
 """
@@ -352,6 +358,25 @@ def stack_minibatches(results: list[MiniBatchResult]) -> tuple[InnerParams, Inne
     )
     grads = [cat([r.grads[i] for r in results]) for i in range(len(results[0].grads))]
     return params, acts, grads, cat([r.eta for r in results])
+
+
+def mean_predictor_loss(target: Tensor, prior_sum: Tensor, prior_count: int) -> tuple[Tensor, Tensor]:
+    """lmean per row, [B, H, n], and the target sum to carry: the loss of predicting y_t by the
+    running mean of the targets before it (row i sees ``prior_count`` + i earlier targets whose
+    sum is ``prior_sum`` [B, H, 1, d] plus rows 0 .. i-1 of ``target``).
+
+    Computed in float64 whatever the target's dtype, so a sum carried over thousands of
+    positions (streaming) is the one-pass prefix sum to ~1e-16 relative, not to fp32 rounding.
+    The mean of no target is the zero vector, so lmean at position 0 is mean_d y_0^2.
+    Returns (lmean [B, H, n], the running sums [B, H, n, d]: row i is ``prior_sum`` plus rows
+    0 .. i), both float64; a caller carrying the sum to a later call takes the row it commits.
+    """
+    y = target.detach().to(torch.float64)
+    inclusive = prior_sum + torch.cumsum(y, dim=-2)
+    before = torch.cat([prior_sum.expand_as(y[..., :1, :]), inclusive[..., :-1, :]], dim=-2)
+    counts = prior_count + torch.arange(y.shape[-2], dtype=torch.float64, device=y.device)
+    mean_before = before / counts.clamp(min=1.0)[:, None]
+    return reconstruction_loss(mean_before, y), inclusive
 
 
 def predict_loss(xk: Tensor, target: Tensor, params: InnerParams, config: TTTConfig, gamma: Tensor, beta: Tensor) -> Tensor:
