@@ -360,23 +360,27 @@ def stack_minibatches(results: list[MiniBatchResult]) -> tuple[InnerParams, Inne
     return params, acts, grads, cat([r.eta for r in results])
 
 
-def mean_predictor_loss(target: Tensor, prior_sum: Tensor, prior_count: int) -> tuple[Tensor, Tensor]:
-    """lmean per row, [B, H, n], and the target sum to carry: the loss of predicting y_t by the
-    running mean of the targets before it (row i sees ``prior_count`` + i earlier targets whose
-    sum is ``prior_sum`` [B, H, 1, d] plus rows 0 .. i-1 of ``target``).
+def mean_predictor_loss(target: Tensor, prior_sum: Tensor, prior_count: int, carry_rows: int) -> tuple[Tensor, Tensor]:
+    """lmean per row: the loss of predicting y_t by the running mean of the targets before it.
 
-    Computed in float64 whatever the target's dtype, so a sum carried over thousands of
-    positions (streaming) is the one-pass prefix sum to ~1e-16 relative, not to fp32 rounding.
-    The mean of no target is the zero vector, so lmean at position 0 is mean_d y_0^2.
-    Returns (lmean [B, H, n], the running sums [B, H, n, d]: row i is ``prior_sum`` plus rows
-    0 .. i), both float64; a caller carrying the sum to a later call takes the row it commits.
+    Row i sees ``prior_count`` + i earlier targets: those summed in ``prior_sum`` [B, H, 1, d]
+    (earlier calls of a stream) and rows 0 .. i-1 of ``target`` [B, H, n, d]. Computed in
+    float64 whatever the target's dtype, so a sum carried over thousands of positions is the
+    one-pass prefix sum to float64 rounding, not to fp32's. The mean of no target is the zero
+    vector, so lmean at position 0 is mean_d y_0^2.
+
+    Returns (lmean [B, H, n] float64, the sum to carry [B, H, 1, d]: ``prior_sum`` plus rows
+    0 .. carry_rows-1, i.e. the committed rows, taken from the same running sum as lmean).
+    Two float64 tensors of the target's size are alive at once (``models/moshi/memory.py``).
     """
     y = target.detach().to(torch.float64)
-    inclusive = prior_sum + torch.cumsum(y, dim=-2)
-    before = torch.cat([prior_sum.expand_as(y[..., :1, :]), inclusive[..., :-1, :]], dim=-2)
-    counts = prior_count + torch.arange(y.shape[-2], dtype=torch.float64, device=y.device)
-    mean_before = before / counts.clamp(min=1.0)[:, None]
-    return reconstruction_loss(mean_before, y), inclusive
+    running = torch.cumsum(y, dim=-2).add_(prior_sum)  # row i: prior_sum + rows 0 .. i
+    carried = running[..., carry_rows - 1 : carry_rows, :].clone() if carry_rows else prior_sum
+    counts = prior_count + torch.arange(1, y.shape[-2], dtype=torch.float64, device=y.device)
+    first = reconstruction_loss(prior_sum / max(prior_count, 1), y[..., :1, :])
+    # Rows 1 .. n-1: running[i-1] / (prior_count + i) is the mean before row i (in place: one copy less).
+    rest = running[..., :-1, :].div_(counts[:, None]).sub_(y[..., 1:, :]).pow_(2).mean(dim=-1)
+    return torch.cat([first, rest], dim=-1), carried
 
 
 def predict_loss(xk: Tensor, target: Tensor, params: InnerParams, config: TTTConfig, gamma: Tensor, beta: Tensor) -> Tensor:

@@ -248,12 +248,10 @@ class TTTLayer(nn.Module):
         n = rows["xk"].shape[-2]
         full = (n // b) * b
         prior_sum = _target_sum(state.target_sum, rows["target"][..., :0, :])
-        if capture:
-            lmean_all, target_sums = inner.mean_predictor_loss(rows["target"], prior_sum, state.position)
-            target_sum = target_sums[..., full - 1 : full, :] if full else prior_sum
-        else:  # nobody reads lmean now; carry the sum for a probe that may attach later
+        if not capture:  # nobody reads lmean now; carry the sum for a probe that may attach later
             target_sum = _target_sum(prior_sum, rows["target"][..., :full, :])
-        if capture:
+        else:
+            lmean_all, target_sum = inner.mean_predictor_loss(rows["target"], prior_sum, state.position, full)
             sink.set_meta(mini_batch_size=b, causal=c.causal, num_heads=c.num_heads, head_dim=c.head_dim,
                           inner=c.inner, eta_weighting=c.eta_weighting, base_lr=c.base_lr)
             l0_all = inner.predict_loss(rows["xk"], rows["target"], state.init_params, c, gamma, beta)
