@@ -211,6 +211,17 @@ def test_an_output_projection_off_scale_is_named_with_the_branch_strength():
     assert "outweighs the residual stream" in top["cause"] and "3.2x" in top["cause"]
 
 
+def test_most_tensors_grown_each_by_its_own_factor_is_the_outer_training_not_a_scaling():
+    """The outer lr x10000 run of tests/test_trend_causes.py: every trained TTT tensor 60-210x its init."""
+    m = _scaled("layers.3.ttt.ttt.weights.0", 207.0, "figure5_bounded")
+    m["verdicts"]["dead_parameters"][0]["details"]["std_ratio_to_init"] = {
+        f"layers.3.ttt.ttt.{k}": r for k, r in (("weights.0", 207.0), ("weights.1", 199.0), ("lr_weight", 163.0),
+                                                 ("wo.weight", 75.3), ("wq.weight", 71.7), ("wk.weight", 62.7), ("wv.weight", 62.5))}
+    top = dx.diagnosis_dict(m)["findings"][0]
+    assert top["rule"] == "ttt_tensor_off_scale" and "outer updates" in top["title"]
+    assert top["config_key"] == "recipe.lr" and "lower the outer learning rate" in top["fix"] and "base_lr is not the cause" in top["fix"]
+
+
 @pytest.mark.parametrize("ratio", [2.3, 0.5])
 def test_tensors_within_what_training_moves_are_not_called_off_scale(ratio):
     m = _scaled("layers.3.ttt.ttt.wo.weight", ratio, "ttt_helps")
