@@ -268,3 +268,38 @@ def test_a_base_reference_file_replaces_the_stored_one_and_another_input_is_not_
     run, verdicts = _gate0_run(tmp_path, "healthy-seed0", base_reference=reference)
     assert verdicts == [] and "another input" in run.base_model_not_checked()["why"]
     assert run.metrics()["base_model_not_checked"]["checked"] is False
+
+
+def _zoo_copy(tmp_path, name: str, strip_reference: bool) -> "Path":
+    import shutil
+
+    from ttt_checks.paths import ZOO_DIR
+
+    shutil.copytree(ZOO_DIR / "base", tmp_path / "base")
+    shutil.copytree(ZOO_DIR / name, tmp_path / name)
+    if strip_reference:
+        config = json.loads((tmp_path / "base" / "config.json").read_text())
+        config.pop("reference_loss")
+        (tmp_path / "base" / "config.json").write_text(json.dumps(config))
+    return tmp_path / name
+
+
+def test_a_base_built_before_the_reference_existed_is_checked_against_the_checkpoints_measured_gate0_loss(tmp_path):
+    from ttt_checks.models.reference.adapter import ReferenceAdapter
+    from ttt_checks.run import HealthRun, RunOptions
+
+    ckpt = _zoo_copy(tmp_path, "healthy-seed0", strip_reference=True)
+    run = HealthRun(ReferenceAdapter(ckpt), RunOptions(report_dir=tmp_path / "report"))
+    [v] = run.judge("base_model")
+    assert "measured.summary.val_loss_gate0" in v.details["reference"]["source"]
+    assert v.ok and abs(v.measured) < 1e-4, v.explanation  # the stored loss is rounded to 4 digits
+
+
+def test_nan_in_ttt_tensors_leaves_the_base_unchecked_instead_of_blaming_it(tmp_path):
+    from ttt_checks.models.reference.adapter import ReferenceAdapter
+    from ttt_checks.paths import ZOO_DIR
+    from ttt_checks.run import HealthRun, RunOptions
+
+    run = HealthRun(ReferenceAdapter(ZOO_DIR / "nan-weights"), RunOptions(report_dir=tmp_path / "report"))
+    assert run.judge("base_model") == []
+    assert "0 x NaN" in run.base_model_not_checked()["why"]

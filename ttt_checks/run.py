@@ -444,6 +444,9 @@ class HealthRun:
             reference, why = self.base_reference
         except checks.BaseReferenceError as exc:
             return {"checked": False, "why": str(exc)}
+        if self.nonfinite_ttt_tensors:
+            return {"checked": False, "why": "TTT tensors hold NaN/Inf, so gate 0 does not switch TTT off (0 x NaN = NaN): the "
+                                              "loss there does not measure the base (see checkpoint_finite)"}
         return base_not_checked(reference, self.input_fingerprint, why)
 
     def _check_base_model(self):
