@@ -63,6 +63,11 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-noshift": (32, 600, {"steps": 400, "ttt": {"base_lr": 10.0}, "init": {"inner_weight_std": 0.18}}),
     "w16-memory": (16, 600, {"steps": 400, **MEMORY}),
     "w32-base1200-memory": (32, 1200, {"steps": 400, **MEMORY}),
+    # Issue 25, second half (mechanism sensitivity): one knob of w32-memory-800 changed at a time.
+    "w32-memory-800-untied": (32, 600, {"steps": 800, "ttt": MEMORY["ttt"], "init": {"inner_weight_std": 0.18}}),
+    "w32-memory-800-std06": (32, 600, {"steps": 800, "ttt": MEMORY["ttt"],
+                                       "init": {"inner_weight_std": 0.06, "tie_query_to_key": True}}),
+    "w32-memory-800-lr30": (32, 600, {"steps": 800, "ttt": {"shift_keys": True, "base_lr": 30.0}, "init": MEMORY["init"]}),
 }
 
 
