@@ -68,6 +68,10 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-memory-800-std06": (32, 600, {"steps": 800, "ttt": MEMORY["ttt"],
                                        "init": {"inner_weight_std": 0.06, "tie_query_to_key": True}}),
     "w32-memory-800-lr30": (32, 600, {"steps": 800, "ttt": {"shift_keys": True, "base_lr": 30.0}, "init": MEMORY["init"]}),
+    # Cost (a zoo of ~13 fine-tunes in 20 min): half the tokens per step, and the outer lr that moves further.
+    "w32-memory-b8x800": (32, 600, {"steps": 800, "batch": 8, **MEMORY}),
+    "w32-memory-b8x800-lr6e-3": (32, 600, {"steps": 800, "batch": 8, "lr": 6e-3, **MEMORY}),
+    "w32-memory-800-lr6e-3": (32, 600, {"steps": 800, "lr": 6e-3, **MEMORY}),
 }
 
 
