@@ -1,0 +1,170 @@
+"""Issue 25: time of one TTT fine-tune step of the recall recipe, before and after the speed-ups, in one run.
+
+"after" is ``finetune_ttt`` as committed. "before" is the same call with the TTT inner loop of commit
+184da59 patched back in (copied below, the training path only: no Figure-5 capture):
+
+- ``_scan`` sliced every mini-batch out of the [B, H, n, d] rows (``narrow``): the backward of each slice
+  fills a zero tensor of the full size, n/b fills and additions per step;
+- ``gelu_tanh`` was autograd's own tanh-GELU, whose CPU backward is ~10x slower on the transposed gradients
+  the dual form's backward hands it;
+- the inner gradient multiplied by ``gelu_tanh_grad`` spelled out (~12 elementwise graph nodes);
+- ``layer_norm`` and ``reconstruction_target`` used ``var`` / ``std`` over the 32-wide head dim.
+
+Both run on the same model, data stream and optimizer code, interleaved round by round (``--rounds``
+rounds of ``--steps`` steps each), so machine load hits both alike; each round's time is the loop time
+``finetune_ttt`` reports (data sampling, forward, backward, clipping, AdamW; not the stream's set-up).
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_finetune_step.py [--base /tmp/ttt25/base-w32-s600]
+
+Without ``--base`` the frozen base is a fresh random one of the recall recipe's shape (the step's cost does
+not depend on the weights' values). ``--batch`` / ``--seq-len`` time a recipe of another shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from ttt_checks.models.reference.checkpoint import load_checkpoint
+from ttt_checks.models.reference.corpus import DialogueCorpus
+from ttt_checks.models.reference.model import Decoder, DecoderConfig
+from ttt_checks.models.reference.train import TTTInit, default_ttt_config, finetune_ttt, insert_ttt
+from ttt_checks.models.reference.zoo import HEALTHY_RECALL, RECALL_WINDOW
+from ttt_checks.ttt import inner
+from ttt_checks.ttt.config import TTTConfig
+from ttt_checks.ttt.layer import TTTLayer, TTTState, _take_rows
+
+
+# -- the inner loop of commit 184da59 (training path), for the "before" timing -------------------------------
+
+def _old_gelu_tanh(x: Tensor) -> Tensor:
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def _old_layer_norm(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    mu = z.mean(dim=-1, keepdim=True)
+    var = z.var(dim=-1, keepdim=True, unbiased=False)
+    inv_std = torch.rsqrt(var + eps)
+    x_hat = (z - mu) * inv_std
+    return gamma[:, None, :] * x_hat + beta[:, None, :], x_hat, inv_std
+
+
+def _old_reconstruction_target(xk: Tensor, xv: Tensor, config: TTTConfig, gamma: Tensor, beta: Tensor) -> Tensor:
+    if not config.inner_residual:
+        return xv
+    diff = xv - xk
+    if config.target == "plain":
+        return diff
+    centred = diff - diff.mean(dim=-1, keepdim=True)
+    std = diff.std(dim=-1, keepdim=True, unbiased=True)
+    return gamma[:, None, :] * (centred / (std + config.target_eps)) + beta[:, None, :]
+
+
+def _old_inner_output_grads(acts: inner.InnerActivations, target: Tensor, params: inner.InnerParams,
+                            gamma: Tensor) -> list[Tensor]:
+    residual = acts.prediction - target
+    g = inner.layer_norm_l2_grad(acts.x_hat, acts.inv_std, gamma, residual) if acts.x_hat is not None else residual
+    grads = [g]
+    for layer in range(len(params.weights) - 1, 0, -1):
+        g = (g @ params.weights[layer].transpose(-1, -2)) * inner.gelu_tanh_grad(acts.preacts[layer - 1])
+        grads.append(g)
+    grads.reverse()
+    return grads
+
+
+def _old_scan(self: TTTLayer, rows: dict[str, Tensor], state: TTTState) -> tuple[Tensor, TTTState]:
+    if self.figure5_sink is not None:
+        raise RuntimeError("the 'before' scan of this benchmark is the training path only (no Figure-5 capture)")
+    c = self.config
+    b = c.mini_batch_size
+    dtype = rows["xk"].dtype
+    gamma, beta = self.ttt_norm_weight.to(dtype), self.ttt_norm_bias.to(dtype)
+    n = rows["xk"].shape[-2]
+    params = state.params
+    outputs = []
+    for lo in range(0, n, b):
+        hi = min(lo + b, n)
+        chunk = {k: _take_rows(v, lo, hi) for k, v in rows.items()}
+        res = inner.minibatch_step(params, chunk["xq"], chunk["xk"], chunk["target"], chunk["sigma"], c, gamma, beta)
+        outputs.append(res.output)
+        if res.end_params is not None:
+            params = res.end_params
+    full = (n // b) * b
+    tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
+    new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
+    z = torch.cat(outputs, dim=-2)
+    if c.inner_residual:
+        z = rows["xq"] + z
+    return z, new_state
+
+
+@contextlib.contextmanager
+def before() -> Iterator[None]:
+    """Patch the inner loop of commit 184da59 back in for the duration of the block."""
+    saved = {name: getattr(inner, name) for name in ("gelu_tanh", "layer_norm", "reconstruction_target",
+                                                       "inner_output_grads")}
+    saved_scan = TTTLayer._scan
+    inner.gelu_tanh, inner.layer_norm = _old_gelu_tanh, _old_layer_norm
+    inner.reconstruction_target, inner.inner_output_grads = _old_reconstruction_target, _old_inner_output_grads
+    TTTLayer._scan = _old_scan
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(inner, name, fn)
+        TTTLayer._scan = saved_scan
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------
+
+def recall_model(base_path: Path | None) -> Decoder:
+    """The recall recipe's model at insertion: its base (given, or fresh of the same shape) plus TTT in block 3."""
+    if base_path is not None:
+        base = load_checkpoint(base_path).model
+    else:
+        torch.manual_seed(0)
+        base = Decoder(DecoderConfig(attention_window=RECALL_WINDOW))
+    r = HEALTHY_RECALL
+    return insert_ttt(base, default_ttt_config(base.config.width, **r.ttt), r.layers, r.alpha_init, r.init_seed,
+                      init=TTTInit.from_dict(r.init))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, help="a base checkpoint of the recall recipe (default: a fresh random one)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=4, help="fine-tune steps per round and variant")
+    ap.add_argument("--batch", type=int, default=HEALTHY_RECALL.batch)
+    ap.add_argument("--seq-len", type=int, default=HEALTHY_RECALL.seq_len)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    corpus = DialogueCorpus.load(seed=0)
+    model = recall_model(args.base)
+    recipe = replace(HEALTHY_RECALL, steps=args.steps, warmup=1, batch=args.batch, seq_len=args.seq_len)
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    finetune_ttt(model, corpus, recipe)  # warm-up (allocator, kernels)
+    for _ in range(args.rounds):
+        with before():
+            times["before"].append(finetune_ttt(model, corpus, recipe)["seconds"] / args.steps)
+        times["after"].append(finetune_ttt(model, corpus, recipe)["seconds"] / args.steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    print(f"recall fine-tune step, batch {args.batch} x {args.seq_len} tokens, {args.threads} thread(s), "
+          f"{args.rounds} interleaved rounds of {args.steps} steps")
+    for k in ("before", "after"):
+        print(f"  {k:6s}: median {med[k]:.3f} s/step, best {best[k]:.3f} s/step  "
+              f"(rounds: {', '.join(f'{t:.3f}' for t in times[k])})")
+    print(f"  speed-up (median before / median after): {med['before'] / med['after']:.2f}x; "
+          f"best/best {best['before'] / best['after']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
