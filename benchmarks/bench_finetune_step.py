@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -136,6 +137,53 @@ def recall_model(base_path: Path | None) -> Decoder:
                       init=TTTInit.from_dict(r.init))
 
 
+def breakdown(model: Decoder, corpus: DialogueCorpus, batch: int, seq_len: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms of the step's parts, before and after, interleaved: the frozen prefix (embedding, blocks
+    0-2, block 3's attention: no graph, the base is frozen), the gated TTT block forward and backward, and
+    the rest (block 3's feed-forward, the tied head, the cross-entropy, forward and backward)."""
+    import torch.nn.functional as F
+
+    from ttt_checks.models.reference.corpus import sample_windows
+    from ttt_checks.models.reference.tokenizer import ByteTokenizer
+
+    stream = corpus.tokens("train", ByteTokenizer(), seed=0, data=HEALTHY_RECALL.data)
+    windows = sample_windows(stream, batch, seq_len, torch.Generator().manual_seed(0))
+    tokens, targets = windows[:, :-1], windows[:, 1:]
+    ttt_block = model.layers[3]
+    for name, p in model.named_parameters():
+        p.requires_grad_(".ttt." in name)
+
+    def prefix() -> Tensor:
+        x = model.embed(tokens)
+        for block in model.layers[:3]:
+            x = block(x)
+        return x + ttt_block.attn(ttt_block.attn_norm(x))
+
+    x3 = prefix().detach()
+
+    def ttt() -> None:
+        ttt_block.ttt(x3).sum().backward()
+
+    x4 = x3.clone().requires_grad_(True)
+
+    def rest() -> None:
+        x = x4 + ttt_block.ffn(ttt_block.ffn_norm(x4))
+        logits = F.linear(model.norm(x), model.embed.weight)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).backward()
+
+    parts = {"prefix": prefix, "ttt": ttt, "rest": rest}
+    times: dict[str, dict[str, list[float]]] = {k: {p: [] for p in parts} for k in ("before", "after")}
+    for _ in range(rounds):
+        for variant in ("before", "after"):
+            with before() if variant == "before" else contextlib.nullcontext():
+                for part, fn in parts.items():
+                    fn()  # warm
+                    t0 = time.perf_counter()
+                    fn()
+                    times[variant][part].append(1e3 * (time.perf_counter() - t0))
+    return {v: {p: statistics.median(ts) for p, ts in d.items()} for v, d in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, help="a base checkpoint of the recall recipe (default: a fresh random one)")
@@ -144,6 +192,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=HEALTHY_RECALL.batch)
     ap.add_argument("--seq-len", type=int, default=HEALTHY_RECALL.seq_len)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--breakdown", action="store_true", help="also time the step's parts (prefix, TTT, rest)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     corpus = DialogueCorpus.load(seed=0)
@@ -164,6 +213,12 @@ def main() -> None:
               f"(rounds: {', '.join(f'{t:.3f}' for t in times[k])})")
     print(f"  speed-up (median before / median after): {med['before'] / med['after']:.2f}x; "
           f"best/best {best['before'] / best['after']:.2f}x")
+    if args.breakdown:
+        parts = breakdown(model, corpus, args.batch, args.seq_len, args.rounds)
+        print("  parts of one step, median ms (forward + backward where there is a graph):")
+        for part in ("prefix", "ttt", "rest"):
+            b, a = parts["before"][part], parts["after"][part]
+            print(f"    {part:6s}: before {b:7.1f}  after {a:7.1f}  ({b / a:.2f}x)")
 
 
 if __name__ == "__main__":

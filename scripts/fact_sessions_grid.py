@@ -72,6 +72,8 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-memory-b8x800": (32, 600, {"steps": 800, "batch": 8, **MEMORY}),
     "w32-memory-b8x800-lr6e-3": (32, 600, {"steps": 800, "batch": 8, "lr": 6e-3, **MEMORY}),
     "w32-memory-800-lr6e-3": (32, 600, {"steps": 800, "lr": 6e-3, **MEMORY}),
+    "w32-memory-b8x800-fast": (32, 600, {"steps": 800, "batch": 8, "lr": 6e-3, "alpha_lr": 1e-2, **MEMORY}),
+    "w32-memory-1600": (32, 600, {"steps": 1600, **MEMORY}),
 }
 
 
