@@ -123,15 +123,50 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def compare(results: list[Path]) -> str:
+    """Benefit kept by each edit (rows) on each checkpoint (columns: one --out file each), a markdown table;
+    the last row counts the edits of ``EDITS`` that lose at least half (sweep points are shown, not counted)."""
+    runs = [[json.loads(line) for line in r.read_text().splitlines()] for r in results]
+    names = [r.stem for r in results]
+    edits = list(dict.fromkeys(row["edit"] for rows in runs for row in rows))
+    lines = ["| edit | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for edit in edits:
+        cells = []
+        for rows in runs:
+            row = next((r for r in rows if r["edit"] == edit), None)
+            if row is None:
+                cells.append("")
+            elif edit == "none":
+                se = row.get("standard_error_rel")
+                cells.append(f"{100 * row['gain']:+.2f}%" + ("" if se is None else f" +- {100 * se:.2f}%")
+                             + f" ({row.get('rows', 8)} rows)")
+            else:
+                kept = row["kept"]
+                cells.append("-" if kept is None else (f"{100 * kept:.0f}%" if kept <= 0.5 else f"**{100 * kept:.0f}%**"))
+        lines.append(f"| {edit} | " + " | ".join(cells) + " |")
+    counts = []
+    for rows in runs:
+        listed = [r for r in rows if r["edit"] in EDITS]
+        counts.append(f"{sum(1 for r in listed if r['kept'] is not None and r['kept'] <= 0.5)} of {len(listed)}")
+    lines.append("| lose at least half | " + " | ".join(counts) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path, nargs="?")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the rows of --out as a markdown table and exit")
+    ap.add_argument("--compare", type=Path, nargs="+", help="print the benefit kept per edit of these --out files, side by side")
     ap.add_argument("--rows", type=int, default=8, help="held-out rows of 256 tokens to measure on (suite default 8)")
     ap.add_argument("--step-sweep", action="store_true", help="also measure base_lr times each of STEP_SWEEP")
     args = ap.parse_args()
+    if args.compare:
+        print(compare(args.compare))
+        return
+    if args.out is None:
+        ap.error("--out is required")
     if args.table:
         print(table(args.out))
         return
