@@ -17,6 +17,9 @@ mostly measures the other jobs).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_finetune_step.py [--base /tmp/ttt25/base-w32-s600]
 
+``--pool N`` adds a third variant, "after" with ``FinetuneRecipe.window_pool = N`` (a recipe change: the frozen
+prefix computed once per window of a pool of N, reported apart from the steps).
+
 Without ``--base`` the frozen base is a fresh random one of the recall recipe's shape (the step's cost does
 not depend on the weights' values). ``--batch`` / ``--seq-len`` time a recipe of another shape.
 """
@@ -216,6 +219,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=HEALTHY_RECALL.seq_len)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--breakdown", action="store_true", help="also time the step's parts (prefix, TTT, rest)")
+    ap.add_argument("--pool", type=int, default=0, help="also time steps drawn from a window pool of this size")
     ap.add_argument("--wall", action="store_true", help="time wall-clock seconds instead of this process's CPU seconds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -224,20 +228,31 @@ def main() -> None:
     recipe = replace(HEALTHY_RECALL, steps=args.steps, warmup=1, batch=args.batch, seq_len=args.seq_len)
     times: dict[str, list[float]] = {"before": [], "after": []}
     finetune_ttt(model, corpus, recipe)  # warm-up (allocator, kernels)
+    pooled = replace(recipe, window_pool=args.pool)
+    if args.pool:
+        times["after + pool"] = []
     with cpu_clock(not args.wall):
         for _ in range(args.rounds):
             with before():
                 times["before"].append(finetune_ttt(model, corpus, recipe)["seconds"] / args.steps)
             times["after"].append(finetune_ttt(model, corpus, recipe)["seconds"] / args.steps)
+            if args.pool:  # the steps alone: the pool's one-off prefixes are reported apart
+                info = finetune_ttt(model, corpus, pooled)
+                times["after + pool"].append((info["seconds"] - info["pool_seconds"]) / args.steps)
+                pool_s = info["pool_seconds"]
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     print(f"recall fine-tune step, batch {args.batch} x {args.seq_len} tokens, {args.threads} thread(s), "
           f"{args.rounds} interleaved rounds of {args.steps} steps, {'wall' if args.wall else 'CPU'} seconds")
-    for k in ("before", "after"):
+    for k in times:
         print(f"  {k:6s}: median {med[k]:.3f} s/step, best {best[k]:.3f} s/step  "
               f"(rounds: {', '.join(f'{t:.3f}' for t in times[k])})")
     print(f"  speed-up (median before / median after): {med['before'] / med['after']:.2f}x; "
           f"best/best {best['before'] / best['after']:.2f}x")
+    if args.pool:
+        print(f"  with a window pool of {args.pool} (a recipe change): {med['before'] / med['after + pool']:.2f}x "
+              f"before / after + pool; the pool's prefixes cost {pool_s:.2f} s once ({pool_s / args.pool * 1e3:.1f} ms "
+              f"a window)")
     if args.breakdown:
         parts = breakdown(model, corpus, args.batch, args.seq_len, args.rounds, time.perf_counter if args.wall else time.process_time)
         print("  parts of one step, median ms (forward + backward where there is a graph):")

@@ -74,6 +74,8 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-memory-800-lr6e-3": (32, 600, {"steps": 800, "lr": 6e-3, **MEMORY}),
     "w32-memory-b8x800-fast": (32, 600, {"steps": 800, "batch": 8, "lr": 6e-3, "alpha_lr": 1e-2, **MEMORY}),
     "w32-memory-1600": (32, 600, {"steps": 1600, **MEMORY}),
+    # The frozen prefix computed once per window of a pool (FinetuneRecipe.window_pool): 4 uses per window.
+    "w32-memory-800-pool3200": (32, 600, {"steps": 800, "window_pool": 3200, **MEMORY}),
 }
 
 
