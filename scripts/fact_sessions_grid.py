@@ -76,6 +76,9 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-memory-1600": (32, 600, {"steps": 1600, **MEMORY}),
     # The frozen prefix computed once per window of a pool (FinetuneRecipe.window_pool): 4 uses per window.
     "w32-memory-800-pool3200": (32, 600, {"steps": 800, "window_pool": 3200, **MEMORY}),
+    # The 1600-step recipe again with another seed (data order, TTT init) and a pool (4 uses per window).
+    "w32-memory-1600-seed1-pool6400": (32, 600, {"steps": 1600, "seed": 1, "init_seed": 1001, "window_pool": 6400,
+                                                 **MEMORY}),
 }
 
 
