@@ -86,6 +86,13 @@ EDITS: dict[str, tuple[str, Callable]] = {
 }
 
 
+# Probes of the per-token step-size projection (not counted among EDITS): what its selection is worth.
+STEP_GATE_PROBES: dict[str, tuple[str, Callable]] = {
+    "step gate inverted (probe)": ("lr_weight and lr_bias negated: each token's step sigmoid(z) becomes 1 - sigmoid(z)",
+                                   _tensor_edit(_set(("lr_weight", "lr_bias"), lambda n, v, i: -v))),
+    "step gate bias only (probe)": ("lr_weight zeroed, trained lr_bias kept: one step size per head, no per-token choice",
+                                    _tensor_edit(_set(("lr_weight",), lambda n, v, i: torch.zeros_like(v)))),
+}
 STEP_SWEEP = (0.03, 0.3, 3.0, 30.0)  # with the edits x0.1 and x10: six points
 
 
@@ -161,6 +168,7 @@ def main() -> None:
     ap.add_argument("--compare", type=Path, nargs="+", help="print the benefit kept per edit of these --out files, side by side")
     ap.add_argument("--rows", type=int, default=8, help="held-out rows of 256 tokens to measure on (suite default 8)")
     ap.add_argument("--step-sweep", action="store_true", help="also measure base_lr times each of STEP_SWEEP")
+    ap.add_argument("--step-gate-probes", action="store_true", help="also measure STEP_GATE_PROBES")
     args = ap.parse_args()
     if args.compare:
         print(compare(args.compare))
@@ -179,6 +187,8 @@ def main() -> None:
     extra = {k: v for k, v in loaded.config.items() if k not in ("format", "kind", "base", "decoder", "ttt_init_seed")}
     reference = helps(args.checkpoint, args.rows)
     edits = dict(EDITS)
+    if args.step_gate_probes:
+        edits.update(STEP_GATE_PROBES)
     if args.step_sweep:
         edits.update({f"step x{m:g} (sweep)": (f"inner step size (base_lr) multiplied by {m:g}",
                                                _config_edit(base_lr=lambda v, m=m: v * m)) for m in STEP_SWEEP})
