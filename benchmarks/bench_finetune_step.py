@@ -1,7 +1,8 @@
 """Issue 25: time of one TTT fine-tune step of the recall recipe, before and after the speed-ups, in one run.
 
 "after" is ``finetune_ttt`` as committed. "before" is the same call with the TTT inner loop of commit
-184da59 patched back in (copied below, the training path only: no Figure-5 capture):
+184da59 patched back in (copied below, the training path only: no Figure-5 capture; the running target sum
+that main's lmean added to the scan later is carried in both):
 
 - ``_scan`` sliced every mini-batch out of the [B, H, n, d] rows (``narrow``): the backward of each slice
   fills a zero tensor of the full size, n/b fills and additions per step;
@@ -44,7 +45,7 @@ from ttt_checks.models.reference.train import TTTInit, default_ttt_config, finet
 from ttt_checks.models.reference.zoo import HEALTHY_RECALL, RECALL_WINDOW
 from ttt_checks.ttt import inner
 from ttt_checks.ttt.config import TTTConfig
-from ttt_checks.ttt.layer import TTTLayer, TTTState, _take_rows
+from ttt_checks.ttt.layer import TTTLayer, TTTState, _take_rows, _target_sum
 
 
 # -- the inner loop of commit 184da59 (training path), for the "before" timing -------------------------------
@@ -92,6 +93,10 @@ def _old_scan(self: TTTLayer, rows: dict[str, Tensor], state: TTTState) -> tuple
     dtype = rows["xk"].dtype
     gamma, beta = self.ttt_norm_weight.to(dtype), self.ttt_norm_bias.to(dtype)
     n = rows["xk"].shape[-2]
+    full = (n // b) * b
+    # The running target sum for lmean (main after 184da59): carried exactly as the current scan does, so
+    # "before" and "after" differ only by this branch's changes.
+    target_sum = _target_sum(_target_sum(state.target_sum, rows["target"][..., :0, :]), rows["target"][..., :full, :])
     params = state.params
     outputs = []
     for lo in range(0, n, b):
@@ -101,9 +106,9 @@ def _old_scan(self: TTTLayer, rows: dict[str, Tensor], state: TTTState) -> tuple
         outputs.append(res.output)
         if res.end_params is not None:
             params = res.end_params
-    full = (n // b) * b
     tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
-    new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
+    new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail,
+                         target_sum=target_sum)
     z = torch.cat(outputs, dim=-2)
     if c.inner_residual:
         z = rows["xq"] + z
@@ -225,7 +230,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     corpus = DialogueCorpus.load(seed=0)
     model = recall_model(args.base)
-    recipe = replace(HEALTHY_RECALL, steps=args.steps, warmup=1, batch=args.batch, seq_len=args.seq_len)
+    # Fresh windows every step for "before" and "after" (the candidate's own recipe draws from a pool: timed
+    # apart with --pool).
+    recipe = replace(HEALTHY_RECALL, steps=args.steps, warmup=1, batch=args.batch, seq_len=args.seq_len, window_pool=0)
     times: dict[str, list[float]] = {"before": [], "after": []}
     finetune_ttt(model, corpus, recipe)  # warm-up (allocator, kernels)
     pooled = replace(recipe, window_pool=args.pool)

@@ -211,6 +211,17 @@ def test_an_output_projection_off_scale_is_named_with_the_branch_strength():
     assert "outweighs the residual stream" in top["cause"] and "3.2x" in top["cause"]
 
 
+def test_most_tensors_grown_each_by_its_own_factor_is_the_outer_training_not_a_scaling():
+    """The outer lr x10000 run of tests/test_trend_causes.py: every trained TTT tensor 60-210x its init."""
+    m = _scaled("layers.3.ttt.ttt.weights.0", 207.0, "figure5_bounded")
+    m["verdicts"]["dead_parameters"][0]["details"]["std_ratio_to_init"] = {
+        f"layers.3.ttt.ttt.{k}": r for k, r in (("weights.0", 207.0), ("weights.1", 199.0), ("lr_weight", 163.0),
+                                                 ("wo.weight", 75.3), ("wq.weight", 71.7), ("wk.weight", 62.7), ("wv.weight", 62.5))}
+    top = dx.diagnosis_dict(m)["findings"][0]
+    assert top["rule"] == "ttt_tensor_off_scale" and "outer updates" in top["title"]
+    assert top["config_key"] == "recipe.lr" and "lower the outer learning rate" in top["fix"] and "base_lr is not the cause" in top["fix"]
+
+
 @pytest.mark.parametrize("ratio", [2.3, 0.5])
 def test_tensors_within_what_training_moves_are_not_called_off_scale(ratio):
     m = _scaled("layers.3.ttt.ttt.wo.weight", ratio, "ttt_helps")
@@ -257,3 +268,38 @@ def test_a_base_reference_file_replaces_the_stored_one_and_another_input_is_not_
     run, verdicts = _gate0_run(tmp_path, "healthy-seed0", base_reference=reference)
     assert verdicts == [] and "another input" in run.base_model_not_checked()["why"]
     assert run.metrics()["base_model_not_checked"]["checked"] is False
+
+
+def _zoo_copy(tmp_path, name: str, strip_reference: bool) -> "Path":
+    import shutil
+
+    from ttt_checks.paths import ZOO_DIR
+
+    shutil.copytree(ZOO_DIR / "base", tmp_path / "base")
+    shutil.copytree(ZOO_DIR / name, tmp_path / name)
+    if strip_reference:
+        config = json.loads((tmp_path / "base" / "config.json").read_text())
+        config.pop("reference_loss")
+        (tmp_path / "base" / "config.json").write_text(json.dumps(config))
+    return tmp_path / name
+
+
+def test_a_base_built_before_the_reference_existed_is_checked_against_the_checkpoints_measured_gate0_loss(tmp_path):
+    from ttt_checks.models.reference.adapter import ReferenceAdapter
+    from ttt_checks.run import HealthRun, RunOptions
+
+    ckpt = _zoo_copy(tmp_path, "healthy-seed0", strip_reference=True)
+    run = HealthRun(ReferenceAdapter(ckpt), RunOptions(report_dir=tmp_path / "report"))
+    [v] = run.judge("base_model")
+    assert "measured.summary.val_loss_gate0" in v.details["reference"]["source"]
+    assert v.ok and abs(v.measured) < 1e-4, v.explanation  # the stored loss is rounded to 4 digits
+
+
+def test_nan_in_ttt_tensors_leaves_the_base_unchecked_instead_of_blaming_it(tmp_path):
+    from ttt_checks.models.reference.adapter import ReferenceAdapter
+    from ttt_checks.paths import ZOO_DIR
+    from ttt_checks.run import HealthRun, RunOptions
+
+    run = HealthRun(ReferenceAdapter(ZOO_DIR / "nan-weights"), RunOptions(report_dir=tmp_path / "report"))
+    assert run.judge("base_model") == []
+    assert "0 x NaN" in run.base_model_not_checked()["why"]

@@ -77,7 +77,7 @@ def assert_records_close(cpu: dict, gpu: dict) -> None:
     for name in cpu:
         a, b = cpu[name], gpu[name]
         np.testing.assert_array_equal(a.counts, b.counts)
-        for curve in ("l0", "lprev", "lafter"):
+        for curve in ("l0", "lprev", "lafter", "lmean"):
             np.testing.assert_allclose(getattr(b, curve), getattr(a, curve), rtol=RTOL, atol=0,
                                        err_msg=f"{name} {curve}: cuda vs cpu (fp32)")
 

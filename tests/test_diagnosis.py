@@ -284,9 +284,34 @@ def test_inner_loss_off_scale_names_the_outer_lr_before_the_gate_it_also_toppled
     assert rules(m)[:2] == ["inner_loss_off_scale", "gate_collapsed"], rules(m)
     finding = top(m)
     assert "8.265" in finding.symptom and "outer" in finding.fix and "unexplained_failure" not in rules(m)
+    # that run predates lmean: the old absolute bounds judged it, and the finding says so
+    assert "predates lmean" in finding.symptom
     # beyond the ceiling it is the inner step's instability, a rule of its own
     m["figure5"][LAYER] = _f5(l0=12.0, lprev=14.0, lafter=15.0, max_smoothed_loss=18.0)
     assert "inner_loss_off_scale" not in rules(m) and "inner_loss_exploding" in rules(m)
+
+
+def test_inner_loss_off_scale_reads_l0_against_the_mean_predictor_when_the_run_has_it():
+    """l0 1.2e3 x lmean: off scale; the same l0 against an lmean that makes it 2x is on scale (a
+    loss scale shared by prediction and target, e.g. a grown ttt_norm_weight), and no rule names it."""
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=6.0, lprev=5.0, lafter=4.9, max_smoothed_loss=7.0, mean_lmean=0.005, l0_to_lmean=1200.0)
+    fail(m, "figure5_bounded", measured=7.0, explanation="W_0 OFF SCALE: mean l0 6 is 1200x ...")
+    finding = top(m)
+    assert finding.rule == "inner_loss_off_scale" and "1200x, above 1000" in finding.symptom and "outer" in finding.fix
+    assert "predates" not in finding.symptom
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=6.0, lprev=5.0, lafter=4.9, max_smoothed_loss=7.0, mean_lmean=3.0, l0_to_lmean=2.0)
+    assert "inner_loss_off_scale" not in rules(m)
+
+
+def test_a_target_that_does_not_vary_is_nothing_to_reconstruct_by_lmean():
+    m = healthy_metrics()
+    m["figure5"][LAYER] = _f5(l0=1e-4, lprev=0.9e-4, lafter=0.8e-4, mean_lmean=1e-4, l0_to_lmean=1.0)
+    fail(m, "figure5_bounded", measured=1e-4, explanation="NOTHING TO RECONSTRUCT ...")
+    finding = top(m)
+    assert finding.rule == "inner_loss_off_scale" and "nothing to reconstruct" in finding.title
+    assert "lmean below 0.001" in finding.symptom and "inner_lr_too_low" not in rules(m)
 
 
 def test_an_inner_loss_of_zero_is_nothing_to_reconstruct_not_a_timid_step():
@@ -465,6 +490,10 @@ def test_junit_carries_the_reviewers_numbers_per_layer_and_leaves_out_what_was_n
     stats = m["figure5"][LAYER]
     assert float(props[f"layer.{LAYER}.mean_l0"]) == pytest.approx(stats["mean_l0"])
     assert float(props[f"layer.{LAYER}.mean_lafter"]) == pytest.approx(stats["mean_lafter"])
+    assert f"layer.{LAYER}.mean_lmean" not in props  # a run from before lmean: left out, not 0
+    stats.update(mean_lmean=0.5996, l0_to_lmean=1.924)
+    props = dict(junit_measurement_properties(m))
+    assert props[f"layer.{LAYER}.mean_lmean"] == "0.5996" and props[f"layer.{LAYER}.l0_to_lmean"] == "1.924"
     assert props[f"layer.{LAYER}.gate_mean_abs_tanh"] == "0.108"
     assert props["outer_loss.learned"] == "1.7" and props["outer_loss.relative_decrease"] == "0.0058"
     m["figure5"][LAYER]["mean_lprev"] = "nan"

@@ -127,6 +127,8 @@ FAULTS = {
     "trained-output-frozen-at-zero": ("trained", replace(HEALTHY, steps=30, zeroed_ttt=("ttt.wo.weight", "ttt.wo.bias"),
                                                          frozen_ttt=("ttt.wo.weight", "ttt.wo.bias")), "ttt_untrained", "wo"),
     "trained-noncausal": ("trained", replace(HEALTHY, steps=100, ttt={"causal": False}), "noncausal_read_ahead", "causal"),
+    "trained-outer-lr-far-too-high": ("trained", replace(HEALTHY, steps=30, warmup=1, lr=3.0), "ttt_tensor_off_scale",
+                                      "outer learning rate"),
     "trained-w0-frozen": ("trained", replace(HEALTHY, steps=60, frozen_ttt=("ttt.weights.0", "ttt.weights.1", "ttt.biases.0",
                                                                            "ttt.biases.1")), "inner_state_untrained", "weights"),
     # edited as a conversion, a copy or a loader does

@@ -17,11 +17,15 @@ from ttt_checks.metrics.figure5 import figure5_stats, positions_needed, smooth, 
 from ttt_checks.ttt.figure5 import Figure5Error, Figure5Record
 
 
-def record(l0, lprev, lafter, positions=None, meta=None, layer="layers.0.ttt") -> Figure5Record:
+def record(l0, lprev, lafter, positions=None, meta=None, layer="layers.0.ttt", lmean=None) -> Figure5Record:
+    """``lmean`` None: 0.5 at every position; "absent": a record saved before lmean was captured."""
     n = len(l0)
+    if lmean is None:
+        lmean = np.full(n, 0.5)
     return Figure5Record(layer=layer, positions=np.arange(n) if positions is None else np.asarray(positions),
                          l0=np.asarray(l0, float), lprev=np.asarray(lprev, float), lafter=np.asarray(lafter, float),
-                         counts=np.ones(n, int), nonfinite=np.zeros(n, int), meta=dict(meta or {}))
+                         counts=np.ones(n, int), nonfinite=np.zeros(n, int), meta=dict(meta or {}),
+                         lmean=None if isinstance(lmean, str) else np.asarray(lmean, float))
 
 
 def healthy(n: int, b: int, causal: bool, seed: int = 0):
@@ -183,3 +187,30 @@ def test_the_zoo_measurement_reads_the_same_statistics():
     assert summary["frac_l0_gt_lprev"] == round(stats.frac_l0_gt_lprev, 4) == 1.0
     assert summary["judged_l0_lprev"] == 238 and summary["l0"] == round(stats.mean_l0, 4)
     assert not hasattr(measure, "figure5_stats") or measure.figure5_stats is f5.figure5_stats
+
+
+# -- the mean predictor: lmean and the ratio figure5_bounded judges --------------------------------------
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), k=st.integers(-20, 20))
+def test_l0_to_lmean_is_the_ratio_of_the_means_and_blind_to_a_common_scale(seed, n, k):
+    """mean l0 / mean lmean over the same positions; scaling both curves by 2^k (exact in floating
+    point) leaves it bit for bit, as a loss scale shared by prediction and target must."""
+    rng = np.random.default_rng(seed)
+    l0, lprev, lafter = healthy(n, 4, True, seed)
+    lmean = 0.1 + rng.random(n)
+    stats = figure5_stats(record(l0, lprev, lafter, lmean=lmean), mini_batch_size=4, causal=True)
+    assert stats.mean_lmean == float(np.mean(lmean))
+    assert stats.l0_to_lmean == pytest.approx(np.mean(l0) / np.mean(lmean), rel=1e-15)
+    scaled = figure5_stats(record(l0 * 2.0**k, lprev * 2.0**k, lafter * 2.0**k, lmean=lmean * 2.0**k),
+                           mini_batch_size=4, causal=True)
+    assert scaled.l0_to_lmean == stats.l0_to_lmean
+
+
+def test_a_record_without_lmean_or_with_a_constant_target_has_no_ratio_never_a_made_up_one():
+    l0, lprev, lafter = healthy(64, 4, True)
+    old = figure5_stats(record(l0, lprev, lafter, lmean="absent"), mini_batch_size=4, causal=True)
+    assert np.isnan(old.mean_lmean) and np.isnan(old.l0_to_lmean)
+    constant = figure5_stats(record(l0, lprev, lafter, lmean=np.zeros(64)), mini_batch_size=4, causal=True)
+    assert constant.mean_lmean == 0.0 and np.isnan(constant.l0_to_lmean)
+    assert np.isnan(f5.record_summary(record(l0, lprev, lafter, lmean="absent"))["lmean"])

@@ -21,11 +21,19 @@ TH = health.load_thresholds()
 T = 256
 
 
-def record(l0, lprev, lafter, nonfinite=None, layer="layers.3.ttt") -> Figure5Record:
+HEALTHY_LMEAN = 0.6  # the mean predictor's loss on the zoo's healthy-seed0 (0.5996): l0 ~1 is 1.7x it
+
+
+def record(l0, lprev, lafter, nonfinite=None, layer="layers.3.ttt", lmean=None) -> Figure5Record:
+    """``lmean`` None: the healthy zoo's mean-predictor loss at every position; "absent": a record
+    saved before lmean was captured."""
     n = len(l0)
+    if lmean is None:
+        lmean = np.full(n, HEALTHY_LMEAN)
     return Figure5Record(layer=layer, positions=np.arange(n), l0=np.asarray(l0, float), lprev=np.asarray(lprev, float),
                          lafter=np.asarray(lafter, float), counts=np.full(n, 8),
-                         nonfinite=np.zeros(n, int) if nonfinite is None else nonfinite)
+                         nonfinite=np.zeros(n, int) if nonfinite is None else nonfinite,
+                         lmean=None if isinstance(lmean, str) else np.asarray(lmean, float))
 
 
 def healthy_curves(seed: int = 0):
@@ -75,6 +83,43 @@ def test_inner_lr_near_zero_fails_improvement_even_when_the_overlapping_curves_a
 def test_exploding_losses_fail_bounded():
     l0, lprev, lafter = (c * 40 for c in healthy_curves())
     assert "bounded" in failing(judge(record(l0, lprev, lafter)))
+
+
+@pytest.mark.parametrize("factor, fails", [(0.9, False), (1.1, True)])
+def test_bounded_judges_l0_against_the_mean_predictor_on_each_side_of_the_threshold(factor, fails):
+    """l0 x8 (below the ceiling of 10) against a constant lmean that puts mean l0 / mean lmean at
+    factor x l0_lmean_ratio_max; lmean stays above lmean_min, so only the ratio decides."""
+    l0, lprev, lafter = (8 * c for c in healthy_curves())
+    lmean = np.full(T, np.mean(l0) / (factor * TH["l0_lmean_ratio_max"]))
+    assert lmean[0] > TH["lmean_min"] and 8 * 1.1 < TH["loss_ceiling"]
+    [bounded] = judge(record(l0, lprev, lafter, lmean=lmean))["bounded"]
+    assert bounded.ok is not fails, bounded.explanation
+    assert bounded.details["l0_to_lmean"] == pytest.approx(factor * TH["l0_lmean_ratio_max"], rel=1e-12)
+    assert ("W_0 OFF SCALE" in bounded.explanation) is fails
+
+
+def test_bounded_says_whether_w0_beats_a_constant():
+    l0, lprev, lafter = healthy_curves()
+    [worse] = judge(record(l0, lprev, lafter))["bounded"]  # l0 ~1.0 against lmean 0.6: the zoo's case
+    [better] = judge(record(l0, lprev, lafter, lmean=np.full(T, 2.0)))["bounded"]
+    assert worse.ok and better.ok
+    assert "does not beat a constant" in worse.explanation and "W_0 beats a constant" in better.explanation
+
+
+def test_a_target_that_does_not_vary_fails_bounded_whatever_the_ratio():
+    """lmean 1e-4 < lmean_min with l0 1e-4 too: the ratio ~1 would look healthy."""
+    l0, lprev, lafter = (c * 1e-4 for c in healthy_curves())
+    [bounded] = judge(record(l0, lprev, lafter, lmean=np.full(T, 1e-4)))["bounded"]
+    assert not bounded.ok and "NOTHING TO RECONSTRUCT" in bounded.explanation
+
+
+def test_a_record_without_lmean_is_not_judged_for_scale_but_still_fails_an_explosion():
+    """Records saved before lmean was captured: the ratio cannot be formed, so figure5_bounded
+    says it cannot measure (never a pass on the ceiling alone); a huge loss still fails as such."""
+    [bounded] = judge(record(*healthy_curves(), lmean="absent"))["bounded"]
+    assert not bounded.ok and bounded.explanation.startswith("cannot measure") and "before lmean" in bounded.explanation
+    [huge] = judge(record(*(c * 40 for c in healthy_curves()), lmean="absent"))["bounded"]
+    assert not huge.ok and "HUGE LOSSES" in huge.explanation
 
 
 def test_nan_fails_finite_and_every_rule_that_reads_it_says_it_cannot_measure():
@@ -268,7 +313,7 @@ def test_fewer_than_two_judged_minibatches_cannot_measure_and_say_the_fix():
 
 def test_exactly_zero_losses_are_named_as_zero_not_as_not_finite():
     zero = np.zeros(T)
-    verdicts = judge(record(zero, zero, zero))
+    verdicts = judge(record(zero, zero, zero, lmean=zero))  # a zeroed ttt_norm_weight: the target is constant
     [improvement] = verdicts["improvement"]
     assert not improvement.ok and "not finite" not in improvement.explanation
     assert "exactly 0" in improvement.explanation and "identically 0" in improvement.explanation
@@ -276,7 +321,7 @@ def test_exactly_zero_losses_are_named_as_zero_not_as_not_finite():
     assert not ordering.ok and "identically 0" in ordering.explanation
     assert verdicts["finite"][0].ok  # zeros are finite: only the rules that judge them fail
     [bounded] = verdicts["bounded"]
-    assert not bounded.ok and "ABNORMAL mean l0 0" in bounded.explanation and "identically 0" in bounded.explanation
+    assert not bounded.ok and "NOTHING TO RECONSTRUCT" in bounded.explanation and "identically 0" in bounded.explanation
 
 
 def test_lprev_rising_with_l0_is_not_called_not_adapting():

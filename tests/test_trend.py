@@ -138,13 +138,18 @@ def test_trend_names_the_last_healthy_checkpoint_and_where_it_broke(trajectory, 
     assert set(summary["gates_began_falling"].values()) == {broke}, summary
     assert f"keep checkpoint_{PENALTY_FROM:06d}" in summary["sentence"] and f"gate_stats failed from {broke}" in summary["sentence"]
     assert f"gates began falling at {broke}" in summary["sentence"]
+    # the cause over the run: the gates fell while the TTT weights' norm did not jump (metrics.json ttt_tensor_norms)
+    cause = summary["cause"]
+    assert cause["kind"] == "gate_fell" and (cause["from_step"], cause["step"]) == (PENALTY_FROM, broke), cause
+    assert f"the gates fell from step {broke}" in summary["sentence"] and cause["norms"]["total_ratio"] < trend.NORM_GROWTH
+    assert summary["constant_failures"] == [] and summary["keep"]["why"] == f"the last checkpoint before a failure appeared at {broke}"
     newest = data["points"][-1]
     assert newest["top_rule"] == "gate_collapsed"
     assert all(newest["gate_tanh"][l] < newest["gate_init_tanh"][l] for l in newest["gate_tanh"])
     pngs = sorted(p.name for p in (tmp_path / "trend").glob("*.png"))
-    assert pngs == ["trend_figure5.png", "trend_gates.png", "trend_outer_words_checks.png"]
+    assert pngs == ["trend_figure5.png", "trend_gates.png", "trend_norms.png", "trend_outer_words_checks.png"]
     page = (tmp_path / "trend" / "trend.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and f"keep checkpoint_{PENALTY_FROM:06d}" in page
+    assert page.count("data:image/png;base64,") == 4 and f"keep checkpoint_{PENALTY_FROM:06d}" in page
     assert "keep checkpoint" in out
 
 
@@ -188,7 +193,9 @@ def test_first_red_and_red_from_distinguish_a_flicker_from_a_lasting_failure():
     assert trend.gates_began_falling(points[:4]) == {}  # 0.21 -> 0.18: below the peak, not yet half of it
     summary = trend.summarise(points, [])
     assert summary["last_healthy"] == "checkpoint_003000"
-    assert summary["sentence"].startswith("keep checkpoint_003000; gates began falling at 4000")
+    assert summary["sentence"].startswith("keep checkpoint_003000 (the last checkpoint before a failure appeared at 4000; "
+                                          "one that appeared at 2000 passed again later); gates began falling at 4000")
+    assert summary["appeared"] == {"ttt_helps": 2000, "gate_stats": 5000} and summary["broke_at"] == 4000
 
 
 def test_watch_state_reports_are_found(tmp_path):

@@ -113,7 +113,7 @@ def test_dual_form_matches_per_token_oracle_in_every_mode(config, T, batch, seed
     torch.testing.assert_close(out, expected, **TIGHT)
     np.testing.assert_array_equal(rec.positions, np.arange(T))
     np.testing.assert_array_equal(rec.counts, np.full(T, batch * config.num_heads))
-    for name in ("l0", "lprev", "lafter"):
+    for name in ("l0", "lprev", "lafter", "lmean"):
         np.testing.assert_allclose(getattr(rec, name), getattr(ref, name).mean(dim=(0, 1)).numpy(), **TIGHT)
 
 
@@ -197,7 +197,7 @@ def test_causal_layer_ignores_the_future(config, T, data):
     perturbed[:, t + 1 :] = torch.randn_like(perturbed[:, t + 1 :])
     _, a = run(layer, x)
     _, b = run(layer, perturbed)
-    for name in ("l0", "lprev", "lafter"):
+    for name in ("l0", "lprev", "lafter", "lmean"):
         np.testing.assert_array_equal(getattr(a, name)[: t + 1], getattr(b, name)[: t + 1])
 
 
@@ -280,7 +280,7 @@ def test_streaming_in_chunks_equals_one_pass(config, data, seed):
     rec = probe.record("ttt")
     np.testing.assert_array_equal(rec.positions, rec_one.positions)
     np.testing.assert_array_equal(rec.counts, rec_one.counts)
-    for name in ("l0", "lprev", "lafter"):
+    for name in ("l0", "lprev", "lafter", "lmean"):
         np.testing.assert_allclose(getattr(rec, name), getattr(rec_one, name), **TIGHT)
 
 
@@ -330,6 +330,51 @@ def test_state_reset_bug_makes_lprev_equal_l0_at_every_call():
     rec = probe.record("ttt")
     np.testing.assert_array_equal(rec.positions, np.arange(6))
     np.testing.assert_allclose(rec.lprev, rec.l0, rtol=1e-12)
+
+
+@given(config=configs(), data=st.data(), seed=st.integers(0, 1000))
+def test_lmean_is_a_baseline_of_the_sequence_that_a_state_reset_or_a_late_probe_does_not_move(config, data, seed):
+    """The mean predictor learns only the targets' mean, from every target the stream has seen:
+    the reset bug (inner weights back to W_0 at each call, open rows dropped) leaves it equal to
+    the one-pass lmean, and a probe attached after some calls gets lmean as if it had listened
+    from the first token."""
+    b = config.mini_batch_size
+    T = data.draw(st.integers(2, 4)) * b + data.draw(st.integers(0, b - 1))
+    sizes = data.draw(chunkings(T, 1))
+    layer = make_layer(config, seed)
+    x = torch.randn(2, T, config.width, dtype=F64)
+    _, one_pass = run(layer, x)
+    late = Figure5Probe()
+    with torch.no_grad(), layer.stream():
+        layer(x[:, : sizes[0]])  # nobody listens to the first call
+        with late.attach({"ttt": layer}):
+            start = sizes[0]
+            for size in sizes[1:]:
+                layer(x[:, start : start + size])
+                start += size
+    if len(sizes) > 1:
+        rec_late = late.record("ttt")
+        np.testing.assert_allclose(rec_late.lmean, one_pass.lmean[rec_late.positions], **TIGHT)
+    layer.reset_state_each_call = True
+    reset = Figure5Probe()
+    with reset.attach({"ttt": layer}), torch.no_grad(), layer.stream():
+        start = 0
+        for size in sizes:
+            layer(x[:, start : start + size])
+            start += size
+    np.testing.assert_allclose(reset.record("ttt").lmean, one_pass.lmean, **TIGHT)
+
+
+def test_lmean_of_a_constant_target_is_its_energy_at_position_0_and_0_after():
+    """The empty mean predicts 0; from t = 1 on, the mean of identical targets is that target (exact
+    for a target of 0.5: sums of 0.5 and their division by the count are exact in binary)."""
+    y = torch.full((1, 1, 7, 3), 0.5, dtype=F64)
+    lmean, carried = inner.mean_predictor_loss(y, torch.zeros(1, 1, 1, 3, dtype=F64), 0, carry_rows=4)
+    assert lmean[0, 0, 0].item() == 0.25 and (lmean[0, 0, 1:] == 0).all()
+    assert carried.flatten().tolist() == [2.0, 2.0, 2.0]
+    # continued from that carried sum (a later streaming call), the mean is still exact
+    more, _ = inner.mean_predictor_loss(y[..., :2, :], carried, 4, carry_rows=0)
+    assert (more == 0).all()
 
 
 @given(config=configs(), T=st.integers(2, 10), data=st.data())
@@ -404,9 +449,14 @@ def test_record_round_trips_through_npz_and_refuses_to_be_empty(tmp_path):
     _, rec = run(make_layer(config, 0), torch.randn(1, 9, 8, dtype=F64))
     path = rec.save(tmp_path / "figure5_layer0.npz")
     back = Figure5Record.load(path)
-    for name in ("positions", "l0", "lprev", "lafter", "counts", "nonfinite", "minibatch_end", "init"):
+    for name in ("positions", "l0", "lprev", "lafter", "lmean", "counts", "nonfinite", "minibatch_end", "init"):
         np.testing.assert_array_equal(getattr(back, name), getattr(rec, name))
     assert back.meta["mini_batch_size"] == 4
+    # A record saved before lmean was captured reads back without it (None, never zeros or NaN)
+    old = dataclasses.replace(rec, lmean=None)
+    old_back = Figure5Record.load(old.save(tmp_path / "figure5_old.npz"))
+    assert old_back.lmean is None and old_back.curves == ("l0", "lprev", "lafter") and old_back.finite
+    np.testing.assert_array_equal(old_back.l0, rec.l0)
     empty = dict(positions=np.zeros(0, int), l0=np.zeros(0), lprev=np.zeros(0), lafter=np.zeros(0),
                  counts=np.zeros(0, int), nonfinite=np.zeros(0, int))
     with pytest.raises(Figure5Error, match="no Figure-5 data collected"):

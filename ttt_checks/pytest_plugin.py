@@ -370,7 +370,8 @@ def junit_diagnosis_properties(diagnosis: dict) -> list[tuple[str, str]]:
 
 def junit_measurement_properties(metrics: dict) -> list[tuple[str, str]]:
     """The numbers a reviewer reads first, as testsuite properties: per TTT layer the means of the
-    Figure-5 curves (``layer.<name>.mean_l0`` / ``mean_lprev`` / ``mean_lafter``) and the gate's mean
+    Figure-5 curves (``layer.<name>.mean_l0`` / ``mean_lprev`` / ``mean_lafter`` / ``mean_lmean``, the
+    mean predictor's loss, and ``l0_to_lmean``, the ratio figure5_bounded judges) and the gate's mean
     |tanh(alpha)| (``layer.<name>.gate_mean_abs_tanh``), and the outer loss at the learned gate and at
     gate 0 with the relative gain (``outer_loss.learned``, ``outer_loss.gate0``,
     ``outer_loss.relative_decrease``). A number the run did not measure is left out, never 0."""
@@ -384,7 +385,7 @@ def junit_measurement_properties(metrics: dict) -> list[tuple[str, str]]:
             props.append((name, f"{number:.6g}"))
 
     for layer, stats in sorted((metrics.get("figure5") or {}).items()):
-        for curve in ("mean_l0", "mean_lprev", "mean_lafter"):
+        for curve in ("mean_l0", "mean_lprev", "mean_lafter", "mean_lmean", "l0_to_lmean"):
             add(f"layer.{layer}.{curve}", (stats or {}).get(curve))
     for v in (metrics.get("verdicts") or {}).get("gate_stats") or []:
         if v.get("layer"):

@@ -32,6 +32,7 @@ from ttt_checks.checks.thresholds import read_pyproject_table
 from ttt_checks.metrics.branch_output import BranchOutputProbe
 from ttt_checks.metrics.figure5 import Figure5Stats, figure5_stats, positions_needed
 from ttt_checks.metrics.talk import judge_collapse, talk_metrics
+from ttt_checks.metrics.tensor_norms import tensor_norms
 from ttt_checks.models.base import LEARNED, Adapter, ForwardResult, GateValue, InputError, ModelInputs
 from ttt_checks.report.files import write_text_atomic
 from ttt_checks.report.plots import plot_figure5, plot_outer_loss, plot_words_vs_gate
@@ -320,7 +321,14 @@ class HealthRun:
         return self._timed("model_checks", lambda: self.adapter.model_checks(self.inputs.teacher_forced))
 
     def _check_checkpoint_finite(self):
+        self.ttt_tensor_norms  # noqa: B018  (recorded with the tensors this check reads anyway)
         return [checks.checkpoint_finite(self.adapter.state(), self.adapter.expected_ttt_keys())]
+
+    @cached_property
+    def ttt_tensor_norms(self) -> dict[str, float | None]:
+        """The L2 norm of each TTT tensor in the checkpoint (metrics.json ``ttt_tensor_norms``):
+        across a run's checkpoints, ``ttt-checks trend`` reads which tensors the outer update grew."""
+        return tensor_norms(self.adapter.state(), self.adapter.expected_ttt_keys())
 
     def _check_figure5_collected(self):
         _, _, missing = self.teacher_forced
@@ -436,6 +444,9 @@ class HealthRun:
             reference, why = self.base_reference
         except checks.BaseReferenceError as exc:
             return {"checked": False, "why": str(exc)}
+        if self.nonfinite_ttt_tensors:
+            return {"checked": False, "why": "TTT tensors hold NaN/Inf, so gate 0 does not switch TTT off (0 x NaN = NaN): the "
+                                              "loss there does not measure the base (see checkpoint_finite)"}
         return base_not_checked(reference, self.input_fingerprint, why)
 
     def _check_base_model(self):
@@ -571,6 +582,8 @@ class HealthRun:
             data["branch_output"] = self.branch_strength
         if "sweep" in self.__dict__:
             data["sweep"] = self.sweep
+        if "ttt_tensor_norms" in self.__dict__:
+            data["ttt_tensor_norms"] = self.ttt_tensor_norms
         if "layers" in self.__dict__:
             data["layers"] = [
                 {"name": i.name, "index": i.index, "mini_batch_size": i.mini_batch_size, "causal": i.causal,

@@ -1,7 +1,8 @@
 """Is the inner loop learning? The Figure-5 checks, one verdict per TTT layer.
 
 They judge the statistics of ``metrics/figure5.py`` (l0, lprev, lafter per position): collected
-over every expected position, finite, bounded, ordered l0 > lprev > lafter, one inner step
+over every expected position, finite, bounded (l0 on the scale of lmean, the mean predictor's
+loss), ordered l0 > lprev > lafter, one inner step
 improving the loss, and the carried state helping more as the context grows.
 """
 
@@ -43,20 +44,46 @@ def figure5_finite(stats: Mapping[str, Figure5Stats]) -> list[Verdict]:
 
 
 def figure5_bounded(stats: Mapping[str, Figure5Stats], th: Mapping[str, float]) -> list[Verdict]:
+    """The inner losses are on the scale of the problem they solve.
+
+    Exploding: no smoothed loss above ``loss_ceiling`` (absolute, the user's rule). Off scale: W_0
+    is judged against the mean predictor, ``l0_to_lmean = mean l0 / mean lmean`` at most
+    ``l0_lmean_ratio_max``; nothing to reconstruct: ``mean lmean`` (the target's spread around its
+    running mean) at least ``lmean_min``. The derivations are in ``checks/thresholds.py``. A record
+    without lmean (saved before it was captured) cannot be judged for scale: that is a failure
+    saying so, never a pass on the ceiling alone.
+    """
     out = []
     for layer, s in stats.items():
         if not all_finite(s.max_smoothed_loss, s.mean_l0):
             out.append(cannot_measure("figure5_bounded", "losses are not finite (see figure5_finite)", layer))
             continue
+        ratio_max, floor = th["l0_lmean_ratio_max"], th["lmean_min"]
+        details = {"mean_l0": s.mean_l0, "mean_lmean": s.mean_lmean, "l0_to_lmean": s.l0_to_lmean,
+                   "l0_lmean_ratio_max": ratio_max, "lmean_min": floor, "loss_ceiling": th["loss_ceiling"]}
         problems = []
         if s.max_smoothed_loss > th["loss_ceiling"]:
             problems.append(f"HUGE LOSSES: a smoothed loss reaches {s.max_smoothed_loss:.4g} > ceiling {th['loss_ceiling']:g}")
-        if not th["loss_mean_min"] <= s.mean_l0 <= th["loss_mean_max"]:
-            problems.append(f"ABNORMAL mean l0 {s.mean_l0:.4g} outside [{th['loss_mean_min']:g}, {th['loss_mean_max']:g}]"
+        if not all_finite(s.mean_lmean):
+            if not problems:
+                out.append(cannot_measure(
+                    "figure5_bounded", f"no finite lmean (the loss of predicting the target's running mean) for this layer, so "
+                    f"the scale of mean l0 {s.mean_l0:.4g} cannot be judged: the record was saved before lmean was captured "
+                    "(measure the checkpoint again) or lmean is not finite (see figure5_finite)", layer, details))
+                continue
+            problems.append("the scale of l0 cannot be judged (no finite lmean)")
+        elif s.mean_lmean < floor:
+            problems.append(f"NOTHING TO RECONSTRUCT: the target barely varies over positions, mean lmean {s.mean_lmean:.4g} < {floor:g}"
                             + (" (l0, lprev and lafter are exactly 0: the inner loss is identically 0)" if s.max_abs_loss == 0.0 else ""))
+        elif not all_finite(s.l0_to_lmean):  # lmean exactly 0 under a floor set to 0: no scale to judge against
+            problems.append(f"NOTHING TO RECONSTRUCT: the target is constant over positions (mean lmean {s.mean_lmean:.4g})")
+        elif s.l0_to_lmean > ratio_max:
+            problems.append(f"W_0 OFF SCALE: mean l0 {s.mean_l0:.4g} is {s.l0_to_lmean:.4g}x the loss of predicting the target's "
+                            f"running mean (lmean {s.mean_lmean:.4g}), above {ratio_max:g}")
+        ok_text = (f"losses within bounds (mean l0 {s.mean_l0:.4g} = {s.l0_to_lmean:.3g}x the mean predictor's lmean "
+                   f"{s.mean_lmean:.4g}; W_0 " + ("beats" if s.l0_to_lmean < 1 else "does not beat") + " a constant)")
         out.append(Verdict("figure5_bounded", not problems, s.max_smoothed_loss, th["loss_ceiling"],
-                           "; ".join(problems) or f"losses within bounds (mean l0 {s.mean_l0:.4g})", layer,
-                           {"mean_l0": s.mean_l0, "loss_mean_range": [th["loss_mean_min"], th["loss_mean_max"]]}))
+                           "; ".join(problems) or ok_text, layer, details))
     return out
 
 

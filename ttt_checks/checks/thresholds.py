@@ -27,8 +27,19 @@ THRESHOLDS: dict[str, Threshold] = {
     for t in [
         Threshold("figure5_min_coverage", 1.0, "fraction of the expected positions that must have Figure-5 data, per TTT layer"),
         Threshold("loss_ceiling", 10.0, "no smoothed Figure-5 loss may exceed this (the user's 'HUGE LOSSES' rule, l0 > 10)"),
-        Threshold("loss_mean_min", 1e-3, "mean l0 below this is abnormal (a target that is trivially reproduced)"),
-        Threshold("loss_mean_max", 5.0, "mean l0 above this is abnormal (the user's expected range was 0.01-1)"),
+        # l0 is judged against lmean, the loss of predicting the target by the running mean of the
+        # targets before it (docs/ttt-math.md). Derivation (docs/health-checks.md, "l0 against the mean
+        # predictor"): l0 = lmean + (spread of the prediction around the target's mean) - 2 cov, so a
+        # prediction at the target's scale but unrelated to it gives ~2/(1-a) (a: share of the target's
+        # energy in its mean), one pointing against it at most ~4/(1-a). Measured on the zoo's held-out
+        # input: every checkpoint, healthy or broken, 1.30-4.38; W_0 a random draw at the init std 2.75
+        # (1.50 without the inner LN); the same draw x1000 1.43e7 without the inner LN (with it, LN undoes
+        # any scale: 3.14). The geometric mean of 4.38 and 1.43e7 is 7.9e3, rounded down to 1e3: 230x above
+        # every at-scale value, 1.4e4x below the first off-scale one.
+        Threshold("l0_lmean_ratio_max", 1e3, "mean l0 / mean lmean (W_0 against predicting the target's running mean) above this: W_0 or the projections are off scale; at scale it is <= ~4/(1-a), zoo 1.30-4.38, a W_0 x1000 gives 1.4e7 (geometric mean 7.9e3, rounded down)"),
+        # The old absolute floor on l0 (1e-3) moved to the quantity it meant: a target that does not vary.
+        # Zoo lmean 0.47-0.89 (a LayerNorm target, gamma ~1); a zeroed ttt_norm_weight gives exactly 0.
+        Threshold("lmean_min", 1e-3, "mean lmean (the target's squared spread around its running mean, per dim) below this: the target barely varies, nothing to reconstruct (zoo 0.47-0.89; a zeroed ttt_norm_weight gives 0)"),
         Threshold("ordering_min_fraction", 0.9, "fraction of positions where the smoothed curves obey l0 > lprev and lprev > lafter"),
         Threshold("ordering_min_rel_gap", ORDERING_MIN_REL_GAP, "two Figure-5 losses closer than this fraction of the larger one are equal (overlapping, never ordered; lprev not departing from l0 in state_persistence); 100x fp32 rounding, 1/500 of the smallest healthy gap"),
         Threshold("improvement_min_abs", 1e-3, "mean lprev - lafter (one inner step) must be at least this"),

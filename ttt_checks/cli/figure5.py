@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"{path}: layer {record.layer}, {record.num_positions} positions "
                 f"(first {int(record.positions[0])}, last {int(record.positions[-1])}); "
-                f"mean l0 {summary['l0']:.4g}, lprev {summary['lprev']:.4g}, lafter {summary['lafter']:.4g}; "
+                f"mean l0 {summary['l0']:.4g}, lprev {summary['lprev']:.4g}, lafter {summary['lafter']:.4g}, "
+                + (f"lmean {summary['lmean']:.4g}; " if record.lmean is not None else "lmean not in this record (saved before it was captured); ") +
                 f"l0>lprev at {summary['frac_l0_gt_lprev']:.0%}, lprev>lafter at {summary['frac_lprev_gt_lafter']:.0%} "
                 f"of positions; {int(summary['nonfinite'])} non-finite values"
             )

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Exit code: 0 the newest gated checkpoint is healthy, 1 it is not (constant failures count:
+    the newest still fails them), 4 usage error, 5 no checkpoint of the run has a report."""
     from ttt_checks.runs.discovery import find_checkpoints
     from ttt_checks.runs.trend import TREND_HTML, TREND_JSON, default_roots, find_reports, write_trend
     from ttt_checks.runs.watch import Watcher, default_report_dir, subprocess_gate
@@ -50,6 +52,15 @@ def run_command(args: argparse.Namespace) -> int:
     data = write_trend(run_dir, out, roots)
     summary = data["summary"]
     print(f"trend: {summary['sentence']}")
+    keep, cause = summary.get("keep"), summary.get("cause") or {}
+    if keep:
+        print(f"trend: keep {keep['name']}: {keep['why']}")
+    if cause.get("kind"):
+        print(f"trend: cause (step {cause['step']} vs {cause['from_step']}): {cause['cause']}")
+        print(f"trend: fix: {cause['fix']}")
+    if summary.get("constant_failures"):
+        print(f"trend: constant over the run, still to fix separately (the kept checkpoint fails them too): "
+              f"{', '.join(summary['constant_failures'])}")
     print(f"trend: {out / TREND_HTML}  ({len(data['points'])} checkpoint(s); json {out / TREND_JSON})")
     if not data["points"]:
         return 5

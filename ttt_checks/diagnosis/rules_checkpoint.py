@@ -372,13 +372,15 @@ def rule_base_model(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["base_model", "ttt_helps"]))
 
 
-@rule("ttt_tensor_off_scale", 10, "a TTT tensor is far off the scale training gives it (scaled after training: a conversion, "
-      "save/load or unit bug, or an edit); inner weights W_0 off scale freeze the inner loop (the inner LayerNorm makes the "
-      "loss blind to their scale), an output projection off scale swamps the residual stream",
+@rule("ttt_tensor_off_scale", 10, "TTT tensors far off the scale a healthy fine-tune gives them: one group of them scaled after "
+      "training (a conversion, save/load or unit bug, an edit), or most of them grown by the outer updates (an outer learning "
+      "rate far too high); inner weights W_0 off scale freeze the inner loop (the inner LayerNorm makes the loss blind to their "
+      "scale), an output projection off scale swamps the residual stream",
       "verdict dead_parameters (details.std_ratio_to_init, inner_initial_state); metrics.branch_output (strength); "
-      "metrics.inner_step_size (best_gain_rel, flat); threshold tensor_max_std_ratio",
+      "metrics.inner_step_size (best_gain_rel); threshold tensor_max_std_ratio",
       "a TTT tensor's std is more than tensor_max_std_ratio times (or less than 1/that) its initial std while a check of the inner "
-      "loop, the outer loss or the sweep fails",
+      "loop, the outer loss or the sweep fails; 'grown by training' when at least half of the randomly initialised TTT tensors "
+      "(and at least 3) are off scale",
       overrides=(*FIGURE5_RULES, "inner_loss_off_scale", "objective_mismatch", "gate_collapsed", "ttt_hurts", "ttt_does_nothing",
                  *SWEEP_RULES, "dead_parameters_partial"),
       reads=("dead_parameters", *_TTT_OUTCOME_CHECKS))
@@ -386,23 +388,24 @@ def rule_ttt_tensor_off_scale(m: Metrics) -> Finding | None:
     limit = _th(m, "tensor_max_std_ratio", 10.0)
     dead = verdicts_of(m, "dead_parameters")
     d = _details(dead[0]) if dead else {}
-    ratios = {str(k): r for k, r in ((k, finite_or_none(v)) for k, v in (d.get("std_ratio_to_init") or {}).items())
-              if r is not None and r > 0 and (r > limit or r < 1.0 / limit)}
+    every = {str(k): r for k, r in ((k, finite_or_none(v)) for k, v in (d.get("std_ratio_to_init") or {}).items())
+             if r is not None and r > 0}
+    ratios = {k: r for k, r in every.items() if r > limit or r < 1.0 / limit}
     others = [c for c in _TTT_OUTCOME_CHECKS if failing(m, c)]
     if not ratios or not others:
         return None
     inner_state = set(map(str, d.get("inner_initial_state") or []))
     names = sorted(ratios, key=lambda k: -abs(math.log(ratios[k])))
-    parts = [f"{k}: std {ratios[k]:.3g}x its initial std" for k in names]
+    grown = len(ratios) >= 3 and 2 * len(ratios) >= len(every)
+    parts = [f"{k}: std {ratios[k]:.3g}x its initial std" for k in names[:6]] + ([f"{len(names) - 6} more"] if len(names) > 6 else [])
     consequences = []
     if inner_state & set(names):
-        flat = {layer: p for layer, p in _step_probe(m).items() if finite_or_none(p.get("best_gain_rel")) is not None}
+        probe = {layer: p for layer, p in _step_probe(m).items() if finite_or_none(p.get("best_gain_rel")) is not None}
         shown = "; ".join(f"{layer}: the best step on the step-size grid lowers the inner loss by {finite_or_none(p['best_gain_rel']):.1e}"
-                          for layer, p in flat.items())
+                          for layer, p in probe.items())
         consequences.append("the inner weights W_0 are off scale: the inner LayerNorm normalises the prediction, so the loss is "
                             "blind to W's scale, the gradient shrinks as W grows and the step relative to W shrinks with its "
-                            "square; the inner loop stands still and no base_lr within reach moves it"
-                            + (f" ({shown})" if shown else ""))
+                            "square; no base_lr within reach moves the inner loop" + (f" ({shown})" if shown else ""))
     strength = {str(k): finite_or_none((v or {}).get("strength")) for k, v in (m.get("branch_output") or {}).items()
                 if isinstance(v, Mapping)}
     strong = {k: s for k, s in strength.items() if s is not None and s > 1.0}
@@ -411,11 +414,25 @@ def rule_ttt_tensor_off_scale(m: Metrics) -> Finding | None:
                             + ", ".join(f"{k}: {s:.3g}x its rms" for k, s in strong.items()) + "), swamping the base's features")
     elif set(names) - inner_state and strength:
         consequences.append("branch rms over residual rms: " + ", ".join(f"{k} {fmt(s)}" for k, s in strength.items()))
-    symptom = "; ".join(parts) + f" (training moves a std by at most a few x; limit {limit:g}x); failing: {', '.join(others)}"
+    then = ("; " + "; ".join(consequences)) if consequences else ""
+    symptom = (f"{'; '.join(parts)} ({len(ratios)} of {len(every)} moved TTT tensors beyond {limit:g}x; a healthy fine-tune moves "
+               f"a std by at most a few x); failing: {', '.join(others)}")
+    keys = _keys(m)
+    if grown:
+        return Finding("TTT weights blown up by the outer updates", symptom,
+                       f"{len(ratios)} of the {len(every)} trained TTT tensors grew {min(ratios.values()):.3g}-{max(ratios.values()):.3g}x "
+                       "beyond their initial scale, each by its own factor: the outer training did it (an outer learning rate far "
+                       "too high, or no gradient clipping), not the inner step" + then,
+                       f"lower the outer learning rate ({keys['outer_lr']}) or clip the outer gradient, and resume from the last "
+                       "checkpoint before the weights grew (`ttt-checks trend` names it); base_lr is not the cause",
+                       config_key=keys["outer_lr"], confidence=MEDIUM,
+                       confidence_why="the tensors' stds against their initial stds are measured on the saved weights; that the "
+                                      "outer lr grew them is inferred from most of them growing, each by its own factor",
+                       evidence=_evidence(m, ["dead_parameters", *others[:2]]))
     return Finding("TTT tensor off scale", symptom,
-                   f"{names[0]} is {ratios[names[0]]:.3g}x the scale it was initialised at, far beyond what training moves a tensor: "
-                   "it was scaled after training (a checkpoint conversion, a save/load or unit bug, an edit)"
-                   + ("; " + "; ".join(consequences) if consequences else ""),
+                   f"{names[0]} is {ratios[names[0]]:.3g}x the scale it was initialised at while the other TTT tensors are where "
+                   "training leaves them: it was scaled after training (a checkpoint conversion, a save/load or unit bug, an edit)"
+                   + then,
                    f"restore {name_list(names, 3)} to the scale training left (compare with the training run's last good "
                    "checkpoint and find where it was scaled); do not tune base_lr, the gate or the outer lr for this",
                    config_key=names[0], confidence=HIGH,

@@ -78,25 +78,49 @@ def rule_inner_loss_exploding(m: Metrics) -> Finding | None:
                    evidence=_evidence(m, ["figure5_bounded", "inner_step_size"], layers), layers=layers)
 
 
-@rule("inner_loss_off_scale", 13, "the inner loss at W_0 is outside the range a working layer shows: W_0 or the projections are off scale (above), or there is nothing to reconstruct (near 0)",
-      "figure5 per layer (mean_l0 vs loss_mean_min / loss_mean_max); verdict figure5_bounded",
-      "figure5_bounded fails on the mean l0 while no smoothed loss exceeds loss_ceiling",
+# Absolute bounds on mean l0 that runs before lmean judged by (loss_mean_min / loss_mean_max then):
+# a metrics.json without mean_lmean is read with them, and the finding says so.
+_OLD_L0_BOUNDS = (1e-3, 5.0)
+
+
+def l0_scale(m: Metrics, s: Mapping[str, Any]) -> tuple[str | None, str]:
+    """("above" | "nothing" | None, the numbers in words) for one layer's Figure-5 stats: l0 against
+    the mean predictor (``l0_to_lmean`` vs ``l0_lmean_ratio_max``, ``mean_lmean`` vs ``lmean_min``,
+    as figure5_bounded judges), or, for metrics written before lmean existed, the absolute mean l0
+    against the bounds of that time (``loss_mean_min`` / ``loss_mean_max``)."""
+    l0, lmean = finite_or_none(s.get("mean_l0")), finite_or_none(s.get("mean_lmean"))
+    if l0 is None:
+        return None, ""
+    if lmean is not None:
+        floor, ratio_max = _th(m, "lmean_min", 1e-3), _th(m, "l0_lmean_ratio_max", 1e3)
+        ratio = finite_or_none(s.get("l0_to_lmean"))
+        text = f"mean l0 {fmt(l0)} against the mean predictor's lmean {fmt(lmean)}"
+        if lmean < floor or ratio is None:
+            return "nothing", text + f" (lmean below {floor:g}: the target barely varies)"
+        if ratio > ratio_max:
+            return "above", text + f": {fmt(ratio)}x, above {ratio_max:g}"
+        return None, text
+    low, high = _th(m, "loss_mean_min", _OLD_L0_BOUNDS[0]), _th(m, "loss_mean_max", _OLD_L0_BOUNDS[1])
+    text = f"mean l0 {fmt(l0)} outside [{low:g}, {high:g}] (absolute: this run predates lmean, the mean predictor's loss)"
+    return ("above" if l0 > high else "nothing" if l0 < low else None), text
+
+
+@rule("inner_loss_off_scale", 13, "the inner loss at W_0 is off the scale of the problem: W_0 or the projections are off scale (l0 far above the mean predictor's loss lmean), or there is nothing to reconstruct (the target does not vary)",
+      "figure5 per layer (l0_to_lmean vs l0_lmean_ratio_max, mean_lmean vs lmean_min; runs without mean_lmean: mean_l0 vs the "
+      "old absolute bounds 0.001 / 5); verdict figure5_bounded",
+      "figure5_bounded fails on l0's scale while no smoothed loss exceeds loss_ceiling",
       reads=("figure5_bounded",))
 def rule_inner_loss_off_scale(m: Metrics) -> Finding | None:
-    low, high = _th(m, "loss_mean_min", 0.001), _th(m, "loss_mean_max", 5.0)
     ceiling = _th(m, "loss_ceiling", 10.0)
-    flagged = failing_layers(m, "figure5_bounded")
+    flagged = {str(v.get("layer")) for v in failing(m, "figure5_bounded") if v.get("layer") and not _cannot_measure(v)}
     f5 = _figure5(m)
-
-    def mean_l0(layer: str) -> float | None:
-        return finite_or_none(f5[layer].get("mean_l0"))
-
-    layers = [l for l in sorted(f5, key=_layer_key) if l in flagged and mean_l0(l) is not None
-              and not (low <= mean_l0(l) <= high) and (finite_or_none(f5[l].get("max_smoothed_loss")) or 0.0) <= ceiling]
+    judged = {l: l0_scale(m, f5[l]) for l in sorted(f5, key=_layer_key)
+              if l in flagged and (finite_or_none(f5[l].get("max_smoothed_loss")) or 0.0) <= ceiling}
+    layers = [l for l, (kind, _) in judged.items() if kind is not None]
     if not layers:
         return None
-    above = [l for l in layers if mean_l0(l) > high]
-    symptom = ", ".join(f"{l}: mean l0 {fmt(mean_l0(l))}" for l in layers) + f" outside [{low:g}, {high:g}]"
+    above = [l for l in layers if judged[l][0] == "above"]
+    symptom = "; ".join(f"{l}: {judged[l][1]}" for l in layers)
     if above:
         return Finding("Inner loss off scale: W_0 or the TTT projections are far from where training keeps them",
                        symptom + " (the inner model's reconstruction error before any step)",
@@ -190,9 +214,8 @@ def rule_inner_lr_too_low(m: Metrics) -> Finding | None:
     if verdicts_of(m, "inner_step_size"):
         probe_low &= failing_layers(m, "inner_step_size")
     f5 = _figure5(m)
-    # An inner loss already ~0 at W_0 leaves nothing to learn, whatever the step (inner_loss_off_scale says so).
-    nothing_to_learn = {l for l, s in f5.items()
-                        if finite_or_none(s.get("mean_l0")) is not None and finite_or_none(s["mean_l0"]) < _th(m, "loss_mean_min", 1e-3)}
+    # A target with nothing to reconstruct leaves nothing to learn, whatever the step (inner_loss_off_scale says so).
+    nothing_to_learn = {l for l, s in f5.items() if l0_scale(m, s)[0] == "nothing"}
     layers = sorted((layers | overlapping | probe_low) - nothing_to_learn, key=_layer_key)
     if not layers:
         return None

@@ -2,7 +2,14 @@
 (``models/reference/measure.py``) and the reports read. Nothing else computes an ordering.
 
 Definitions (``ttt/inner.py``): l0 = loss(W_0; x_t), lprev = loss(W_{t-1}; x_t), lafter =
-loss(W_t; x_t). Where an equality holds *by construction* a comparison says nothing about the
+loss(W_t; x_t), lmean = the loss of predicting y_t by the mean of the targets before t.
+
+lmean is the scale the others are read against: ``l0_to_lmean = mean l0 / mean lmean`` says
+whether W_0 predicts the target better than a constant (< 1) and by how much it is off scale
+(a prediction at the target's scale that is unrelated to it gives ~2, docs/health-checks.md).
+A record without lmean (saved before it was captured) gives NaN for both: never a made-up scale.
+
+Where an equality holds *by construction* a comparison says nothing about the
 checkpoint, so those positions are left out of that comparison ("judged" positions):
 
 - l0 vs lprev, non-causal layer: x_t enters every row of its mini-batch at once, so W_{t-1} is
@@ -47,6 +54,7 @@ it touches NaN, and the health rules treat NaN as a failure.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -136,6 +144,8 @@ class Figure5Stats:
     mean_l0: float
     mean_lprev: float
     mean_lafter: float
+    mean_lmean: float  # loss of the running mean of the targets before t; NaN: the record has no lmean
+    l0_to_lmean: float  # mean_l0 / mean_lmean; NaN without lmean or when mean_lmean is 0 (a constant target)
     max_abs_loss: float  # max |value| of the raw curves: 0 means the inner loss is identically 0
     max_smoothed_loss: float
     ordering_min_rel_gap: float  # the margin the fractions below were counted with
@@ -191,6 +201,14 @@ class Figure5Stats:
         data["gap_growth"] = self.gap_growth
         data["benefit_growth"] = self.benefit_growth
         return data
+
+
+def l0_to_lmean(mean_l0: float, mean_lmean: float) -> float:
+    """mean l0 / mean lmean: how W_0 compares with predicting the target's running mean. NaN when
+    lmean is missing, not finite or exactly 0 (a target constant over positions has no scale)."""
+    if not (math.isfinite(mean_lmean) and math.isfinite(mean_l0)) or mean_lmean <= 0.0:
+        return float("nan")
+    return mean_l0 / mean_lmean
 
 
 def _block_se(values: np.ndarray, blocks: int = BENEFIT_BLOCKS) -> float:
@@ -274,6 +292,8 @@ def figure5_stats(record: Figure5Record, expected_positions: int | None = None, 
     with np.errstate(invalid="ignore", divide="ignore"):
         benefit_first, benefit_last, benefit_se = carried_benefit(l0, lprev, judged)
     mean_lprev = float(np.mean(lprev))
+    mean_l0 = float(np.mean(l0))
+    mean_lmean = float(np.mean(record.lmean)) if record.lmean is not None else float("nan")
     improvement = float(np.mean(lprev - lafter))
     with np.errstate(invalid="ignore"):
         max_abs = float(np.max(np.abs(np.concatenate([l0, lprev, lafter])))) if all_finite else float("nan")
@@ -285,9 +305,11 @@ def figure5_stats(record: Figure5Record, expected_positions: int | None = None, 
         expected_positions=expected,
         coverage=n / expected if expected else 0.0,
         nonfinite=int(record.nonfinite.sum()),
-        mean_l0=float(np.mean(l0)),
+        mean_l0=mean_l0,
         mean_lprev=mean_lprev,
         mean_lafter=float(np.mean(lafter)),
+        mean_lmean=mean_lmean,
+        l0_to_lmean=l0_to_lmean(mean_l0, mean_lmean),
         max_abs_loss=max_abs,
         max_smoothed_loss=float(np.max([s0_all.max(), sp_all.max(), sa_all.max()])),
         ordering_min_rel_gap=float(min_rel_gap),
@@ -328,6 +350,7 @@ def record_summary(record: Figure5Record) -> dict[str, float]:
         "l0": float(np.mean(record.l0)),
         "lprev": float(np.mean(record.lprev)),
         "lafter": float(np.mean(record.lafter)),
+        "lmean": float(np.mean(record.lmean)) if record.lmean is not None else float("nan"),
         "frac_l0_gt_lprev": float("nan"),
         "frac_lprev_gt_lafter": float("nan"),
         "nonfinite": float(record.nonfinite.sum()),

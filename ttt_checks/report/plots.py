@@ -14,8 +14,10 @@ import numpy as np
 from ttt_checks.metrics.figure5 import SMOOTHING_WINDOW, smooth
 from ttt_checks.ttt.figure5 import Figure5Record
 
-COLORS = {"l0": "#1f77b4", "lprev": "#ff7f0e", "lafter": "#2ca02c"}
-LABELS = {"l0": r"$\ell(W_0; x_t)$", "lprev": r"$\ell(W_{t-1}; x_t)$", "lafter": r"$\ell(W_t; x_t)$"}
+COLORS = {"l0": "#1f77b4", "lprev": "#ff7f0e", "lafter": "#2ca02c", "lmean": "#7f7f7f"}
+LABELS = {"l0": r"$\ell(W_0; x_t)$", "lprev": r"$\ell(W_{t-1}; x_t)$", "lafter": r"$\ell(W_t; x_t)$",
+          "lmean": r"$\|\bar y_{t-1} - y_t\|^2/d$ (mean predictor)"}
+LINESTYLES = {"lmean": "--"}  # the baseline is dashed: it is not a state of the inner model
 
 
 def _pyplot():
@@ -36,15 +38,27 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_figure5(record: Figure5Record, path: Path, window: int = SMOOTHING_WINDOW) -> Path:
-    """Three curves smoothed over ``window`` positions with the raw curves faint behind, and a
-    second panel with the gaps lprev - lafter (one step) and l0 - lafter (the whole context)."""
+    """Draw :func:`figure5_figure` into ``path`` (PNG, atomically)."""
+    fig = figure5_figure(record, window)
+    try:
+        return _save(fig, path)
+    finally:
+        _pyplot().close(fig)
+
+
+def figure5_figure(record: Figure5Record, window: int = SMOOTHING_WINDOW):
+    """The Figure-5 curves smoothed over ``window`` positions with the raw curves faint behind: l0,
+    lprev, lafter, and lmean dashed (the mean predictor, the scale of the other three; absent
+    from records saved before it was captured), and a second panel with the gaps lprev - lafter
+    (one step) and l0 - lafter (the whole context)."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     x = record.positions
-    for name in ("l0", "lprev", "lafter"):
+    for name in record.curves:
         raw = getattr(record, name)
-        top.plot(x, raw, color=COLORS[name], alpha=0.18, linewidth=0.8)
-        top.plot(x, smooth(raw, window), color=COLORS[name], linewidth=1.8, label=LABELS[name])
+        style = LINESTYLES.get(name, "-")
+        top.plot(x, raw, color=COLORS[name], alpha=0.18, linewidth=0.8, linestyle=style)
+        top.plot(x, smooth(raw, window), color=COLORS[name], linewidth=1.8, linestyle=style, label=LABELS[name])
     top.set_ylabel("TTT loss (MSE per dim)")
     top.set_title(f"Figure 5: {record.layer}  (smoothed over {window} positions; raw faint)")
     top.legend(loc="upper right")
@@ -58,10 +72,7 @@ def plot_figure5(record: Figure5Record, path: Path, window: int = SMOOTHING_WIND
     bottom.set_ylabel("gap")
     bottom.legend(loc="upper left", fontsize=8)
     bottom.grid(alpha=0.3)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def plot_outer_loss(loss_learned: np.ndarray, loss_gate0: np.ndarray, path: Path, window: int = SMOOTHING_WINDOW) -> Path:

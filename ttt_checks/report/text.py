@@ -42,7 +42,8 @@ def render(metrics: dict[str, Any]) -> str:
         s = figure5.get(layer)
         if s:
             lines.append(f"  Data coverage: {s['positions']} / {s['expected_positions']} positions")
-            lines.append(f"  mean l0 {fmt(s['mean_l0'])}   mean lprev {fmt(s['mean_lprev'])}   mean lafter {fmt(s['mean_lafter'])}")
+            lines.append(f"  mean l0 {fmt(s['mean_l0'])}   mean lprev {fmt(s['mean_lprev'])}   mean lafter {fmt(s['mean_lafter'])}"
+                         f"   mean lmean {fmt(s.get('mean_lmean'), 'not measured')} (l0 / lmean {fmt(s.get('l0_to_lmean'), '-')})")
             lines.append(f"  smoothed positions with l0>lprev {fmt(s['frac_l0_gt_lprev'])}, lprev>lafter {fmt(s['frac_lprev_gt_lafter'])}")
             lines.append(f"  avg per-step improvement (lprev-lafter) {fmt(s['improvement_abs'])} (relative {fmt(s['improvement_rel'])})")
             lines.append(f"  first -> last quarter: lprev {fmt(s['lprev_first_quarter'])} -> {fmt(s['lprev_last_quarter'])}, "

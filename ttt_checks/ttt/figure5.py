@@ -1,7 +1,9 @@
-"""Figure-5 capture: per-token l0 / lprev / lafter of every TTT layer, exactly as defined.
+"""Figure-5 capture: per-token l0 / lprev / lafter / lmean of every TTT layer, exactly as defined.
 
 A :class:`Figure5Probe` is attached to TTT layers; each layer reports, in the same pass as its
-forward, the three losses of every token it processes (see ``inner.py`` for the definitions).
+forward, the four losses of every token it processes (see ``inner.py`` for the definitions;
+lmean, the loss of the running mean of the targets before t, is the baseline the other three
+are judged against).
 Rows of complete mini-batches are committed once; rows of a still-open mini-batch are kept as
 *pending* and replaced when a later streaming call completes it, so streamed capture equals a
 one-pass capture. Values are summed over batch rows, heads and sequences per absolute position,
@@ -25,7 +27,9 @@ from torch import Tensor
 
 from ttt_checks.ttt.step_probe import StepSizeAccumulator, StepSizeRecord
 
-CURVES = ("l0", "lprev", "lafter")
+CURVES = ("l0", "lprev", "lafter", "lmean")  # what a TTT layer reports per token
+# Records saved before lmean was captured have only these; such a record reads back with lmean None.
+REQUIRED_CURVES = ("l0", "lprev", "lafter")
 MINIBATCH_CURVES = ("init", "step_0", "step_1")
 
 
@@ -35,10 +39,13 @@ class Figure5Error(RuntimeError):
 
 @dataclass
 class Figure5Record:
-    """One layer's Figure-5 curves: per position the mean of l0, lprev, lafter over batch and heads.
+    """One layer's Figure-5 curves: per position the mean of l0, lprev, lafter, lmean over batch
+    and heads.
 
     ``counts[p]`` is how many (sequence, batch row, head) values position p averages;
-    ``nonfinite[p]`` how many of them were NaN or Inf (the mean is then NaN too).
+    ``nonfinite[p]`` how many of them were NaN or Inf (the mean is then NaN too). ``lmean`` is
+    None only for a record saved before the mean-predictor curve existed: nothing that judges
+    against it may then pass (``metrics/figure5.py`` makes its statistics NaN).
     """
 
     layer: str
@@ -53,6 +60,7 @@ class Figure5Record:
     step_0: np.ndarray = field(default_factory=lambda: np.zeros(0))
     step_1: np.ndarray = field(default_factory=lambda: np.zeros(0))
     meta: dict[str, Any] = field(default_factory=dict)
+    lmean: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.positions)
@@ -61,12 +69,17 @@ class Figure5Record:
                 f"layer {self.layer!r}: no Figure-5 data collected (0 positions). The layer never "
                 "reported a token: is it in the model's forward path and was the probe attached to it?"
             )
-        for name in (*CURVES, "counts", "nonfinite"):
+        for name in (*self.curves, "counts", "nonfinite"):
             if len(getattr(self, name)) != n:
                 raise Figure5Error(f"layer {self.layer!r}: {name} has {len(getattr(self, name))} values for {n} positions")
         for name in MINIBATCH_CURVES:
             if len(getattr(self, name)) != len(self.minibatch_end):
                 raise Figure5Error(f"layer {self.layer!r}: per-mini-batch {name} does not match minibatch_end")
+
+    @property
+    def curves(self) -> tuple[str, ...]:
+        """The curves this record holds: every one of CURVES, or REQUIRED_CURVES for an old record."""
+        return CURVES if self.lmean is not None else REQUIRED_CURVES
 
     @property
     def num_positions(self) -> int:
@@ -76,7 +89,7 @@ class Figure5Record:
     def finite(self) -> bool:
         """True when no averaged value, and no value behind an average, was NaN or Inf."""
         return bool(
-            self.nonfinite.sum() == 0 and all(np.isfinite(getattr(self, c)).all() for c in CURVES)
+            self.nonfinite.sum() == 0 and all(np.isfinite(getattr(self, c)).all() for c in self.curves)
         )
 
     def save(self, path: str | Path) -> Path:
@@ -84,7 +97,7 @@ class Figure5Record:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        arrays = {name: np.asarray(getattr(self, name)) for name in ("positions", *CURVES, "counts", "nonfinite", "minibatch_end", *MINIBATCH_CURVES)}
+        arrays = {name: np.asarray(getattr(self, name)) for name in ("positions", *self.curves, "counts", "nonfinite", "minibatch_end", *MINIBATCH_CURVES)}
         np.savez(tmp, layer=np.array(self.layer), meta=np.array(json.dumps(self.meta)), **arrays)
         tmp.replace(path)
         return path
@@ -99,7 +112,7 @@ class Figure5Record:
             raise Figure5Error(f"{path}: no such Figure-5 record") from None
         except (ValueError, OSError) as exc:
             raise Figure5Error(f"{path}: not a readable Figure-5 .npz record ({exc})") from exc
-        missing = {"layer", "positions", *CURVES, "counts", "nonfinite"} - set(fields)
+        missing = {"layer", "positions", *REQUIRED_CURVES, "counts", "nonfinite"} - set(fields)
         if missing:
             raise Figure5Error(f"{path}: not a Figure-5 record, missing arrays {sorted(missing)}")
         layer = str(fields.pop("layer"))

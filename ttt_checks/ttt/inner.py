@@ -34,6 +34,12 @@ weights (W' for row 0) and W_t row i's. Non-causal: x_t enters every row at once
 W_{t-1} = W' and W_t = the end-of-mini-batch state. Both come from the same dual form
 evaluated at k_t with the eta rows shifted (lprev) or not (lafter), in the same pass.
 
+The fourth curve is a baseline that learns nothing but the target's mean: lmean =
+mean_d (ybar_{t-1} - y_t)^2 with ybar_{t-1} = (1/t) sum_{s<t} y_s the running mean of the
+targets *before* t (the zero vector at t = 0, an empty mean). It is causal, so it is known
+when x_t arrives, in one pass and in streaming alike (ttt-lm-jax uses the whole sequence's
+mean instead, known only once the sequence has ended; docs/ttt-math.md).
+
 All functions work on tensors shaped [B, H, n, d] (batch, head, rows, features) in fp32 or
 fp64, and never loop over tokens.
 """
@@ -388,6 +394,29 @@ def stack_minibatches(results: list[MiniBatchResult]) -> tuple[InnerParams, Inne
     )
     grads = [cat([r.grads[i] for r in results]) for i in range(len(results[0].grads))]
     return params, acts, grads, cat([r.eta for r in results])
+
+
+def mean_predictor_loss(target: Tensor, prior_sum: Tensor, prior_count: int, carry_rows: int) -> tuple[Tensor, Tensor]:
+    """lmean per row: the loss of predicting y_t by the running mean of the targets before it.
+
+    Row i sees ``prior_count`` + i earlier targets: those summed in ``prior_sum`` [B, H, 1, d]
+    (earlier calls of a stream) and rows 0 .. i-1 of ``target`` [B, H, n, d]. Computed in
+    float64 whatever the target's dtype, so a sum carried over thousands of positions is the
+    one-pass prefix sum to float64 rounding, not to fp32's. The mean of no target is the zero
+    vector, so lmean at position 0 is mean_d y_0^2.
+
+    Returns (lmean [B, H, n] float64, the sum to carry [B, H, 1, d]: ``prior_sum`` plus rows
+    0 .. carry_rows-1, i.e. the committed rows, taken from the same running sum as lmean).
+    Two float64 tensors of the target's size are alive at once (``models/moshi/memory.py``).
+    """
+    y = target.detach().to(torch.float64)
+    running = torch.cumsum(y, dim=-2).add_(prior_sum)  # row i: prior_sum + rows 0 .. i
+    carried = running[..., carry_rows - 1 : carry_rows, :].clone() if carry_rows else prior_sum
+    counts = prior_count + torch.arange(1, y.shape[-2], dtype=torch.float64, device=y.device)
+    first = reconstruction_loss(prior_sum / max(prior_count, 1), y[..., :1, :])
+    # Rows 1 .. n-1: running[i-1] / (prior_count + i) is the mean before row i (in place: one copy less).
+    rest = running[..., :-1, :].div_(counts[:, None]).sub_(y[..., 1:, :]).pow_(2).mean(dim=-1)
+    return torch.cat([first, rest], dim=-1), carried
 
 
 def predict_loss(xk: Tensor, target: Tensor, params: InnerParams, config: TTTConfig, gamma: Tensor, beta: Tensor) -> Tensor:

@@ -7,7 +7,8 @@ paper (Eq. 6) and the user's Moshi layers.
 
 Streaming: inside ``with layer.stream():`` consecutive calls continue one sequence. The state
 carried between calls is the inner weights at the last mini-batch boundary, the weights at the
-start of the sequence (for l0), the absolute position, and the rows of a still-open
+start of the sequence (for l0), the absolute position, the sum of the committed targets (for
+lmean), and the rows of a still-open
 mini-batch, which the next call recomputes together with its own tokens. Causal layers thus
 give exactly the one-pass outputs for any chunking; non-causal layers do when chunks are
 multiples of b (otherwise a row's output depends on which future rows had arrived).
@@ -62,6 +63,12 @@ def _take_rows(t: Tensor, lo: int, hi: int) -> Tensor:
     return t.narrow(_row_dim(t), lo, hi - lo)
 
 
+def _target_sum(prior: Tensor | None, targets: Tensor) -> Tensor:
+    """``prior`` (None: zero) plus the sum of the rows of ``targets`` [B, H, r, d], as [B, H, 1, d] float64."""
+    total = targets.detach().to(torch.float64).sum(dim=-2, keepdim=True)
+    return total if prior is None else prior + total
+
+
 def inner_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """The inner loop runs in fp32 for bf16/fp16/fp32 models, and in fp64 for fp64 ones."""
     return torch.promote_types(model_dtype, torch.float32)
@@ -75,6 +82,10 @@ class TTTState:
     init_params: inner.InnerParams  # at the start of the sequence: W_0 of l0
     position: int  # absolute index of the open mini-batch's first row
     pending: dict[str, Tensor] | None = None  # xq, xk, target, sigma of the open mini-batch's rows
+    # Sum of the targets of positions 0 .. position-1 [B, H, 1, d], float64: lmean's running mean
+    # (inner.mean_predictor_loss). None: no target yet (a zero sum). Carried whether or not a
+    # probe listens, so a probe attached mid-stream still gets the mean of the whole sequence.
+    target_sum: Tensor | None = None
     last_input: Tensor | None = None  # x of the last token seen [B, 1, width] (keys of shift_keys read it)
 
     @property
@@ -203,6 +214,10 @@ class TTTLayer(nn.Module):
             state = self.initial_state(B, inner_dtype(x.dtype))
             state.position = self._state.next_position
             state.last_input = self._state.last_input
+            # lmean is a baseline of the sequence, not of the model: it keeps its running mean, over
+            # every position the dropped state had seen (its open rows are committed as final).
+            old = self._state
+            state.target_sum = old.target_sum if old.pending is None else _target_sum(old.target_sum, old.pending["target"])
         else:
             state = self._state
             if state.params.weights[0].shape[0] != B:
@@ -234,7 +249,12 @@ class TTTLayer(nn.Module):
         sink = self.figure5_sink
         capture = sink is not None
         n = rows["xk"].shape[-2]
-        if capture:
+        full = (n // b) * b
+        prior_sum = _target_sum(state.target_sum, rows["target"][..., :0, :])
+        if not capture:  # nobody reads lmean now; carry the sum for a probe that may attach later
+            target_sum = _target_sum(prior_sum, rows["target"][..., :full, :])
+        else:
+            lmean_all, target_sum = inner.mean_predictor_loss(rows["target"], prior_sum, state.position, full)
             sink.set_meta(mini_batch_size=b, causal=c.causal, num_heads=c.num_heads, head_dim=c.head_dim,
                           inner=c.inner, eta_weighting=c.eta_weighting, base_lr=c.base_lr)
             l0_all = inner.predict_loss(rows["xk"], rows["target"], state.init_params, c, gamma, beta)
@@ -258,13 +278,13 @@ class TTTLayer(nn.Module):
                     waiting = []
             if res.end_params is not None:
                 params = res.end_params
-        full = (n // b) * b
         if capture:
             self._report(sink, state.position, b, full, l0_all, torch.cat(curves["lprev"], -1),
-                         torch.cat(curves["lafter"], -1), curves["step_0"])
+                         torch.cat(curves["lafter"], -1), lmean_all, curves["step_0"])
 
         tail = None if full == n else {k: _take_rows(v, full, n) for k, v in rows.items()}
-        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail)
+        new_state = TTTState(params=params, init_params=state.init_params, position=state.position + full, pending=tail,
+                             target_sum=target_sum)
         z = torch.cat(outputs, dim=-2)
         if c.inner_residual:
             z = rows["xq"] + z
@@ -302,10 +322,10 @@ class TTTLayer(nn.Module):
 
     @staticmethod
     def _report(sink: Figure5Sink, start: int, b: int, full: int, l0: Tensor, lprev: Tensor, lafter: Tensor,
-                step0s: list[Tensor]) -> None:
+                lmean: Tensor, step0s: list[Tensor]) -> None:
         """Commit the rows of complete mini-batches once; keep the open mini-batch's rows pending."""
         n = l0.shape[-1]
-        curves = {"l0": l0, "lprev": lprev, "lafter": lafter}
+        curves = {"l0": l0, "lprev": lprev, "lafter": lafter, "lmean": lmean}
         positions = np.arange(start, start + n)
         if full:
             sink.commit(positions[:full], {k: v[..., :full] for k, v in curves.items()})

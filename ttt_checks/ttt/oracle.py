@@ -5,7 +5,8 @@ weights W(row i) of every token are materialised explicitly from the definition
 
     W(row i) = W' - sum_{j in S(i)} eta[i, j] * grad loss(W'; x_j)
 
-and every loss is evaluated by a plain forward pass. It is slow on purpose (a Python loop over
+and every loss is evaluated by a plain forward pass; the mean predictor's ybar_{t-1} is the
+plain average of the targets y_0 .. y_{t-1} (zero when there are none). It is slow on purpose (a Python loop over
 tokens and rows): the dual form in ``inner.py`` must match it.
 """
 
@@ -25,6 +26,7 @@ class OracleResult:
     l0: Tensor  # [B, H, T]
     lprev: Tensor
     lafter: Tensor
+    lmean: Tensor  # loss of the mean of the targets before t (docs/ttt-math.md, "Figure 5 losses")
 
 
 def _f_res(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
@@ -79,13 +81,17 @@ def oracle_inner(
     B, H, T, d = xk.shape
     b = config.mini_batch_size
     out = torch.zeros(B, H, T, d, dtype=f64)
-    curves = {name: torch.zeros(B, H, T, dtype=f64) for name in ("l0", "lprev", "lafter")}
+    curves = {name: torch.zeros(B, H, T, dtype=f64) for name in ("l0", "lprev", "lafter", "lmean")}
     for bi in range(B):
         for h in range(H):
             g, be = gamma[h].to(f64), beta[h].to(f64)
             w_init = [w[h].to(f64) for w in weights0]
             b_init = [x[h, 0].to(f64) for x in biases0]
             w_cur, b_cur = list(w_init), list(b_init)
+            for t in range(T):
+                seen = target[bi, h, :t].to(f64)
+                ybar = seen.mean(dim=0) if t else torch.zeros(d, dtype=f64)
+                curves["lmean"][bi, h, t] = (ybar - target[bi, h, t].to(f64)).pow(2).mean()
             for start in range(0, T, b):
                 rows = range(start, min(start + b, T))
                 # Gradient of 1/2 ||pred - y||^2 of every row at the mini-batch start W'.
@@ -121,4 +127,4 @@ def oracle_inner(
                     curves["lafter"][bi, h, t] = _loss(k_t, y_t, w_row, b_row, config, g, be)
                 if len(rows) == b:
                     w_cur, b_cur = weights_of_row(b - 1) if config.causal else weights_of_row(0)
-    return OracleResult(out, curves["l0"], curves["lprev"], curves["lafter"])
+    return OracleResult(out, curves["l0"], curves["lprev"], curves["lafter"], curves["lmean"])

@@ -163,7 +163,7 @@ class MoshiMemoryModel:
 
         Attention scores (fp32, as a math-kernel fallback) of one block; a block's FFN input
         and gated hidden; one TTT layer's fp32 q, k, v, target and output rows; Figure-5 capture
-        of CAPTURE_GROUP mini-batches; then the loss, which holds the logits in fp64 twice (input
+        of CAPTURE_GROUP mini-batches and lmean's float64 running sum of the targets; then the loss, which holds the logits in fp64 twice (input
         and log-softmax) next to the model-dtype logits: text and audio are taken one after the
         other, so the larger of the two counts.
         """
@@ -176,7 +176,8 @@ class MoshiMemoryModel:
         ttt = 0
         for c in self.ttt.values():
             rows_fp32 = rows * T * (5 * c.num_heads * c.head_dim + c.num_heads) * 4
-            capture = (CAPTURE_GROUP * rows * c.num_heads * c.mini_batch_size * 4 * sum(c.inner_dims) * 4) if figure5 else 0
+            capture = (CAPTURE_GROUP * rows * c.num_heads * c.mini_batch_size * 4 * sum(c.inner_dims) * 4
+                       + rows * T * c.num_heads * c.head_dim * 8 * 2) if figure5 else 0  # + lmean's two float64 copies
             ttt = max(ttt, rows_fp32 + capture)
         text = rows * T * int(kw["text_card"])
         audio = rows * T * int(kw["dep_q"]) * int(kw["card"])

@@ -41,6 +41,7 @@ from ttt_checks.models.reference.corpus import DialogueCorpus, fixed_windows
 from ttt_checks.models.reference.generate import LEARNED, generate_batched, generate_sequential, streamed_loss
 from ttt_checks.models.reference.tokenizer import ByteTokenizer
 from ttt_checks.models.reference.train import build_with_ttt_init, default_ttt_config
+from ttt_checks.metrics.fingerprint import input_fingerprint
 from ttt_checks.ttt.gate import mean_effective_gate
 
 SAMPLE_RATE = 16000
@@ -191,8 +192,10 @@ class ReferenceAdapter(Adapter):
                 "source": "config.json training"}
 
     def base_reference(self) -> dict[str, Any] | None:
-        """The base's ``reference_loss`` in its config.json (written by the zoo when the base is
-        built: its loss on the default held-out input of a checkpoint on that base)."""
+        """The base's loss on the default held-out input, measured when it was known to be good: the
+        base's ``reference_loss`` (config.json of the base, written when the zoo builds it), else this
+        checkpoint's own ``measured`` gate-0 loss (the zoo measures every checkpoint it builds on the
+        default input, with the base it was trained on; rounded to 4 digits, 3e-5 relative)."""
         if self.loaded.config.get("kind") == "base":
             config, where = self.loaded.config, self.loaded.path / "config.json"
         else:
@@ -200,12 +203,20 @@ class ReferenceAdapter(Adapter):
             try:
                 config = read_config(where.parent)
             except CheckpointError:
-                return None
+                config = {}
         stored = config.get("reference_loss")
-        if not isinstance(stored, dict) or not isinstance(stored.get("loss"), (int, float)):
+        if isinstance(stored, dict) and isinstance(stored.get("loss"), (int, float)):
+            return {"loss": float(stored["loss"]), "fingerprint": stored.get("fingerprint"),
+                    "source": f"{where} reference_loss", "input": str(stored.get("input", ""))}
+        measured = self.loaded.config.get("measured") if isinstance(self.loaded.config.get("measured"), dict) else {}
+        loss = (measured.get("summary") or {}).get("val_loss_gate0")
+        shape = measured.get("inputs") or {}
+        if not isinstance(loss, (int, float)) or not isinstance(shape.get("rows"), int) or not isinstance(shape.get("length"), int):
             return None
-        return {"loss": float(stored["loss"]), "fingerprint": stored.get("fingerprint"),
-                "source": f"{where} reference_loss", "input": str(stored.get("input", ""))}
+        tokens = self.default_teacher_forced_inputs(length=shape["length"], rows=shape["rows"])
+        return {"loss": float(loss), "fingerprint": input_fingerprint(tokens),
+                "source": f"{self.loaded.path / 'config.json'} measured.summary.val_loss_gate0 (when it was built)",
+                "input": f"default held-out input, {shape['rows']} rows x {shape['length']} tokens"}
 
     def recipe_fields(self) -> list[RecipeField]:
         """config.json's decoder (what the loader builds) vs its ``recipe`` (what it was trained

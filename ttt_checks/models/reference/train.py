@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -77,6 +77,37 @@ class TTTInit:
 
 
 @dataclass(frozen=True)
+class RecipeChange:
+    """A change of the fine-tuning recipe from loop step ``step`` on (0-based, the count of
+    ``FinetuneRecipe.steps``): what a user does mid-run by editing a config and resuming, or what
+    a scheduler bug does. It holds until the next change of the schedule; a later change replaces
+    it (fields are settings relative to the recipe, not cumulative).
+
+    ``lr_factor`` / ``alpha_lr_factor`` multiply the learning rate of the TTT weights / the gate
+    alphas on top of the recipe's warmup-cosine schedule; ``alpha_l2`` replaces the recipe's
+    penalty weight on mean(alpha^2) (None keeps it). The trend tests use it to make a fault appear
+    at a known step of a real training run, so the step a trend names can be checked.
+    """
+
+    step: int
+    lr_factor: float = 1.0
+    alpha_lr_factor: float = 1.0
+    alpha_l2: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.step < 0:
+            raise ValueError(f"a recipe change needs a step >= 0, got {self.step}")
+        if not (self.lr_factor > 0.0 and self.alpha_lr_factor > 0.0):
+            raise ValueError(f"learning-rate factors must be > 0, got {self.lr_factor}, {self.alpha_lr_factor}")
+
+
+def active_change(changes: Sequence[RecipeChange], step: int) -> RecipeChange | None:
+    """The change of the schedule in force at loop step ``step`` (the latest one started), or None."""
+    started = [c for c in changes if c.step <= step]
+    return max(started, key=lambda c: c.step) if started else None
+
+
+@dataclass(frozen=True)
 class FinetuneRecipe:
     """TTT insertion and fine-tuning with the base frozen.
 
@@ -106,6 +137,12 @@ class FinetuneRecipe:
     # every step draws its batch from those N: each step then skips that part (a third of a recall fine-tune
     # step on CPU), at the price of seeing each window about steps * batch / N times.
     window_pool: int = 0
+    changes: tuple[RecipeChange, ...] = ()  # mid-run changes of lr / penalty by step (RecipeChange)
+
+    def __post_init__(self) -> None:
+        # A recipe read back from config.json (asdict) holds its changes as dicts.
+        changes = tuple(c if isinstance(c, RecipeChange) else RecipeChange(**c) for c in self.changes)
+        object.__setattr__(self, "changes", tuple(sorted(changes, key=lambda c: c.step)))
 
 
 def default_ttt_config(width: int, **overrides) -> TTTConfig:
@@ -253,8 +290,14 @@ def _window_pool(model: Decoder, stream: torch.Tensor, recipe: FinetuneRecipe,
     return prefix, windows[:, 1:]
 
 
-def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe, log: Log | None = None) -> dict:
-    """Train the TTT parameters and gates of ``model`` in place with the base frozen."""
+def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe, log: Log | None = None,
+                 on_step: Callable[[int, Decoder], None] | None = None) -> dict:
+    """Train the TTT parameters and gates of ``model`` in place with the base frozen.
+
+    ``on_step(done, model)`` is called after each loop step with the number of steps done (1-based),
+    the model in train mode: a training run saves its checkpoints from there (``done % every == 0``).
+    ``recipe.changes`` switch the learning rates and the alpha penalty mid-run (``RecipeChange``).
+    """
     torch.manual_seed(recipe.seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -278,19 +321,28 @@ def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe,
     running = None
     nonfinite_steps = 0
     for step in range(recipe.steps):
+        change = active_change(recipe.changes, step)
+        alpha_l2 = change.alpha_l2 if change is not None and change.alpha_l2 is not None else recipe.alpha_l2
         if pool is None:
             loss = lm_loss(model, sample_windows(stream, recipe.batch, recipe.seq_len, gen))
         else:
             pick = torch.randint(0, recipe.window_pool, (recipe.batch,), generator=gen)
             loss = next_token_loss(model.forward_from_prefix(pool[0][pick]), pool[1][pick])
-        if recipe.alpha_l2:
-            loss = loss + recipe.alpha_l2 * torch.stack([a.pow(2).mean() for a in alphas]).sum()
+        if alpha_l2:
+            loss = loss + alpha_l2 * torch.stack([a.pow(2).mean() for a in alphas]).sum()
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             nonfinite_steps += 1  # a bad recipe may blow up; keep going so the checkpoint shows it
+            if on_step is not None:
+                on_step(step + 1, model)
             continue
         loss.backward()
         torch.nn.utils.clip_grad_norm_(weights + alphas, recipe.grad_clip)
+        if change is not None:
+            # From the scheduler's value (never the group's current lr), so a factor never compounds;
+            # the next sched.step() recomputes the schedule from its base values.
+            for group, scheduled, factor in zip(opt.param_groups, sched.get_last_lr(), (change.lr_factor, change.alpha_lr_factor)):
+                group["lr"] = scheduled * factor
         opt.step()
         sched.step()
         value = loss.item()
@@ -299,6 +351,8 @@ def finetune_ttt(model: Decoder, corpus: DialogueCorpus, recipe: FinetuneRecipe,
             gate = effective_gate(torch.cat([a.detach() for a in alphas]))
             log(f"finetune step {step:4d} loss {running:.3f} gate mean {float(gate.mean()):.3f} "
                 f"({time.perf_counter() - start:.0f}s)")
+        if on_step is not None:
+            on_step(step + 1, model)
     for p in model.parameters():
         p.requires_grad_(True)
     seconds = time.perf_counter() - start
