@@ -63,6 +63,22 @@ RUNS: dict[str, tuple[int, int, dict]] = {
     "w32-noshift": (32, 600, {"steps": 400, "ttt": {"base_lr": 10.0}, "init": {"inner_weight_std": 0.18}}),
     "w16-memory": (16, 600, {"steps": 400, **MEMORY}),
     "w32-base1200-memory": (32, 1200, {"steps": 400, **MEMORY}),
+    # Issue 25, second half (mechanism sensitivity): one knob of w32-memory-800 changed at a time.
+    "w32-memory-800-untied": (32, 600, {"steps": 800, "ttt": MEMORY["ttt"], "init": {"inner_weight_std": 0.18}}),
+    "w32-memory-800-std06": (32, 600, {"steps": 800, "ttt": MEMORY["ttt"],
+                                       "init": {"inner_weight_std": 0.06, "tie_query_to_key": True}}),
+    "w32-memory-800-lr30": (32, 600, {"steps": 800, "ttt": {"shift_keys": True, "base_lr": 30.0}, "init": MEMORY["init"]}),
+    # Cost (a zoo of ~13 fine-tunes in 20 min): half the tokens per step, and the outer lr that moves further.
+    "w32-memory-b8x800": (32, 600, {"steps": 800, "batch": 8, **MEMORY}),
+    "w32-memory-b8x800-lr6e-3": (32, 600, {"steps": 800, "batch": 8, "lr": 6e-3, **MEMORY}),
+    "w32-memory-800-lr6e-3": (32, 600, {"steps": 800, "lr": 6e-3, **MEMORY}),
+    "w32-memory-b8x800-fast": (32, 600, {"steps": 800, "batch": 8, "lr": 6e-3, "alpha_lr": 1e-2, **MEMORY}),
+    "w32-memory-1600": (32, 600, {"steps": 1600, **MEMORY}),
+    # The frozen prefix computed once per window of a pool (FinetuneRecipe.window_pool): 4 uses per window.
+    "w32-memory-800-pool3200": (32, 600, {"steps": 800, "window_pool": 3200, **MEMORY}),
+    # The 1600-step recipe again with another seed (data order, TTT init) and a pool (4 uses per window).
+    "w32-memory-1600-seed1-pool6400": (32, 600, {"steps": 1600, "seed": 1, "init_seed": 1001, "window_pool": 6400,
+                                                 **MEMORY}),
 }
 
 

@@ -7,6 +7,10 @@ is its gain (learned gate vs gate 0) over the unedited checkpoint's. A TTT that 
 loses at least half of it to every edit (the issue's target).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/mechanism_sensitivity.py CKPT --out /tmp/ttt25/edits.jsonl
+
+``--rows N`` measures on the first N held-out rows instead of the suite's default 8 (the gain's standard
+error falls as 1/sqrt(rows); every row count's first 8 rows are the default input). ``--step-sweep``
+adds the inner step size multiplied by each of ``STEP_SWEEP`` (the benefit as a function of base_lr).
 """
 
 from __future__ import annotations
@@ -82,13 +86,34 @@ EDITS: dict[str, tuple[str, Callable]] = {
 }
 
 
-def helps(ckpt: Path) -> dict:
-    adapter = ReferenceAdapter(ckpt)
+# Probes of the per-token step-size projection (not counted among EDITS): what its selection is worth.
+STEP_GATE_PROBES: dict[str, tuple[str, Callable]] = {
+    "step gate inverted (probe)": ("lr_weight and lr_bias negated: each token's step sigmoid(z) becomes 1 - sigmoid(z)",
+                                   _tensor_edit(_set(("lr_weight", "lr_bias"), lambda n, v, i: -v))),
+    "step gate bias only (probe)": ("lr_weight zeroed, trained lr_bias kept: one step size per head, no per-token choice",
+                                    _tensor_edit(_set(("lr_weight",), lambda n, v, i: torch.zeros_like(v)))),
+}
+STEP_SWEEP = (0.03, 0.3, 3.0, 30.0)  # with the edits x0.1 and x10: six points
+
+
+class RowsAdapter(ReferenceAdapter):
+    """The reference adapter with ``rows`` held-out rows as its default teacher-forced input."""
+
+    rows = 8
+
+    def default_teacher_forced_inputs(self, length: int = 256, rows: int | None = None) -> torch.Tensor:
+        return super().default_teacher_forced_inputs(length=length, rows=rows or self.rows)
+
+
+def helps(ckpt: Path, rows: int = 8) -> dict:
+    adapter = RowsAdapter(ckpt)
+    adapter.rows = rows
     with tempfile.TemporaryDirectory() as report:
         run = HealthRun(adapter, RunOptions(report_dir=Path(report), gates=[0.0, "learned"], thresholds=load_thresholds()))
         v = run.judge("ttt_helps")[0]
     d = v.details
-    return {"passed": v.ok, "gain": d.get("relative_decrease"), "gain_from_updates": d.get("relative_decrease_from_inner_steps"),
+    return {"passed": v.ok, "rows": rows, "gain": d.get("relative_decrease"),
+            "gain_from_updates": d.get("relative_decrease_from_inner_steps"), "standard_error_rel": d.get("standard_error_rel"),
             "loss_learned": d.get("loss_learned"), "loss_gate0": d.get("loss_gate0"),
             "loss_no_inner_step": d.get("loss_no_inner_step")}
 
@@ -105,13 +130,51 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def compare(results: list[Path]) -> str:
+    """Benefit kept by each edit (rows) on each checkpoint (columns: one --out file each), a markdown table;
+    the last row counts the edits of ``EDITS`` that lose at least half (sweep points are shown, not counted)."""
+    runs = [[json.loads(line) for line in r.read_text().splitlines()] for r in results]
+    names = [r.stem for r in results]
+    edits = list(dict.fromkeys(row["edit"] for rows in runs for row in rows))
+    lines = ["| edit | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for edit in edits:
+        cells = []
+        for rows in runs:
+            row = next((r for r in rows if r["edit"] == edit), None)
+            if row is None:
+                cells.append("")
+            elif edit == "none":
+                se = row.get("standard_error_rel")
+                cells.append(f"{100 * row['gain']:+.2f}%" + ("" if se is None else f" +- {100 * se:.2f}%")
+                             + f" ({row.get('rows', 8)} rows)")
+            else:
+                kept = row["kept"]
+                cells.append("-" if kept is None else (f"{100 * kept:.0f}%" if kept <= 0.5 else f"**{100 * kept:.0f}%**"))
+        lines.append(f"| {edit} | " + " | ".join(cells) + " |")
+    counts = []
+    for rows in runs:
+        listed = [r for r in rows if r["edit"] in EDITS]
+        counts.append(f"{sum(1 for r in listed if r['kept'] is not None and r['kept'] <= 0.5)} of {len(listed)}")
+    lines.append("| lose at least half | " + " | ".join(counts) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path, nargs="?")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the rows of --out as a markdown table and exit")
+    ap.add_argument("--compare", type=Path, nargs="+", help="print the benefit kept per edit of these --out files, side by side")
+    ap.add_argument("--rows", type=int, default=8, help="held-out rows of 256 tokens to measure on (suite default 8)")
+    ap.add_argument("--step-sweep", action="store_true", help="also measure base_lr times each of STEP_SWEEP")
+    ap.add_argument("--step-gate-probes", action="store_true", help="also measure STEP_GATE_PROBES")
     args = ap.parse_args()
+    if args.compare:
+        print(compare(args.compare))
+        return
+    if args.out is None:
+        ap.error("--out is required")
     if args.table:
         print(table(args.out))
         return
@@ -122,17 +185,23 @@ def main() -> None:
     base_dir = (loaded.path / loaded.config["base"]).resolve()
     initial = dict(ReferenceAdapter(args.checkpoint).initial_state())
     extra = {k: v for k, v in loaded.config.items() if k not in ("format", "kind", "base", "decoder", "ttt_init_seed")}
-    reference = helps(args.checkpoint)
+    reference = helps(args.checkpoint, args.rows)
+    edits = dict(EDITS)
+    if args.step_gate_probes:
+        edits.update(STEP_GATE_PROBES)
+    if args.step_sweep:
+        edits.update({f"step x{m:g} (sweep)": (f"inner step size (base_lr) multiplied by {m:g}",
+                                               _config_edit(base_lr=lambda v, m=m: v * m)) for m in STEP_SWEEP})
     rows = [{"edit": "none", "what": "the checkpoint as trained", **reference, "kept": 1.0}]
     print(json.dumps(rows[0]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (what, edit) in EDITS.items():
+        for name, (what, edit) in edits.items():
             t0 = time.perf_counter()
             tensors, decoder = edit({k: v for k, v in loaded.tensors.items() if is_ttt_key(k)}, initial, loaded.decoder_config.to_dict())
             d = Path(tmp) / name.replace(" ", "-").replace("=", "eq")
             save_ttt(None, d, base_dir, int(loaded.config.get("ttt_init_seed", 0)), extra=extra, tensors=tensors,
                      decoder_config=DecoderConfig.from_dict(decoder))
-            m = helps(d)
+            m = helps(d, args.rows)
             row = {"edit": name, "what": what, **m, "kept": m["gain"] / reference["gain"] if m["gain"] is not None else None,
                    "seconds": time.perf_counter() - t0}
             rows.append(row)

@@ -131,7 +131,8 @@ def test_zoo_candidate_on_fact_sessions_builds_on_its_own_base_and_measures_on_v
 
     recipe, config = zoo.BASES[zoo.RECALL_BASE_NAME]
     monkeypatch.setitem(zoo.BASES, zoo.RECALL_BASE_NAME, (replace(recipe, steps=2, batch=2), config))
-    monkeypatch.setattr(zoo, "HEALTHY_RECALL", replace(zoo.HEALTHY_RECALL, steps=2, batch=2))
+    monkeypatch.setattr(zoo, "HEALTHY_RECALL", replace(zoo.HEALTHY_RECALL, steps=2, batch=2,
+                                                       window_pool=min(4, zoo.HEALTHY_RECALL.window_pool)))
     zoo.build_zoo(tmp_path, log=None, measure_entries=False, threads=1, only=["healthy-recall"])
     assert not (tmp_path / zoo.BASE_NAME).exists()  # the chatterbot base is not needed
     cfg = read_config(tmp_path / "healthy-recall")

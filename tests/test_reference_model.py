@@ -523,3 +523,45 @@ def test_inner_steps_off_freezes_w0_and_is_restored(healthy, short_inputs):
     with pytest.raises(NotImplementedError, match="layers.3.ttt"):
         with Adapter.inner_steps_off(opaque):
             pass
+
+
+@pytest.mark.parametrize("ttt_layers", [(1,), (0, 2)])
+def test_frozen_prefix_then_the_rest_is_the_one_pass_forward(ttt_layers):
+    """Fine-tuning with a window pool splits the forward at the first TTT block's gated TTT: the two
+    halves give the logits of ``forward`` (and refuse a streaming decoder, whose caches they skip)."""
+    from ttt_checks.models.reference.model import Decoder, DecoderConfig
+    from ttt_checks.models.reference.train import default_ttt_config, insert_ttt
+
+    torch.manual_seed(0)
+    base = Decoder(DecoderConfig(width=32, num_layers=3, num_heads=2, ffn_hidden=64, attention_window=6))
+    model = insert_ttt(base, default_ttt_config(32, mini_batch_size=4, shift_keys=True), ttt_layers, 0.5, 7)
+    tokens = torch.randint(0, 256, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_from_prefix(model.frozen_prefix(tokens)), model(tokens),
+                                   rtol=1e-5, atol=1e-6)
+        with model.stream(), pytest.raises(RuntimeError, match="streaming"):
+            model.frozen_prefix(tokens)
+    with pytest.raises(ValueError, match="no TTT block"):
+        base.frozen_prefix(tokens)
+
+
+def test_finetune_with_a_window_pool_trains_only_ttt_from_the_pool():
+    """``window_pool``: the base stays as it was, the TTT parameters move, the loss is finite; the pool's
+    prefixes are computed once, so the base must be frozen (it is, inside finetune_ttt)."""
+    from dataclasses import replace
+
+    from ttt_checks.models.reference.model import Decoder, DecoderConfig
+    from ttt_checks.models.reference.train import FinetuneRecipe, _window_pool, default_ttt_config, finetune_ttt, insert_ttt
+
+    torch.manual_seed(0)
+    base = Decoder(DecoderConfig(width=32, num_layers=2, num_heads=2, ffn_hidden=64, attention_window=8))
+    model = insert_ttt(base, default_ttt_config(32, mini_batch_size=4, shift_keys=True), (1,), 0.3, 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = FinetuneRecipe(steps=3, batch=2, seq_len=16, warmup=1, window_pool=4, layers=(1,))
+    info = finetune_ttt(model, DialogueCorpus.load(seed=0), recipe)
+    assert math.isfinite(info["train_loss"]) and info["nonfinite_steps"] == 0
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if ".ttt." not in k)
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if ".ttt." in k)
+    with pytest.raises(ValueError, match="base frozen"):  # every parameter trainable again after finetune_ttt
+        _window_pool(model, torch.randint(0, 256, (200,)), replace(recipe, window_pool=2), torch.Generator())

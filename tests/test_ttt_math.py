@@ -499,6 +499,45 @@ def test_outer_loop_trains_every_ttt_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("shift_keys", [False, True])
+@pytest.mark.parametrize("target", ["plain", "layernorm"])
+def test_outer_gradients_match_the_oracle_through_its_inner_gradients(shift_keys, target):
+    """The outer loop trains through the inner loop: the gradients of the layer's output wrt every TTT
+    parameter (W_0, projections, step sizes, norms) equal those of the per-token oracle, whose inner
+    gradients come from autograd (double backward) instead of the hand-written LayerNorm and GELU
+    derivatives and fused kernels of inner.py. Two and a half mini-batches, so the carried state, a
+    partial mini-batch and the mini-batch split's backward are all in the graph."""
+    config = TTTConfig(width=6, num_heads=2, head_dim=3, inner="mlp", mlp_expansion=2.0, mini_batch_size=4,
+                       base_lr=1.0, eta_weighting="uniform", causal=True, target=target, l2_normalize_qk=True,
+                       shift_keys=shift_keys, output_projection=True)
+    layer = make_layer(config, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 10, config.width, dtype=F64, generator=gen)
+    weight = torch.randn(2, 10, config.width, dtype=F64, generator=gen)
+    params = [p for _, p in sorted(layer.named_parameters())]
+    fast = torch.autograd.grad((layer(x) * weight).sum(), params)
+    rows = layer.project(x, torch.arange(10))
+    ref = oracle_inner(rows["xq"], rows["xk"], rows["target"], rows["sigma"], list(layer.weights), list(layer.biases),
+                       layer.ttt_norm_weight, layer.ttt_norm_bias, config, create_graph=True)
+    slow = torch.autograd.grad((layer_output_from_inner(layer, ref.output) * weight).sum(), params)
+    for (name, _), a, b in zip(sorted(layer.named_parameters()), fast, slow):
+        torch.testing.assert_close(a, b, **TIGHT, msg=lambda m: f"{name}: {m}")
+
+
+def test_gelu_tanh_backward_and_its_derivatives_match_the_formula():
+    """The fused grad * gelu'(x) (used for the inner gradients) and the GELU whose backward makes its
+    gradient contiguous agree with the spelled-out formula, first and second derivatives included,
+    on transposed (non-contiguous) gradients too."""
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(5, 7, dtype=F64, generator=gen)).requires_grad_(True)
+    g = torch.randn(7, 5, dtype=F64, generator=gen).t().requires_grad_(True)  # non-contiguous
+    torch.testing.assert_close(inner.gelu_tanh_backward(g, x), g * inner.gelu_tanh_grad(x), **TIGHT)
+    torch.autograd.gradcheck(inner.gelu_tanh_backward, (g, x))
+    torch.autograd.gradgradcheck(inner.gelu_tanh, (x,))
+    (grad,) = torch.autograd.grad(inner.gelu_tanh(x), x, g)
+    torch.testing.assert_close(grad, g * inner.gelu_tanh_grad(x), **TIGHT)
+
+
 def test_bf16_model_runs_its_inner_loop_in_fp32():
     config = TTTConfig(width=8, num_heads=2, head_dim=4, mini_batch_size=4)
     layer = make_layer(config, 0).to(torch.bfloat16)

@@ -66,11 +66,16 @@ def oracle_inner(
     gamma: Tensor,
     beta: Tensor,
     config: TTTConfig,
+    create_graph: bool = False,
 ) -> OracleResult:
     """Per-token ground truth for one sequence, looping over batch rows, heads and tokens.
 
     xq, xk, target: [B, H, T, d]; sigma: [B, H, T]; weights0[l]: [H, d_l, d_{l+1}];
     biases0[l]: [H, 1, d_{l+1}]; gamma, beta: [H, d].
+
+    ``create_graph`` keeps the inner gradients differentiable (autograd's double backward), so the
+    outer loop's gradients of the oracle's outputs wrt every input can be compared with the layer's
+    hand-written inner loop: the outer loop trains through that code, not through the values alone.
     """
     f64 = torch.float64
     B, H, T, d = xk.shape
@@ -96,7 +101,7 @@ def oracle_inner(
                     bs = [x.clone().requires_grad_(True) for x in b_cur]
                     pred = _predict(xk[bi, h, t].to(f64), ws, bs, config, g, be)
                     loss = 0.5 * (pred - target[bi, h, t].to(f64)).pow(2).sum()
-                    gw = torch.autograd.grad(loss, ws + bs)
+                    gw = torch.autograd.grad(loss, ws + bs, create_graph=create_graph)
                     grads.append((gw[: len(ws)], gw[len(ws) :]))
 
                 def weights_of_row(i: int) -> tuple[list[Tensor], list[Tensor]]:

@@ -266,6 +266,38 @@ class Decoder(nn.Module):
             finally:
                 self._caches = None
 
+    def frozen_prefix(self, tokens: Tensor) -> Tensor:
+        """The residual stream [B, T, width] entering the first TTT block's gated TTT (the embedding, the
+        blocks before it and its own attention), for a one-pass forward (no streaming).
+
+        Fine-tuning with the base frozen trains nothing before that point, so the prefix of a window is
+        the same at every step: ``finetune_ttt`` with a window pool computes it once per window
+        (``forward_from_prefix(frozen_prefix(t))`` is ``forward(t)``).
+        """
+        first = self._first_ttt_block()
+        x = self.embed(tokens)
+        for block in self.layers[:first]:
+            x = block(x)
+        block = self.layers[first]
+        return x + block.attn(block.attn_norm(x))
+
+    def forward_from_prefix(self, x: Tensor) -> Tensor:
+        """Logits [B, T, vocab] from the output of ``frozen_prefix`` (one pass, no streaming)."""
+        first = self._first_ttt_block()
+        block = self.layers[first]
+        x = block.ttt(x)
+        x = x + block.ffn(block.ffn_norm(x))
+        for later in self.layers[first + 1:]:
+            x = later(x)
+        return F.linear(self.norm(x), self.embed.weight)
+
+    def _first_ttt_block(self) -> int:
+        if self._caches is not None:
+            raise RuntimeError("frozen_prefix / forward_from_prefix are one-pass forwards; the decoder is streaming")
+        if not self.config.ttt_layers:
+            raise ValueError("the decoder has no TTT block, so it has no frozen prefix before one")
+        return min(self.config.ttt_layers)
+
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits [B, T, vocab] for token ids [B, T]."""
         if tokens.dim() != 2:
@@ -281,8 +313,12 @@ def lm_loss(model: Decoder, windows: Tensor, reduction: str = "mean") -> Tensor:
 
     PAD targets are ignored (they get 0 in the per-position form).
     """
-    logits = model(windows[:, :-1]).float()
-    targets = windows[:, 1:]
+    return next_token_loss(model(windows[:, :-1]), windows[:, 1:], reduction)
+
+
+def next_token_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """``lm_loss`` from logits [B, T, vocab] and their targets [B, T] (PAD ignored)."""
+    logits = logits.float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD, reduction="none")
     if reduction == "none":
         return loss.view_as(targets)
