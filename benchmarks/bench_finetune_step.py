@@ -1,5 +1,9 @@
 """Issue 25: time of one TTT fine-tune step of the recall recipe, before and after the speed-ups, in one run.
 
+On main the speed-ups (commits e911a77, bfc9050 of branch issue25-recipe) are not applied yet: they change
+float rounding, and the zoo is rebuilt bit-for-bit-in-behaviour from today's inner loop (benchmarks/RESULTS.md),
+so they land with issue 25's zoo rebuild; until then "before" and "after" run the same code here.
+
 "after" is ``finetune_ttt`` as committed. "before" is the same call with the TTT inner loop of commit
 184da59 patched back in (copied below, the training path only: no Figure-5 capture; the running target sum
 that main's lmean added to the scan later is carried in both):

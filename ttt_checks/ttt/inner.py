@@ -62,42 +62,9 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 # ---------------------------------------------------------------------------------------------
 
 
-class _GeluTanh(torch.autograd.Function):
-    """tanh-GELU whose backward makes the incoming gradient contiguous first.
-
-    Why: in the outer loop's backward through the dual form, half of the gradients that reach a
-    GELU arrive transposed (the backward of ``h @ X^T``), and the CPU kernel of ``gelu_backward``
-    on mixed strides runs element by element: measured 10x slower than on contiguous tensors
-    (5.2 ms against 0.5 ms for a [16, 4, 16, 128] mini-batch, 1 thread), a fifth of a fine-tune
-    step. The values are those of autograd's own GELU backward; the backward is itself made of
-    differentiable ops, so higher derivatives still work.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return torch.nn.functional.gelu(x, approximate="tanh")
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return gelu_tanh_backward(grad.contiguous(), x)
-
-
 def gelu_tanh(x: Tensor) -> Tensor:
-    """tanh-approximated GELU, as in the TTT code: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-
-    One fused kernel forward; with autograd on, the backward of ``_GeluTanh`` (contiguous gradients).
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _GeluTanh.apply(x)
-    return torch.nn.functional.gelu(x, approximate="tanh")
-
-
-def gelu_tanh_backward(grad: Tensor, x: Tensor) -> Tensor:
-    """grad * gelu_tanh'(x) in one fused kernel (``gelu_tanh_grad`` spelled out is ~12 elementwise ops,
-    each a node of the outer loop's graph). Differentiable in both arguments (autograd's own formula)."""
-    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+    """tanh-approximated GELU, as in the TTT code: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return torch.nn.functional.gelu(x, approximate="tanh")  # the same formula, one fused kernel
 
 
 def gelu_tanh_grad(x: Tensor) -> Tensor:
@@ -113,12 +80,10 @@ def layer_norm(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tens
 
     gamma, beta: [H, d], broadcast over batch and rows.
     """
-    # The variance spelled out from the centred values: torch's ``var`` over a short last dim (32) is
-    # measured 10x slower on CPU than this, and ``centred`` is needed for x_hat anyway.
-    centred = z - z.mean(dim=-1, keepdim=True)
-    var = (centred * centred).mean(dim=-1, keepdim=True)
+    mu = z.mean(dim=-1, keepdim=True)
+    var = z.var(dim=-1, keepdim=True, unbiased=False)
     inv_std = torch.rsqrt(var + eps)
-    x_hat = centred * inv_std
+    x_hat = (z - mu) * inv_std
     return gamma[:, None, :] * x_hat + beta[:, None, :], x_hat, inv_std
 
 
@@ -150,8 +115,7 @@ def reconstruction_target(
     if config.target == "plain":
         return diff
     centred = diff - diff.mean(dim=-1, keepdim=True)
-    # Unbiased std from the centred values (torch's ``std`` over the last dim is ~2x slower on CPU).
-    std = ((centred * centred).sum(dim=-1, keepdim=True) / (diff.shape[-1] - 1)).sqrt()
+    std = diff.std(dim=-1, keepdim=True, unbiased=True)
     return gamma[:, None, :] * (centred / (std + config.target_eps)) + beta[:, None, :]
 
 
@@ -214,7 +178,7 @@ def inner_output_grads(acts: InnerActivations, target: Tensor, params: InnerPara
         g = residual
     grads = [g]
     for layer in range(len(params.weights) - 1, 0, -1):
-        g = gelu_tanh_backward(g @ params.weights[layer].transpose(-1, -2), acts.preacts[layer - 1])
+        g = (g @ params.weights[layer].transpose(-1, -2)) * gelu_tanh_grad(acts.preacts[layer - 1])
         grads.append(g)
     grads.reverse()
     return grads

@@ -178,10 +178,7 @@ class TTTLayer(nn.Module):
         dtype = inner_dtype(x.dtype)
 
         def heads(t: Tensor) -> Tensor:
-            # Contiguous per head: every later op (normalisation, target, the mini-batch products and
-            # their backward) then runs on dense [B, H, T, d] memory instead of a transposed view
-            # (measured ~10% of the layer's forward + backward on CPU at T = 256).
-            return t.view(B, T, c.num_heads, c.head_dim).transpose(1, 2).to(dtype).contiguous()
+            return t.view(B, T, c.num_heads, c.head_dim).transpose(1, 2).to(dtype)
 
         key_input = x
         if c.shift_keys:
@@ -261,14 +258,9 @@ class TTTLayer(nn.Module):
         params = state.params
         outputs, waiting = [], []
         curves: dict[str, list[Tensor]] = {"lprev": [], "lafter": [], "step_0": []}
-        # One split into mini-batches instead of a slice per mini-batch: the backward of a slice writes
-        # its gradient into a zero tensor of the full [B, H, n, d] size, so n/b slices cost n/b full-size
-        # fills and additions (measured: a sixth of a fine-tune step at n = 256, b = 16); the backward of
-        # one split is one concatenation.
-        chunks = {k: torch.split(v, b, dim=_row_dim(v)) for k, v in rows.items()}
-        for index, lo in enumerate(range(0, n, b)):
+        for lo in range(0, n, b):
             hi = min(lo + b, n)
-            chunk = {k: v[index] for k, v in chunks.items()}
+            chunk = {k: _take_rows(v, lo, hi) for k, v in rows.items()}
             res = inner.minibatch_step(params, chunk["xq"], chunk["xk"], chunk["target"], chunk["sigma"], c, gamma, beta)
             outputs.append(res.output)
             if capture:
