@@ -28,16 +28,11 @@ from ttt_checks.checks import load_thresholds
 from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.models.reference.checkpoint import is_ttt_key, load_checkpoint, save_ttt
 from ttt_checks.models.reference.model import DecoderConfig
+from ttt_checks.models.reference.zoo import redrawn_at_std
 from ttt_checks.run import HealthRun, RunOptions
 
 Tensors = dict[str, torch.Tensor]
 P = "layers.3.ttt.ttt."
-
-
-def _redraw(t: torch.Tensor, seed: int) -> torch.Tensor:
-    """A random tensor of the same shape and std (the part's scale kept, what it learned lost)."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(t.shape, generator=g) * t.float().std()).to(t.dtype)
 
 
 def _tensor_edit(fn: Callable[[Tensors, Tensors], None]) -> Callable[[Tensors, Tensors, dict], tuple[Tensors, dict]]:
@@ -69,13 +64,13 @@ EDITS: dict[str, tuple[str, Callable]] = {
                      _tensor_edit(_set(INNER, lambda n, v, init: init[P + n].clone()))),
     "W0 heads rolled": ("initial state W_0 of each head given to the next head",
                         _tensor_edit(_set(INNER, lambda n, v, init: torch.roll(v, 1, dims=0)))),
-    "keys random": ("wk redrawn at its trained std", _tensor_edit(_set(("wk.weight", "wk.bias"), lambda n, v, i: _redraw(v, 1)))),
+    "keys random": ("wk redrawn at its trained std", _tensor_edit(_set(("wk.weight", "wk.bias"), lambda n, v, i: redrawn_at_std(v, 1)))),
     "keys unshifted": ("keys read x_t instead of x_(t-1) (shift_keys off)", _config_edit(shift_keys=False)),
-    "values random": ("wv redrawn at its trained std", _tensor_edit(_set(("wv.weight", "wv.bias"), lambda n, v, i: _redraw(v, 2)))),
-    "queries random": ("wq redrawn at its trained std", _tensor_edit(_set(("wq.weight", "wq.bias"), lambda n, v, i: _redraw(v, 3)))),
+    "values random": ("wv redrawn at its trained std", _tensor_edit(_set(("wv.weight", "wv.bias"), lambda n, v, i: redrawn_at_std(v, 2)))),
+    "queries random": ("wq redrawn at its trained std", _tensor_edit(_set(("wq.weight", "wq.bias"), lambda n, v, i: redrawn_at_std(v, 3)))),
     "queries = keys": ("wq set equal to wk", _tensor_edit(lambda t, i: t.update({P + "wq.weight": t[P + "wk.weight"].clone(),
                                                                                 P + "wq.bias": t[P + "wk.bias"].clone()}))),
-    "output random": ("wo redrawn at its trained std", _tensor_edit(_set(("wo.weight", "wo.bias"), lambda n, v, i: _redraw(v, 4)))),
+    "output random": ("wo redrawn at its trained std", _tensor_edit(_set(("wo.weight", "wo.bias"), lambda n, v, i: redrawn_at_std(v, 4)))),
     "step x0.1": ("inner step size (base_lr) divided by 10", _config_edit(base_lr=lambda v: v * 0.1)),
     "step x10": ("inner step size (base_lr) multiplied by 10", _config_edit(base_lr=lambda v: v * 10.0)),
     "step gate untrained": ("per-token step-size projection (lr_weight, lr_bias) reset to its initial draw",

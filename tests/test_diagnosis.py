@@ -150,6 +150,23 @@ def test_lafter_above_lprev_is_an_inner_lr_far_too_high_and_the_probe_sizes_the_
     assert f.value == 2.5e4 and f.confidence == dx.HIGH and "probe agree" in f.confidence_why
 
 
+def test_a_saturated_step_is_too_high_even_when_the_grid_is_lowest_far_out():
+    """The user's collapse recipe on the recall model (base_lr 1e5): along the update the inner loss falls to
+    its first minimum at m = 0.001, rises, and falls again to the grid's lowest value at m = 4 (the saturated
+    regime). The probe's record says best m = 4 (base_lr x 4 = 4e5); the verdict's first basin says 0.001.
+    Read as 'raise base_lr from 1e5' it was advice in the wrong direction; the first basin is the optimum."""
+    m = healthy_metrics()
+    m["layers"][0]["base_lr"] = 1e5
+    m["inner_step_size"] = {LAYER: {"best_multiplier": 4.0, "base_lr": 1e5, "recommended_base_lr": 4e5,
+                                    "multipliers": [1e-6, 1e-3, 0.25, 0.5, 1.0, 2.0, 4.0], "bracketed": False}}
+    m["verdicts"]["inner_step_size"] = [_v("inner_step_size", False, 0.001, 1.0, layer=LAYER)]
+    fail(m, "inner_step_size", details={"first_basin_multiplier": 0.001, "best_multiplier": 4.0})
+    f = top(m)
+    assert f.rule == "inner_lr_too_high" and f.value == pytest.approx(100.0), (f.rule, f.fix)
+    assert "inner_lr_too_low" not in rules(m) and "lower decoder.ttt.base_lr from 100000 to 100" in f.fix
+    advice_goes_its_own_way(f.fix, f.rule)
+
+
 def test_no_improvement_means_gradients_not_flowing_or_lr_near_zero():
     m = healthy_metrics()
     m["figure5"][LAYER] = _f5(l0=1.296, lprev=1.2960, lafter=1.2959)
@@ -423,6 +440,30 @@ def test_a_learned_gate_above_every_talking_gate_is_not_scenario_b():
     m["verdicts"]["gate_stats"][0]["details"].update(fraction_of_init=1.05)
     finding = top(m)
     assert "undertrained" in finding.cause and finding.cause.count("(") == finding.cause.count(")"), finding.cause
+
+
+def test_harm_from_the_test_time_updates_is_named_not_the_gate():
+    """healthy-recall with its value projection redrawn (recall-values-random): +9.30% loss, of which the
+    branch as a static layer -0.22% and the updates +9.06%, with the gate at 435% of its init, where the
+    default's fine-tune put it. The cause is the inner loop's read/write, not the gate; with the harm in the
+    static branch instead (recall-queries-random: -8.67% static, -2.88% updates) and the same healthy gate,
+    the gate is not blamed either (gate_open_max_ratio 6.5)."""
+    m = healthy_metrics()
+    fail(m, "ttt_helps", measured=-0.093, details={"verdict": "hurts", "relative_decrease": -0.093,
+                                                    "relative_decrease_from_inner_steps": -0.0906,
+                                                    "relative_decrease_static_branch": -0.0022})
+    m["verdicts"]["gate_stats"][0]["details"].update(mean_tanh=0.4337, alpha_init=0.1, fraction_of_init=4.35,
+                                                     fraction_sign_flipped=0.0)
+    finding = top(m)
+    assert finding.rule == "ttt_hurts" and "test-time updates make the predictions worse" in finding.title
+    assert "+9.06%" in finding.symptom and "do not tune the gate" in finding.fix and finding.config_key is None
+    m["verdicts"]["ttt_helps"][0]["details"].update(relative_decrease_from_inner_steps=-0.0288,
+                                                    relative_decrease_static_branch=-0.0867)
+    finding = top(m)
+    assert finding.rule == "ttt_hurts" and "far beyond its init" not in finding.cause
+    assert "static path" in finding.cause and "+8.67%" in finding.symptom, finding.symptom
+    m["verdicts"]["gate_stats"][0]["details"].update(fraction_of_init=9.98)
+    assert "far beyond its init" in top(m).cause
 
 
 def test_a_negated_gate_that_hurts_is_named():

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,18 +123,19 @@ def test_fact_sessions_stream_is_the_sessions_encoded_back_to_back(corpus):
     assert corpus.tokens("val", tok, seed=0, data="fact-sessions")[: stream.numel()].tolist() == stream.tolist()
 
 
-def test_zoo_candidate_on_fact_sessions_builds_on_its_own_base_and_measures_on_validation_sessions(tmp_path, monkeypatch):
+def test_recall_generation_builds_on_its_own_base_and_measures_on_validation_sessions(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from ttt_checks.models.reference import zoo
-    from ttt_checks.models.reference.adapter import ReferenceAdapter
-    from ttt_checks.models.reference.checkpoint import read_config
+    from ttt_checks.models.reference.adapter import DEFAULT_PROMPTS, ReferenceAdapter
+    from ttt_checks.models.reference.checkpoint import load_checkpoint, read_config
 
     recipe, config = zoo.BASES[zoo.RECALL_BASE_NAME]
     monkeypatch.setitem(zoo.BASES, zoo.RECALL_BASE_NAME, (replace(recipe, steps=2, batch=2), config))
     monkeypatch.setattr(zoo, "HEALTHY_RECALL", replace(zoo.HEALTHY_RECALL, steps=2, batch=2,
                                                        window_pool=min(4, zoo.HEALTHY_RECALL.window_pool)))
-    zoo.build_zoo(tmp_path, log=None, measure_entries=False, threads=1, only=["healthy-recall"])
+    edited = ["recall-values-random", "recall-no-state-carry", "recall-config-contradicts-weights"]
+    zoo.build_zoo(tmp_path, log=None, measure_entries=False, threads=1, only=["healthy-recall", *edited])
     assert not (tmp_path / zoo.BASE_NAME).exists()  # the chatterbot base is not needed
     cfg = read_config(tmp_path / "healthy-recall")
     assert cfg["corpus_data"] == "fact-sessions" and cfg["base"] == f"../{zoo.RECALL_BASE_NAME}"
@@ -142,5 +144,37 @@ def test_zoo_candidate_on_fact_sessions_builds_on_its_own_base_and_measures_on_v
     rows = adapter.default_teacher_forced_inputs(length=64, rows=2)
     expected = DialogueCorpus.load(seed=0).tokens("val", ByteTokenizer(), seed=0, data="fact-sessions")[:130]
     assert rows.flatten()[:65].tolist() == expected[:65].tolist()
-    with pytest.raises(KeyError, match="candidates"):
+    # Prompts of its own language: the openings of held-out sessions, not chatterbot questions.
+    prompts = adapter.default_prompts()
+    assert list(prompts) == [s.pairs[0][0] for s in DialogueCorpus.load(seed=0).language("val").sessions(4, "val", 0)]
+    assert not set(prompts) & set(DEFAULT_PROMPTS) and adapter.load_inputs().prompts == list(prompts)
+    # The transformed entries are edits of the default, read the same text and keep its initial-state draw.
+    source = load_checkpoint(tmp_path / "healthy-recall")
+    for name in edited:
+        c = read_config(tmp_path / name)
+        assert c["derived_from"] == "healthy-recall" and c["corpus_data"] == "fact-sessions", name
+        assert c["ttt_init"] == cfg["ttt_init"] and c["base"] == f"../{zoo.RECALL_BASE_NAME}", name
+        assert ("recipe" in c) == (name == "recall-config-contradicts-weights"), name
+    values = load_checkpoint(tmp_path / "recall-values-random").model.state_dict()
+    for key, trained in source.model.state_dict().items():
+        if ".ttt." in key:
+            assert torch.equal(values[key], trained) != key.endswith(("wv.weight", "wv.bias")), key
+    assert read_config(tmp_path / "recall-no-state-carry")["decoder"]["ttt_reset_each_call"] is True
+    assert read_config(tmp_path / "recall-config-contradicts-weights")["decoder"]["ttt"]["mini_batch_size"] == 64
+    with pytest.raises(KeyError, match="unknown zoo checkpoint"):
         zoo.build_zoo(tmp_path, log=None, only=["no-such-entry"])
+
+
+def test_zoo_generations_split_the_entries_by_base():
+    from ttt_checks.models.reference import zoo
+
+    recall, dialogue = zoo.generation_entries("recall"), zoo.generation_entries("dialogue")
+    assert recall[0] == zoo.DEFAULT_CHECKPOINT and zoo.DIALOGUE_DEFAULT in dialogue
+    assert set(recall) | set(dialogue) == set(zoo.ENTRIES) and not set(recall) & set(dialogue)
+    assert zoo.generation_entries("all") == list(zoo.ENTRIES)
+    for name in recall + dialogue:
+        entry = zoo.ENTRIES[name]
+        assert (entry.how == "transformed") == bool(entry.edit), name
+        assert not entry.edit or entry.edit in zoo.EDITS, name
+    with pytest.raises(KeyError, match="unknown zoo generation"):
+        zoo.generation_entries("moshi")

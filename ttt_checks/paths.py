@@ -16,3 +16,6 @@ SPEECH_FIXTURES = FIXTURES / "speech"
 HEALTH_TESTS = REPO_ROOT / "tests_gpu"
 DOCS = REPO_ROOT / "docs"
 REPORTS = REPO_ROOT / "reports"
+# The embedded default: the zoo checkpoint a run without --ckpt checks (issue 25: the local-attention
+# model whose benefit is test-time training).
+DEFAULT_CHECKPOINT = "healthy-recall"

@@ -58,6 +58,8 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
         basin = None if uphill else r.first_basin(th["ordering_min_rel_gap"])
         basin_m = r.multipliers[basin[0]] if basin else None
         details["first_basin_multiplier"] = basin_m
+        if basin_m is not None:  # the step's optimum is the first minimum; the grid's best lies in the saturated regime
+            details.update(grid_best_multiplier=best, best_multiplier=basin_m, recommended_base_lr=r.base_lr * basin_m)
         overshoot = uphill or basin is not None or (best <= 0.5 and r.lost_fraction > margin)
         timid = not overshoot and best >= 4.0 and r.gain_ratio_1_to_best < fraction
         flat_below = FLAT_SHARE_OF_IMPROVEMENT_FLOOR * th["improvement_min_rel"]
@@ -103,6 +105,6 @@ def inner_step_size(records: Mapping[str, StepSizeRecord], th: Mapping[str, floa
         else:
             why = (f"best multiplier {best:g} (inner loss {l_best:.4g}; {l_full:.4g} after the full step, {l_start:.4g} before it): "
                    f"the step taken is within the tolerance; recommended base_lr = {r.recommended_base_lr:.3g}")
-        out.append(Verdict("inner_step_size", not (overshoot or timid), best, threshold,
+        out.append(Verdict("inner_step_size", not (overshoot or timid), best if basin_m is None else basin_m, threshold,
                            f"{why}. Loss per m: {losses}", layer, details))
     return out

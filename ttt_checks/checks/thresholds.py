@@ -15,6 +15,9 @@ from typing import Any, Iterable, Mapping
 from ttt_checks.metrics.figure5 import ORDERING_MIN_REL_GAP
 
 
+GATE_OPEN_MAX_RATIO = 6.5
+
+
 @dataclass(frozen=True)
 class Threshold:
     name: str
@@ -62,6 +65,7 @@ THRESHOLDS: dict[str, Threshold] = {
         Threshold("record_max_loss_ratio", 3.0, "teacher-forced outer loss at the learned gate / the train loss the checkpoint's own training record states, above this: the weights were trained on another objective or other data (the diagnosis reads it; healthy zoo <= 1.24, a fine-tune on unshifted labels 12.5; about their geometric mean, 3.9, rounded down)"),
         Threshold("base_max_loss_excess", 0.005, "the base model's loss at gate 0 may exceed its reference (measured on the same input when the base was built, or --base-reference) by this much (relative): above, the base is not the one the TTT layers were trained on. Derived: evaluating the same base in bf16 instead of fp32 moves it by 2e-4 (fp64: 2e-8), a base pretrained again by the same recipe by 1.7%; 0.5% is about their geometric mean (0.06%-1.7% keeps a 25% margin to both)"),
         Threshold("tensor_max_std_ratio", 10.0, "a TTT tensor whose std is more than this times (or less than 1/this) its initial std was scaled, not trained (the diagnosis reads it). Derived: training moved every trained reference tensor's std by 1.0-2.3x (17 zoo checkpoints); 10x keeps a factor 4 above that and 10 below the scale faults it names (W_0 x1000, an output projection x100)"),
+        Threshold("gate_open_max_ratio", GATE_OPEN_MAX_RATIO, "when TTT hurts the outer loss through the branch as a static layer, a gate whose mean |tanh(alpha)| is more than this times its init was opened or set beyond what training gives it (the diagnosis reads it). Derived: healthy fine-tunes open the gate to at most 4.35x its init (healthy-recall; the first generation 0.92-1.19x), a gate set by hand to alpha 3 on healthy-seed0 is 9.98x; 6.5 is about their geometric mean (6.6), 49% above the one and 54% below the other"),
         Threshold("baseline_rel_tolerance", 0.1, "relative change of a metric vs the baseline that counts as a regression"),
         Threshold("step_overshoot_margin", 0.25, "inner step overshoot: with the best step multiplier <= 0.5, the share of its gain the full step (m = 1) may give away"),
         Threshold("step_timid_gain_fraction", 0.35, "inner step far too timid: with the best multiplier at the grid's top (4), the full step must buy at least this share of its gain (1/4 = no curvature)"),

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
                        help="fine-tune this many checkpoints at once in separate processes, sharing --threads (default 1)")
     build.add_argument("--only", nargs="+", metavar="NAME", help="rebuild only these checkpoints (iterating on a recipe)")
     build.add_argument("--reuse-base", action="store_true", help="keep an existing base/ made by the same pretraining recipe")
+    build.add_argument("--generation", choices=("recall", "dialogue", "all"), default="recall",
+                       help="which entries: the zoo of the embedded default (recall, default), the first generation "
+                            "kept for the old reference format (dialogue), or both")
     build.set_defaults(func=_build)
 
 
@@ -49,7 +52,7 @@ def _list(args: argparse.Namespace) -> int:
             continue
         verdict = "healthy" if entry.healthy else "broken "
         checks = ", ".join(entry.expected_failures) if entry.expected_failures else "every check passes"
-        print(f"{entry.name:16s} {verdict}  {entry.summary}  [{checks}]")
+        print(f"{entry.name:34s} {verdict}  {entry.summary}  [{checks}]")
     return 0
 
 
@@ -59,7 +62,8 @@ def _build(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_ZOO_DIR
     try:
         timings = build_zoo(out, log=print, measure_entries=not args.no_measure, threads=args.threads,
-                            only=args.only, reuse_base=args.reuse_base, workers=args.workers)
+                            only=args.only, reuse_base=args.reuse_base, workers=args.workers,
+                            generation=args.generation)
     except KeyError as exc:
         print(f"ttt-checks zoo build: {exc.args[0]}", file=sys.stderr)
         return 2

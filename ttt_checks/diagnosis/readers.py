@@ -75,6 +75,17 @@ def _step_probe(metrics: Metrics) -> dict[str, Mapping[str, Any]]:
     for v in verdicts_of(metrics, "inner_step_size"):
         if v.get("layer") and str(v["layer"]) not in out and _details(v):
             out[str(v["layer"])] = _details(v)
+    # Two regimes on one line (the verdict's first_basin_multiplier): the step's optimum is the first
+    # minimum, not the grid's lowest loss further out in the saturated regime.
+    for v in verdicts_of(metrics, "inner_step_size"):
+        basin = finite_or_none(_details(v).get("first_basin_multiplier"))
+        layer = str(v.get("layer"))
+        if basin is not None and layer in out:
+            p = dict(out[layer])
+            base = finite_or_none(p.get("base_lr"))
+            p.update(grid_best_multiplier=p.get("best_multiplier"), best_multiplier=basin,
+                     recommended_base_lr=base * basin if base is not None else None, bracketed=None)
+            out[layer] = p
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ttt_checks.checks.thresholds import GATE_OPEN_MAX_RATIO
 from ttt_checks.diagnosis.finding import HIGH, LOW, MEDIUM, Finding, Metrics, rule
 from ttt_checks.diagnosis.readers import _cannot_measure, _details, _evidence, _keys, _th, failing, verdicts_of
 from ttt_checks.verdict import finite_or_none, fmt
@@ -40,7 +41,6 @@ def rule_ttt_hurts(m: Metrics) -> Finding | None:
     keys = _keys(m)
     gates = [g for g in verdicts_of(m, "gate_stats") if finite_or_none(_details(g).get("mean_tanh")) is not None]
     flipped = [g for g in gates if (finite_or_none(_details(g).get("fraction_sign_flipped")) or 0.0) > 0.5]
-    opened = [g for g in gates if (finite_or_none(_details(g).get("fraction_of_init")) or 0.0) > 2.0]
 
     def gate_text(g: Mapping[str, Any]) -> str:
         d = _details(g)
@@ -60,16 +60,46 @@ def rule_ttt_hurts(m: Metrics) -> Finding | None:
                        "from before it crossed zero (`ttt-checks trend`)",
                        confidence=MEDIUM, confidence_why="the loss and the gate's sign are measured; which of the two made it is not",
                        evidence=_evidence(m, ["ttt_helps", "gate_stats"]))
+    split = _harm_split(v)
+    if split is not None and split[0] <= -_th(m, "help_min_loss_decrease", 0.001) and split[0] <= split[1]:
+        from_updates, static = split
+        return Finding("TTT hurts the outer loss: its test-time updates make the predictions worse",
+                       f"{symptom}; with the inner steps off (W_t = W_0) the branch changes the loss by {-static:+.2%}, the "
+                       f"test-time updates by a further {-from_updates:+.2%}",
+                       "what the inner loop writes or reads is wrong: the harm comes from the updates W_0 -> W_t, not from "
+                       "the branch as a static layer or from the gate (which scales both), so the inner loop's keys, values, "
+                       "queries or initial state do not fit the rest of the branch (tensors edited, converted or restored "
+                       "from another run, or a divergence saved mid-training)",
+                       "compare the TTT tensors with those of the training checkpoint (`ttt-checks gate --baseline` on a "
+                       "known-good one, `ttt-checks trend` over the run) and restore them; do not tune the gate for it",
+                       confidence=MEDIUM,
+                       confidence_why="the loss with and without the inner steps is measured; which tensor broke is not",
+                       evidence=_evidence(m, ["ttt_helps"]))
+    opened = [g for g in gates if (finite_or_none(_details(g).get("fraction_of_init")) or 0.0)
+              > _th(m, "gate_open_max_ratio", GATE_OPEN_MAX_RATIO)]
+    static_text = (f"; with the inner steps off (W_t = W_0) the branch alone changes the loss by {-split[1]:+.2%} and the "
+                   f"test-time updates by {-split[0]:+.2%}" if split is not None else "")
     cause = ("the TTT branch adds output that makes the model's predictions worse and the gate lets it through "
              + ("(the gate opened, or was set, far beyond its init: the branch passes at a strength the model was not trained with"
-                if opened else "(undertrained TTT weights, or a gate initialised too open") + ")")
+                if opened else "(undertrained TTT weights, a gate initialised too open, or a static path of the branch - "
+                               "queries, initial state, output projection - edited or converted wrongly") + ")")
     fix = (f"restore the gate alpha from the training checkpoint or use an earlier checkpoint (`ttt-checks trend`); train with a "
            f"smaller alpha learning rate or {keys['gate_init']}" if opened else
-           f"train the TTT weights longer or with a smaller {keys['gate_init']}; use an earlier checkpoint where TTT helped")
-    return Finding("TTT hurts the outer loss", symptom, cause, fix,
+           f"compare the TTT tensors with a known-good checkpoint's (`--baseline`); train the TTT weights longer or with a "
+           f"smaller {keys['gate_init']}; use an earlier checkpoint where TTT helped")
+    return Finding("TTT hurts the outer loss", symptom + static_text, cause, fix,
                    config_key=keys["gate_init"], confidence=MEDIUM,
                    confidence_why="the outer loss is measured; which of the causes applies is not",
                    evidence=_evidence(m, ["ttt_helps"]))
+
+
+def _harm_split(v: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(relative decrease from the test-time updates, from the static branch) of a ttt_helps verdict that
+    measured the loss with the inner steps off; None when it was not measured."""
+    d = _details(v)
+    from_updates = finite_or_none(d.get("relative_decrease_from_inner_steps"))
+    static = finite_or_none(d.get("relative_decrease_static_branch"))
+    return None if from_updates is None or static is None else (from_updates, static)
 
 
 @rule("ttt_does_nothing", 22, "TTT does nothing: the outer loss is the same with and without it, or its output is a constant",

@@ -18,9 +18,7 @@ from ttt_checks.audio.speech_input import MIMI_MIN_SAMPLES, MIMI_SAMPLE_RATE, lo
 from ttt_checks.audio.wav import AudioError
 from ttt_checks.models.base import Adapter, InputError
 from ttt_checks.models.tensorfile import PICKLE_SUFFIXES
-from ttt_checks.paths import ZOO_DIR
-
-DEFAULT_CHECKPOINT = "healthy-seed0"
+from ttt_checks.paths import DEFAULT_CHECKPOINT, ZOO_DIR
 
 
 class CheckpointResolutionError(RuntimeError):

@@ -302,17 +302,29 @@ class ReferenceAdapter(Adapter):
             raise ReferenceInputError(f"max_positions must be >= 2, got {length}")
         if path is None:
             ids = self.default_teacher_forced_inputs(length=length)
-            what = f"held-out chatterbot-corpus dialogue ({self.corpus_data()}), {ids.shape[0]} rows x {length} tokens"
+            what = f"held-out {self._held_out_kind()}, {ids.shape[0]} rows x {length} tokens"
         else:
             path = Path(path)
             text = read_dialogue_text(path, min_bytes=length + 1)  # one byte is one token
             stream = torch.tensor(self.tokenizer.encode_text(text), dtype=torch.long)
             ids = fixed_windows(stream, length, DEFAULT_ROWS)
             what = f"{path} ({ids.shape[0]} rows x {length} tokens)"
-        return ModelInputs(teacher_forced=ids, prompts=list(DEFAULT_PROMPTS), description=what, positions=length)
+        return ModelInputs(teacher_forced=ids, prompts=list(self.default_prompts()), description=what, positions=length)
 
     def default_prompts(self) -> tuple[str, ...]:
+        """User turns of the kind the checkpoint was trained on: chatterbot questions for a dialogue
+        model, the openings of held-out sessions for a model of the generated language (which never
+        asks a chatterbot question, so a reply to one says little about how it talks)."""
+        if self.corpus_data() == "fact-sessions":
+            split_seed = int(self.loaded.config.get("corpus_split_seed", 0))
+            return tuple(DialogueCorpus.load(seed=split_seed).session_openings(len(DEFAULT_PROMPTS)))
         return DEFAULT_PROMPTS
+
+    def _held_out_kind(self) -> str:
+        data = self.corpus_data()
+        if data == "fact-sessions":
+            return "sessions of the generated dialogue language (fact-sessions)"
+        return f"chatterbot-corpus dialogue ({data})"
 
     def teacher_forced(self, inputs: Any, probe: Any | None = None, chunk: int | None = None) -> ForwardResult:
         """Per-position next-token loss over ``inputs``, fed in streaming calls of ``chunk`` tokens.

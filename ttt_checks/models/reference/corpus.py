@@ -158,6 +158,12 @@ class DialogueCorpus:
             ids.extend(tokenizer.encode_dialogue(session.pairs))
         return torch.tensor(ids, dtype=torch.long)
 
+    def session_openings(self, count: int, split: str = "val", seed: int = 0) -> list[str]:
+        """The user's first turn of each of the first ``count`` sessions of the generated language
+        (``dialogue.py``) in ``split``: prompts a fact-sessions model was trained to answer, none of
+        them seen in training when ``split`` is the validation split."""
+        return [session.pairs[0][0] for session in self.language(split).sessions(count, split, seed)]
+
     def recall_stream(self, split: str, tokenizer: ByteTokenizer, seed: int) -> torch.Tensor:
         """Recall sessions (see the module docstring): pairs, then the same pairs asked again, shuffled."""
         convs = list(self.train if split == "train" else self.val)

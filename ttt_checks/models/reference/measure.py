@@ -19,7 +19,7 @@ from ttt_checks.models.reference.adapter import ReferenceAdapter
 from ttt_checks.ttt import Figure5Probe, effective_gate
 
 SWEEP = (0.0, "learned", 1.0)
-PROMPTS = ("Good morning, how are you?", "What is your favorite book?", "Tell me a joke.")
+PROMPTS_MEASURED = 3  # the first of the checkpoint's default prompts whose replies are recorded
 
 
 def _r(x: float, digits: int = 4) -> float | None:
@@ -41,9 +41,13 @@ def figure5_summary(stats: Figure5Stats) -> dict[str, Any]:
     }
 
 
-def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows: int = 8, length: int = 256) -> dict[str, Any]:
-    """Every number the zoo records for one checkpoint (see the module docstring)."""
+def measure_checkpoint(path: str | Path, prompts: Sequence[str] | None = None, rows: int = 8,
+                       length: int = 256) -> dict[str, Any]:
+    """Every number the zoo records for one checkpoint (see the module docstring); replies to
+    ``prompts``, by default the first three of the checkpoint's own default prompts."""
     adapter = ReferenceAdapter(path)
+    if prompts is None:
+        prompts = adapter.default_prompts()[:PROMPTS_MEASURED]
     inputs = adapter.default_teacher_forced_inputs(length=length, rows=rows)
     probe = Figure5Probe()
     learned = adapter.teacher_forced(inputs, probe=probe)
@@ -82,7 +86,7 @@ def measure_checkpoint(path: str | Path, prompts: Sequence[str] = PROMPTS, rows:
         summary[f"{name}.l0/lprev/lafter"] = [f["l0"], f["lprev"], f["lafter"]]
     return {"summary": summary, "figure5": figure5, "gates": gates, "replies": replies,
             "inputs": {"rows": rows, "length": length,
-                       "source": f"validation split of the dialogue corpus ({adapter.corpus_data()})"}}
+                       "source": f"validation split ({adapter.corpus_data()})"}}
 
 
 def base_reference_loss(base_dir: str | Path, rows: int = 8, length: int = 256) -> dict[str, Any]:
