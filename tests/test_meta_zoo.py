@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from test_diagnosis import advice_goes_its_own_way
-from ttt_checks.models.reference.zoo import zoo_entries
+from zoo_selection import judged_entries
 
 pytest_plugins = ["pytester"]
 
@@ -58,7 +58,7 @@ def failing_checks(root: ET.Element) -> set[str]:
     return failed
 
 
-@pytest.mark.parametrize("entry", zoo_entries(), ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", judged_entries(), ids=lambda e: e.name)
 def test_zoo_checkpoint_fails_exactly_its_intended_checks(pytester, tmp_path, entry):
     result, root = run_health_suite(pytester, entry.path, tmp_path)
     failed = failing_checks(root)

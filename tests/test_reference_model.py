@@ -19,9 +19,10 @@ from ttt_checks.models.reference.checkpoint import CheckpointError, load_checkpo
 from ttt_checks.models.reference.corpus import DialogueCorpus, conversation_pairs
 from ttt_checks.models.reference.generate import Reply, generate_batched, generate_sequential
 from ttt_checks.models.reference.tokenizer import EOT, REPLY, USER, ByteTokenizer
-from ttt_checks.models.reference.zoo import BASE_NAME, DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
+from ttt_checks.models.reference.zoo import DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
 from ttt_checks.checks import at_initial_value
 from ttt_checks.checks import CHECKS
+from zoo_selection import judged_entries, rebuilt_entries
 from ttt_checks.ttt import Figure5Probe
 
 PROMPT = "Tell me a joke."  # the reference model ends this reply with <eot> at gate 0 and learned
@@ -178,7 +179,7 @@ def test_noncausal_checkpoint_learned_to_read_the_future_within_a_minibatch(shor
 
 
 def test_gate_zero_reproduces_the_base_model(healthy, short_inputs):
-    base = ReferenceAdapter(DEFAULT_ZOO_DIR / BASE_NAME)
+    base = ReferenceAdapter(DEFAULT_ZOO_DIR / ENTRIES[DEFAULT_CHECKPOINT].base)
     with healthy.set_gate(0.0):
         gated_off = healthy.teacher_forced(short_inputs)
     learned = healthy.teacher_forced(short_inputs)
@@ -334,7 +335,7 @@ def test_generation_speaks_the_reply_at_16khz(healthy):
 def test_committed_measurements_are_reproduced():
     from ttt_checks.models.reference.measure import measure_checkpoint
 
-    for entry in zoo_entries():
+    for entry in judged_entries():
         committed = json.loads((entry.path / "config.json").read_text())["measured"]
         fresh = measure_checkpoint(entry.path)
         for layer, stats in committed["figure5"].items():
@@ -384,16 +385,6 @@ def failing_checks_without_sweep(path: Path, report_dir: Path) -> set[str]:
 
     run = HealthRun(ReferenceAdapter(path), RunOptions(report_dir=report_dir))
     return {v.name for v in run_all(run, [c for c in CHECKS if c not in TALK_CHECKS]) if not v.ok}
-
-
-def rebuilt_entries() -> list:
-    """The entries the zoo-rebuild test re-creates: every one with ``TTT_CHECKS_FULL_ZOO_REBUILD=1``
-    (`make zoo-check`), else those the zoo marks ``rebuilt_by_tests`` (a representative subset of both
-    generations that fits `make test`'s budget: the long fine-tunes are left to `make zoo-check`)."""
-    import os
-
-    full = os.environ.get("TTT_CHECKS_FULL_ZOO_REBUILD") == "1"
-    return [e for e in zoo_entries() if full or e.rebuilt_by_tests]
 
 
 @pytest.mark.slow
