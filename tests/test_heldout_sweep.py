@@ -105,7 +105,10 @@ def test_healthy_checkpoint_with_base_lr_raised_1e4_after_training_fails_inner_s
     (v,) = _judge(ckpt, tmp_path, "inner_step_size")
     # before the fix: PASS with best m = 4 and "recommended base_lr = 4e+04"
     assert not v.ok and "OVERSHOOT (saturated)" in v.explanation, v.line()
-    assert v.details["first_basin_multiplier"] < 1.0 and v.details["best_multiplier"] == 4.0, v.details
+    # the step's optimum is the first basin; the grid's lowest loss (m = 4) lies in the saturated regime
+    assert v.details["first_basin_multiplier"] < 1.0 and v.details["grid_best_multiplier"] == 4.0, v.details
+    assert v.details["best_multiplier"] == v.details["first_basin_multiplier"] == v.measured, v.details
+    assert v.details["recommended_base_lr"] == pytest.approx(1e4 * v.details["first_basin_multiplier"]), v.details
     (c,) = _judge(ckpt, tmp_path, "config_consistency")
     assert not c.ok and "base_lr" in c.explanation, c.line()
 

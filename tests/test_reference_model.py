@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ttt_checks.models.reference import ReferenceAdapter, list_zoo, zoo_entries, zoo_path
 from ttt_checks.models.reference.checkpoint import CheckpointError, load_checkpoint
@@ -22,7 +23,7 @@ from ttt_checks.models.reference.tokenizer import EOT, REPLY, USER, ByteTokenize
 from ttt_checks.models.reference.zoo import DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
 from ttt_checks.checks import at_initial_value
 from ttt_checks.checks import CHECKS
-from zoo_selection import judged_entries, rebuilt_entries
+from zoo_selection import rebuilt_entries
 from ttt_checks.ttt import Figure5Probe
 
 PROMPT = "Tell me a joke."  # the reference model ends this reply with <eot> at gate 0 and learned
@@ -335,7 +336,7 @@ def test_generation_speaks_the_reply_at_16khz(healthy):
 def test_committed_measurements_are_reproduced():
     from ttt_checks.models.reference.measure import measure_checkpoint
 
-    for entry in judged_entries():
+    for entry in rebuilt_entries():  # `make zoo-check`: every entry
         committed = json.loads((entry.path / "config.json").read_text())["measured"]
         fresh = measure_checkpoint(entry.path)
         for layer, stats in committed["figure5"].items():
@@ -389,6 +390,10 @@ def failing_checks_without_sweep(path: Path, report_dir: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
+    from dataclasses import asdict
+
+    from ttt_checks.models.reference.model import DecoderConfig
+    from ttt_checks.models.reference.train import FinetuneRecipe
     from ttt_checks.models.reference.zoo import build_zoo, generation_default
     from ttt_checks.checks import TALK_CHECKS
 
@@ -405,8 +410,29 @@ def test_build_zoo_recreates_the_committed_behaviour(tmp_path):
             shutil.copytree(DEFAULT_ZOO_DIR / source, zoo / source)
     # As many threads as this process was given (one per xdist worker's share of the cores): training is
     # chaotic across thread counts only in the last bits, well inside the tolerances above.
-    build_zoo(zoo, log=None, measure_entries=True, reuse_base=True, threads=torch.get_num_threads(), only=names)
-    for entry in entries:
+    trained = [e for e in entries if e.how == "trained"]
+    edited = [e for e in entries if e.how == "transformed"]
+    build_zoo(zoo, log=None, measure_entries=True, reuse_base=True, threads=torch.get_num_threads(),
+              only=[e.name for e in trained])
+    # An edit of a committed default is deterministic up to float rounding: the same tensors (to one bf16 step)
+    # and config make the same checkpoint, which the meta-tests judge as committed.
+    build_zoo(zoo, log=None, measure_entries=False, reuse_base=True, only=[e.name for e in edited])
+    for entry in edited:
+        rebuilt_config, committed_config = (json.loads((d / entry.name / "config.json").read_text())
+                                            for d in (zoo, DEFAULT_ZOO_DIR))
+        for config in (rebuilt_config, committed_config):
+            config.pop("measured", None)
+            # fields added to DecoderConfig since the entry was committed read as their defaults
+            config["decoder"] = DecoderConfig.from_dict(config["decoder"]).to_dict()
+            if "recipe" in config:
+                config["recipe"] = json.loads(json.dumps({**asdict(FinetuneRecipe()), **config["recipe"]}))
+        assert rebuilt_config == committed_config, entry.name
+        rebuilt_t, committed_t = (load_file(str(d / entry.name / "ttt.safetensors")) for d in (zoo, DEFAULT_ZOO_DIR))
+        assert rebuilt_t.keys() == committed_t.keys(), entry.name
+        for key, value in committed_t.items():
+            torch.testing.assert_close(rebuilt_t[key].float(), value.float(), rtol=2 ** -7, atol=1e-6, equal_nan=True,
+                                       msg=f"{entry.name}: {key}")
+    for entry in trained:
         rebuilt_dir = tmp_path / "zoo" / entry.name
         committed = json.loads((entry.path / "config.json").read_text())["measured"]["summary"]
         rebuilt = json.loads((rebuilt_dir / "config.json").read_text())["measured"]["summary"]
@@ -459,7 +485,10 @@ def test_windowed_attention_streamed_in_chunks_equals_one_pass(chunk):
 
 
 def test_attention_window_hides_tokens_beyond_it_and_none_is_full_attention():
+    from dataclasses import asdict
+
     from ttt_checks.models.reference.model import DecoderConfig
+    from ttt_checks.models.reference.train import FinetuneRecipe
 
     windowed, full = _windowed_model(window=5, ttt=False), _windowed_model(window=None, ttt=False)
     tokens = torch.randint(0, 256, (1, 20))

@@ -87,7 +87,11 @@ def _healthy_line(m: Metrics) -> str:
         parts.append("gate mean |tanh| " + ", ".join(gates))
     helps = verdicts_of(m, "ttt_helps")
     if helps and finite_or_none(_details(helps[0]).get("relative_decrease")) is not None:
-        parts.append(f"TTT lowers the outer loss by {finite_or_none(_details(helps[0])['relative_decrease']):.2%}")
+        text = f"TTT lowers the outer loss by {finite_or_none(_details(helps[0])['relative_decrease']):.2%}"
+        from_updates = finite_or_none(_details(helps[0]).get("relative_decrease_from_inner_steps"))
+        if from_updates is not None:  # what test-time training itself buys (the loss with the inner steps off)
+            text += f" (the test-time updates: {from_updates:.2%})"
+        parts.insert(0, text)  # first: the gate summary cuts the line at its width
     elif (m.get("outer_loss") or {}).get("gate0") is not None:
         a, b = finite_or_none(m["outer_loss"].get("learned")), finite_or_none(m["outer_loss"].get("gate0"))
         if a is not None and b:

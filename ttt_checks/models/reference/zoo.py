@@ -152,7 +152,7 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              details=("The default's recipe with causal = false, 200 steps. The outer loop learns to read the next tokens "
                      "through the inner update: measured, the loss fed one mini-batch per call (teacher forcing as in "
                      "training) is 0.2315 against 0.4811 at gate 0, fed one token per call (generation, streaming) 0.6826 "
-                     "(+195%). streaming_consistency catches it; ttt_helps passes it, fooled by the leak (+54%).")),
+                     "(+195%). streaming_consistency catches it; ttt_helps passes it, fooled by the leak (+54%)."), rebuilt_by_tests=False),
     ZooEntry("recall-lr-too-high", False, "inner base_lr 1e5 on the recall model: the inner step overshoots", "trained",
              built_to_fail=("inner_step_size",),
              expected_failures=("figure5_adaptation", "inner_step_size", "ttt_helps", "dead_parameters"), base=RECALL_BASE_NAME,
@@ -242,7 +242,7 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("healthy-seed0", True, "base + causal TTT-MLP in the last block, fine-tuned (seed 0)", "trained",
              details="The reference default. Figure 5 shows l0 > lprev > lafter on held-out dialogue.",
              sweep_symptom="replies at gate 0 and the learned gate are sentences; forced to raw alpha 1 one reply of "
-                           "four loops (a warning: the TTT branch was never trained at tanh 0.76)"),
+                           "four loops (a warning: the TTT branch was never trained at tanh 0.76)", rebuilt_by_tests=False),
     ZooEntry("healthy-seed1", True, "same recipe, seed 1 (TTT init and data order)", "trained",
              details="A second seed, so a check is shown to pass for the recipe, not for one lucky draw.",
              sweep_symptom="replies at gate 0 and the learned gate are sentences; forced to raw alpha 1 three replies "
