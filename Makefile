@@ -72,7 +72,7 @@ test-gpu: system-deps venv
 # measured again (make test takes a representative subset, tests/zoo_selection.py: the long fine-tunes, the
 # default's 1600 steps among them, and the first generation's whole set would not fit its budget).
 zoo-check: system-deps venv
-	TTT_CHECKS_FULL_ZOO=1 $(PY) -m pytest $(XDIST) -p no:cacheprovider tests/test_meta_zoo.py tests/test_reference_model.py $(PYTEST_ARGS)
+	TTT_CHECKS_FULL_ZOO=1 $(PY) -m pytest $(XDIST) -p no:cacheprovider tests/test_meta_zoo.py tests/test_meta_zoo_first_generation.py tests/test_reference_model.py $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) benchmarks/bench_figure5.py

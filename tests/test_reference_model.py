@@ -23,7 +23,7 @@ from ttt_checks.models.reference.tokenizer import EOT, REPLY, USER, ByteTokenize
 from ttt_checks.models.reference.zoo import DEFAULT_CHECKPOINT, DEFAULT_ZOO_DIR, ENTRIES
 from ttt_checks.checks import at_initial_value
 from ttt_checks.checks import CHECKS
-from zoo_selection import rebuilt_entries
+from zoo_selection import rebuilt_entries, remeasured_entries
 from ttt_checks.ttt import Figure5Probe
 
 PROMPT = "Tell me a joke."  # the reference model ends this reply with <eot> at gate 0 and learned
@@ -336,7 +336,7 @@ def test_generation_speaks_the_reply_at_16khz(healthy):
 def test_committed_measurements_are_reproduced():
     from ttt_checks.models.reference.measure import measure_checkpoint
 
-    for entry in rebuilt_entries():  # `make zoo-check`: every entry
+    for entry in remeasured_entries():  # `make zoo-check`: every entry
         committed = json.loads((entry.path / "config.json").read_text())["measured"]
         fresh = measure_checkpoint(entry.path)
         for layer, stats in committed["figure5"].items():
@@ -485,10 +485,7 @@ def test_windowed_attention_streamed_in_chunks_equals_one_pass(chunk):
 
 
 def test_attention_window_hides_tokens_beyond_it_and_none_is_full_attention():
-    from dataclasses import asdict
-
     from ttt_checks.models.reference.model import DecoderConfig
-    from ttt_checks.models.reference.train import FinetuneRecipe
 
     windowed, full = _windowed_model(window=5, ttt=False), _windowed_model(window=None, ttt=False)
     tokens = torch.randint(0, 256, (1, 20))

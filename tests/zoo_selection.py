@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from ttt_checks.models.reference.zoo import DIALOGUE_DEFAULT, ZooEntry, generation_entries, zoo_entries
+from ttt_checks.models.reference.zoo import (DEFAULT_CHECKPOINT, DIALOGUE_DEFAULT, ZooEntry, generation_entries,
+                                              zoo_entries)
 
 FULL = os.environ.get("TTT_CHECKS_FULL_ZOO") == "1"
 
@@ -23,12 +24,20 @@ FULL = os.environ.get("TTT_CHECKS_FULL_ZOO") == "1"
 DIALOGUE_JUDGED = (DIALOGUE_DEFAULT, "gate-collapse", "lr-past-optimum", "ttt-ignores-input", "missing-keys")
 
 
-def judged_entries() -> list[ZooEntry]:
-    """Entries the meta-tests run the whole health suite on."""
+def judged_entries(generation: str = "all") -> list[ZooEntry]:
+    """Entries of ``generation`` (``recall``, ``dialogue`` or ``all``) the meta-tests run the whole health suite on."""
     recall = set(generation_entries("recall"))
-    return [e for e in zoo_entries() if FULL or e.name in recall or e.name in DIALOGUE_JUDGED]
+    wanted = set(generation_entries(generation))
+    return [e for e in zoo_entries() if e.name in wanted and (FULL or e.name in recall or e.name in DIALOGUE_JUDGED)]
 
 
 def rebuilt_entries() -> list[ZooEntry]:
     """Entries the zoo-rebuild test re-creates from their committed base."""
     return [e for e in zoo_entries() if FULL or e.rebuilt_by_tests]
+
+
+def remeasured_entries() -> list[ZooEntry]:
+    """Entries whose committed measurements are reproduced: both defaults and the rebuilt fine-tunes (an edit's
+    numbers follow from its committed tensors, which the meta-tests judge)."""
+    defaults = {DEFAULT_CHECKPOINT, DIALOGUE_DEFAULT}
+    return [e for e in zoo_entries() if FULL or e.name in defaults or (e.rebuilt_by_tests and e.how == "trained")]
