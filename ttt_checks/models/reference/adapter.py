@@ -15,6 +15,7 @@ What the checks get from it:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -279,10 +280,14 @@ class ReferenceAdapter(Adapter):
     def default_teacher_forced_inputs(self, length: int = DEFAULT_POSITIONS, rows: int = DEFAULT_ROWS) -> torch.Tensor:
         """Held-out dialogue the model never trained on: [rows, length + 1] token ids."""
 
-        split_seed = int(self.loaded.config.get("corpus_split_seed", 0))
-        data = self.corpus_data()
-        stream = DialogueCorpus.load(seed=split_seed).tokens("val", self.tokenizer, seed=0, data=data)
+        stream = self._corpus.tokens("val", self.tokenizer, seed=0, data=self.corpus_data())
         return fixed_windows(stream, length, rows)
+
+    @functools.cached_property
+    def _corpus(self) -> DialogueCorpus:
+        """The corpus split the checkpoint was trained with (config.json ``corpus_split_seed``), read once:
+        the default input and the default prompts both come from its validation side."""
+        return DialogueCorpus.load(seed=int(self.loaded.config.get("corpus_split_seed", 0)))
 
     def corpus_data(self) -> str:
         """The text format this checkpoint was trained on (config.json ``corpus_data``), so held-out
@@ -316,8 +321,7 @@ class ReferenceAdapter(Adapter):
         model, the openings of held-out sessions for a model of the generated language (which never
         asks a chatterbot question, so a reply to one says little about how it talks)."""
         if self.corpus_data() == "fact-sessions":
-            split_seed = int(self.loaded.config.get("corpus_split_seed", 0))
-            return tuple(DialogueCorpus.load(seed=split_seed).session_openings(len(DEFAULT_PROMPTS)))
+            return tuple(self._corpus.session_openings(len(DEFAULT_PROMPTS)))
         return DEFAULT_PROMPTS
 
     def _held_out_kind(self) -> str:
