@@ -45,6 +45,7 @@ from ttt_checks.models.reference.train import (
     validation_windows,
 )
 from ttt_checks.run import HealthRun, RunOptions
+from ttt_checks.ttt.layer import TTTLayer
 
 DATA = "fact-sessions"
 MEMORY = {"ttt": {"shift_keys": True, "base_lr": 10.0}, "init": {"inner_weight_std": 0.18, "tie_query_to_key": True}}
@@ -155,10 +156,12 @@ def _row(name: str, base_info: dict, info: dict, ckpt: Path, t0: float) -> dict:
             "torch_threads": torch.get_num_threads(), "total_seconds": time.perf_counter() - t0}
 
 
-def where_gain_lands(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
-    """Mean loss at gate 0, the learned gate and with the inner steps off, on the bytes of recalled values,
-    of stated values and on all other bytes of the adapter's default held-out rows (validation sessions)."""
-    adapter = ReferenceAdapter(ckpt)
+VALUE_CATEGORIES = ((1, "recalled values"), (2, "stated values"), (0, "other bytes"))
+
+
+def value_byte_labels() -> np.ndarray:
+    """A label per byte of the validation sessions read back to back (the adapter's default held-out input
+    is its first rows): 1 on the bytes of a recalled fact value, 2 on those of a stated one, 0 elsewhere."""
     corpus = DialogueCorpus.load(seed=0)
     tok = ByteTokenizer()
     labels: list[int] = []
@@ -171,8 +174,16 @@ def where_gain_lands(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
                           else 1 + user.encode().index(m.value.encode()))
                     lab[at:at + len(m.value.encode())] = [1 if m.role == "recall" else 2] * len(m.value.encode())
             labels += lab
+    return np.asarray(labels)
+
+
+def where_gain_lands(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
+    """Mean loss at gate 0, the learned gate and with the inner steps off, on the bytes of recalled values,
+    of stated values and on all other bytes of the adapter's default held-out rows (validation sessions)."""
+    adapter = ReferenceAdapter(ckpt)
     inputs = adapter.default_teacher_forced_inputs(length=length, rows=rows)
-    cats = np.stack([labels[i * length + 1: i * length + length + 1] for i in range(inputs.shape[0])])
+    labels = value_byte_labels()
+    cats = np.stack([labels[i * length + 1: i * length + length + 1] for i in range(inputs.shape[0])])  # predicted bytes
     losses = {}
     with torch.no_grad():
         losses["learned"] = streamed_loss(adapter.model, inputs, 16).double().numpy()
@@ -181,10 +192,42 @@ def where_gain_lands(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
         with adapter.inner_steps_off():
             losses["steps_off"] = streamed_loss(adapter.model, inputs, 16).double().numpy()
     out = {}
-    for k, name in ((1, "recalled values"), (2, "stated values"), (0, "other bytes")):
+    for k, name in VALUE_CATEGORIES:
         m = cats == k
         out[name] = {"share_of_bytes": float(m.mean()), **{g: float(v[m].mean()) for g, v in losses.items()}}
     return out
+
+
+def step_selectivity(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
+    """What the per-token step-size projection writes: the mean of sigmoid(theta_lr . x_t + b) (the step
+    over its maximum base_lr / head_dim) on the bytes of stated values, recalled values and all other bytes
+    of the default held-out input, and stated over other (1 = no choice, as after resetting the projection,
+    whose draw gives ~0.5 everywhere)."""
+    adapter = ReferenceAdapter(ckpt)
+    inputs = adapter.default_teacher_forced_inputs(length=length, rows=rows)
+    labels = value_byte_labels()  # the write at t stores x_t as the value: the input byte's label
+    cats = np.stack([labels[i * length: i * length + length] for i in range(inputs.shape[0])])
+    layers = [m for m in adapter.model.modules() if isinstance(m, TTTLayer)]
+    steps: dict[int, list[torch.Tensor]] = {id(m): [] for m in layers}
+    project = TTTLayer.project
+
+    def recording(self: TTTLayer, *args, **kwargs):
+        out = project(self, *args, **kwargs)
+        steps[id(self)].append(out["sigma"].detach().double() * self.config.head_dim / self.config.base_lr)
+        return out
+
+    TTTLayer.project = recording
+    try:
+        with torch.no_grad():
+            streamed_loss(adapter.model, inputs, 16)
+    finally:
+        TTTLayer.project = project
+    result = {}
+    for i, layer in enumerate(layers):
+        s = torch.cat(steps[id(layer)], dim=-1).numpy()  # [rows, heads, length]
+        means = {name: float(s.transpose(1, 0, 2)[:, cats == k].mean()) for k, name in VALUE_CATEGORIES}
+        result[f"ttt layer {i}"] = {**means, "stated over other": means["stated values"] / means["other bytes"]}
+    return result
 
 
 def _pct(x: float | None) -> str:
@@ -215,6 +258,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", help=f"recipes to run, of {sorted(RUNS)}")
     ap.add_argument("--table", action="store_true", help="print the results as a markdown table and exit")
     ap.add_argument("--where", type=Path, help="print where the gain of this checkpoint lands (JSON) and exit")
+    ap.add_argument("--step-selectivity", type=Path, metavar="CKPT",
+                    help="print the per-token step size on value bytes and on the rest of the default input (JSON) and exit")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ttt25"))
     ap.add_argument("--results", type=Path, default=Path("/tmp/ttt25/results.jsonl"))
     ap.add_argument("--threads", type=int, default=1)
@@ -226,6 +271,10 @@ def main() -> None:
     if args.where:
         torch.set_num_threads(args.threads)
         print(json.dumps(where_gain_lands(args.where), indent=1))
+        return
+    if args.step_selectivity:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(step_selectivity(args.step_selectivity), indent=1))
         return
     unknown = [r for r in args.runs if r not in RUNS]
     if unknown:
