@@ -159,9 +159,10 @@ def _row(name: str, base_info: dict, info: dict, ckpt: Path, t0: float) -> dict:
 VALUE_CATEGORIES = ((1, "recalled values"), (2, "stated values"), (0, "other bytes"))
 
 
-def value_byte_labels() -> np.ndarray:
-    """A label per byte of the validation sessions read back to back (the adapter's default held-out input
-    is its first rows): 1 on the bytes of a recalled fact value, 2 on those of a stated one, 0 elsewhere."""
+def value_byte_labels(rows: int, length: int, offset: int) -> np.ndarray:
+    """[rows, length] labels of the adapter's default held-out input (the validation sessions read back to
+    back, cut into rows of ``length``), each row's shifted by ``offset`` bytes (1: the bytes its positions
+    predict): 1 on the bytes of a recalled fact value, 2 on those of a stated one, 0 elsewhere."""
     corpus = DialogueCorpus.load(seed=0)
     tok = ByteTokenizer()
     labels: list[int] = []
@@ -174,7 +175,7 @@ def value_byte_labels() -> np.ndarray:
                           else 1 + user.encode().index(m.value.encode()))
                     lab[at:at + len(m.value.encode())] = [1 if m.role == "recall" else 2] * len(m.value.encode())
             labels += lab
-    return np.asarray(labels)
+    return np.stack([labels[i * length + offset: i * length + length + offset] for i in range(rows)])
 
 
 def where_gain_lands(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
@@ -182,8 +183,7 @@ def where_gain_lands(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
     of stated values and on all other bytes of the adapter's default held-out rows (validation sessions)."""
     adapter = ReferenceAdapter(ckpt)
     inputs = adapter.default_teacher_forced_inputs(length=length, rows=rows)
-    labels = value_byte_labels()
-    cats = np.stack([labels[i * length + 1: i * length + length + 1] for i in range(inputs.shape[0])])  # predicted bytes
+    cats = value_byte_labels(inputs.shape[0], length, offset=1)
     losses = {}
     with torch.no_grad():
         losses["learned"] = streamed_loss(adapter.model, inputs, 16).double().numpy()
@@ -205,8 +205,7 @@ def step_selectivity(ckpt: Path, rows: int = 8, length: int = 256) -> dict:
     whose draw gives ~0.5 everywhere)."""
     adapter = ReferenceAdapter(ckpt)
     inputs = adapter.default_teacher_forced_inputs(length=length, rows=rows)
-    labels = value_byte_labels()  # the write at t stores x_t as the value: the input byte's label
-    cats = np.stack([labels[i * length: i * length + length] for i in range(inputs.shape[0])])
+    cats = value_byte_labels(inputs.shape[0], length, offset=0)  # the write at t stores x_t as the value
     layers = [m for m in adapter.model.modules() if isinstance(m, TTTLayer)]
     steps: dict[int, list[torch.Tensor]] = {id(m): [] for m in layers}
     project = TTTLayer.project

@@ -9,6 +9,7 @@ step, so both means are the same mean over heads).
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -44,11 +45,12 @@ def test_the_default_writes_stated_facts_with_a_larger_step(grid) -> None:
 
 
 def test_a_projection_without_its_per_token_term_does_not_choose(grid, tmp_path: Path) -> None:
-    ckpt = tmp_path / "no-choice"
-    shutil.copytree(zoo_path(DEFAULT_CHECKPOINT), ckpt)
+    src, ckpt = zoo_path(DEFAULT_CHECKPOINT), tmp_path / "no-choice"
+    shutil.copytree(src, ckpt)
     # The copy's config names its base relative to the zoo directory: point it at the committed base.
-    config = (ckpt / "config.json").read_text()
-    (ckpt / "config.json").write_text(config.replace('"../base-facts"', f'"{zoo_path(DEFAULT_CHECKPOINT).parent / "base-facts"}"'))
+    config = json.loads((ckpt / "config.json").read_text())
+    config["base"] = str((src / config["base"]).resolve())
+    (ckpt / "config.json").write_text(json.dumps(config, indent=1))
     tensors = load_file(ckpt / "ttt.safetensors")
     names = [k for k in tensors if k.endswith("ttt.ttt.lr_weight")]
     assert names, sorted(tensors)
